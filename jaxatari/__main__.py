@@ -1,0 +1,5 @@
+import sys
+
+from jaxatari.cli import main
+
+sys.exit(main())

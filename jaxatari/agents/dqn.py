@@ -1,0 +1,188 @@
+"""The DQN family as one agent: a choice of parts, not a file per variant.
+
+DQN (Mnih et al. 2015), Double DQN (van Hasselt et al. 2016), dueling heads (Wang et al.
+2016), prioritised replay (Schaul et al. 2016), (persistent) advantage learning
+(Bellemare et al. 2016) and Bootstrapped DQN (Osband et al. 2016) differ only in the
+registry key of the TD error, ``double_q``, ``dueling``, the replay kind and the number
+of heads. ``make_q_agent`` turns those choices into pure, unjitted functions; the caller
+applies ``jax.jit(jax.vmap(...))`` once, seed axis leading.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxatari import exploration
+from jaxatari.losses import make_q_loss, resolve_td_error
+from jaxatari.networks import QNetwork, make_body
+from jaxatari.replay import Replay, ReplayState, make_replay
+from jaxatari.replay.storage import Row
+from jaxatari.types import ActorState, TrainState
+
+
+def make_optimiser(name: str, *, learning_rate, momentum: float, grad_clip: float,
+                   rms_epsilon: float = 0.01) -> optax.GradientTransformation:
+    """The original's optimisers through optax.
+
+    rmspropm: centred RMSProp (Graves 2013) with decay ``momentum`` and epsilon 0.01 inside
+    the square root, as Kaixhin/Atari modules/rmspropm.lua; adam; adadelta; rmsprop
+    (uncentred, epsilon ``rms_epsilon``, the async agents' sharedRmsProp); sgd.
+    ``grad_clip`` > 0 clips the global L2 norm of the gradient first.
+    """
+    optimisers = {
+        "rmspropm": lambda: optax.rmsprop(learning_rate, decay=momentum, eps=0.01, centered=True),
+        "rmsprop": lambda: optax.rmsprop(learning_rate, decay=momentum, eps=rms_epsilon),
+        "adam": lambda: optax.adam(learning_rate),
+        "adadelta": lambda: optax.adadelta(learning_rate),
+        "sgd": lambda: optax.sgd(learning_rate, momentum=momentum or None),
+    }
+    if name not in optimisers:
+        raise ValueError(f"unknown optimiser {name!r}: choose one of {', '.join(optimisers)}")
+    chain = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+    return optax.chain(*chain, optimisers[name]())
+
+
+@dataclasses.dataclass(frozen=True)
+class QAgentSettings:
+    """Static choices of the Q agent; the builder reads them, pure functions close over them."""
+
+    num_actions: int
+    obs_shape: tuple[int, ...]     # one frame, channels last
+    obs_dtype: str                 # "uint8" or "float32": what replay stores
+    hist_len: int = 4
+    body: str = "catch"
+    mlp_features: tuple[int, ...] = (64,)
+    hidden_size: int = 512
+    dueling: bool = False
+    num_heads: int = 1             # bootstraps; 1 = no bootstrapping
+    bootstrap_prob: float = 0.5    # P(a head trains on a transition), Osband et al.
+    loss: str = "dqn"
+    double_q: bool = False
+    pal_alpha: float = 0.0
+    td_clip: float = 1.0
+    reward_clip: float = 1.0
+    gamma: float = 0.99
+    n_step: int = 1
+    replay: str = "uniform"
+    capacity: int = 100_000
+    num_envs: int = 1
+    alpha: float = 0.6
+    batch_size: int = 32
+    optimiser: str = "adam"
+    learning_rate: float = 1e-4
+    momentum: float = 0.95
+    grad_clip: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class QAgent:
+    """Pure functions of one seed; see ``make_q_agent``."""
+
+    settings: QAgentSettings
+    network: QNetwork
+    replay: Replay
+    stack_shape: tuple[int, ...]   # one frame stack, channels last
+    frame_dtype: jnp.dtype         # what replay and the network receive
+    init: Callable        # (key) -> (TrainState, ReplayState, ActorState)
+    q_values: Callable    # (params, stack [B, ...]) -> [B, K, A]
+    act: Callable         # (params, actor, epsilon, vote) -> (actions [E], actor)
+    observe: Callable     # (actor, frame [E, ...], is_first [E]) -> actor
+    make_row: Callable    # (frame, action, reward, terminal, is_first, valid, key) -> Row
+    update: Callable      # (train, replay_state, beta) -> (train, replay_state, metrics)
+    sync_target: Callable # (train) -> train
+
+
+def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
+    body = make_body(s.body, activation=activation, mlp_features=s.mlp_features)
+    network = QNetwork(body=body, num_actions=s.num_actions, hidden_size=s.hidden_size,
+                       num_heads=s.num_heads, dueling=s.dueling, activation=activation)
+    td_error = resolve_td_error(s.loss)
+    loss_fn = make_q_loss(network.apply, td_error, double_q=s.double_q, td_clip=s.td_clip,
+                          pal_alpha=s.pal_alpha)
+    optimiser = make_optimiser(s.optimiser, learning_rate=s.learning_rate,
+                               momentum=s.momentum, grad_clip=s.grad_clip)
+    replay = make_replay(s.replay, capacity=s.capacity, num_envs=s.num_envs,
+                         hist_len=s.hist_len, n_step=s.n_step, gamma=s.gamma, alpha=s.alpha)
+    frame_dtype = jnp.uint8 if s.obs_dtype == "uint8" else jnp.float32
+    channels = s.obs_shape[-1]
+    stack_shape = (*s.obs_shape[:-1], channels * s.hist_len)
+
+    def example_row() -> Row:
+        e = s.num_envs
+        return Row(frame=jnp.zeros((e, *s.obs_shape), frame_dtype),
+                   action=jnp.zeros((e,), jnp.int32), reward=jnp.zeros((e,), jnp.float32),
+                   terminal=jnp.zeros((e,), bool), first=jnp.zeros((e,), bool),
+                   valid=jnp.zeros((e,), bool), mask=jnp.zeros((e, s.num_heads), bool))
+
+    def init(key):
+        net_key, learn_key, act_key = jax.random.split(key, 3)
+        params = network.init(net_key, jnp.zeros((1, *stack_shape), frame_dtype))
+        train = TrainState(params=params,
+                           target_params=jax.tree.map(jnp.copy, params),  # own buffers: donation
+                           opt_state=optimiser.init(params), key=learn_key)
+        actor = ActorState(stack=jnp.zeros((s.num_envs, *stack_shape), frame_dtype),
+                           head=jnp.zeros((s.num_envs,), jnp.int32),
+                           after_done=jnp.zeros((s.num_envs,), bool),
+                           key=act_key)
+        return train, replay.init(example_row()), actor
+
+    def q_values(params, stack):
+        return network.apply(params, stack)
+
+    def observe(actor: ActorState, frame, is_first):
+        """Pushes the newest frame; a new episode starts from an empty stack and draws
+        its acting bootstrap head (one head per episode per env, Osband et al.)."""
+        key, head_key = jax.random.split(actor.key)
+        stack = jnp.where(is_first.reshape(-1, *([1] * len(stack_shape))), 0, actor.stack)
+        stack = jnp.concatenate([stack[..., channels:], frame.astype(frame_dtype)], axis=-1)
+        new_head = jax.random.randint(head_key, actor.head.shape, 0, s.num_heads)
+        return actor.replace(stack=stack, head=jnp.where(is_first, new_head, actor.head), key=key)
+
+    def act(params, actor: ActorState, epsilon, vote: bool = False):
+        key, act_key, vote_key = jax.random.split(actor.key, 3)
+        q = network.apply(params, actor.stack)                            # [E, K, A]
+        q_act = exploration.majority_vote(vote_key, q) if vote else exploration.select_head(
+            q, actor.head)
+        return exploration.epsilon_greedy(act_key, q_act, epsilon), actor.replace(key=key)
+
+    def make_row(frame, action, reward, terminal, is_first, valid, key) -> Row:
+        mask = jax.random.bernoulli(key, s.bootstrap_prob, (s.num_envs, s.num_heads))
+        if s.num_heads == 1:
+            mask = jnp.ones_like(mask)
+        clipped = jnp.clip(reward, -s.reward_clip, s.reward_clip) if s.reward_clip > 0 else reward
+        return Row(frame=frame.astype(frame_dtype), action=action.astype(jnp.int32),
+                   reward=clipped.astype(jnp.float32), terminal=terminal, first=is_first,
+                   valid=valid, mask=mask)
+
+    def update(train: TrainState, replay_state: ReplayState, beta):
+        key, sample_key = jax.random.split(train.key)
+        batch, indices, probabilities = replay.sample(replay_state, sample_key, s.batch_size)
+        count = replay_state.storage.size * s.num_envs
+        # Importance weights (Schaul et al. 2016), normalised by the batch maximum.
+        weights = (count * probabilities) ** (-beta)
+        weights = weights / jnp.max(weights)
+        grads, aux = jax.grad(loss_fn, has_aux=True)(train.params, train.target_params,
+                                                     batch, weights)
+        updates, opt_state = optimiser.update(grads, train.opt_state, train.params)
+        params = optax.apply_updates(train.params, updates)
+        # A sample that could not be learned from keeps its priority: point its update at
+        # a valid sample of the batch (a duplicate write of the same value).
+        valid = batch.mask.sum(-1) > 0
+        fallback = jnp.argmax(valid)
+        indices = jnp.where(valid, indices, indices[fallback])
+        priorities = jnp.where(valid, aux["priority"], aux["priority"][fallback])
+        replay_state = replay.update_priorities(replay_state, indices, priorities)
+        metrics = {name: aux[name] for name in ("loss", "td_error", "q_mean")}
+        return train.replace(params=params, opt_state=opt_state, key=key), replay_state, metrics
+
+    def sync_target(train: TrainState) -> TrainState:
+        return train.replace(target_params=jax.tree.map(jnp.copy, train.params))
+
+    return QAgent(settings=s, network=network, replay=replay, stack_shape=stack_shape,
+                  frame_dtype=frame_dtype, init=init, q_values=q_values,
+                  act=act, observe=observe, make_row=make_row, update=update,
+                  sync_target=sync_target)

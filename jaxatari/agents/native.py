@@ -1,0 +1,235 @@
+"""The whole training loop in XLA for JAX-native environments (Catch, GridWorld, MinAtar).
+
+One jitted ``lax.scan`` runs a chunk of iterations; each iteration steps the E envs of
+every seed, acts, writes replay and, on the learning cadence, updates. The iteration
+counter, epsilon, the update and target-sync decisions are computed OUTSIDE the seed
+``vmap`` from the unbatched counter, so ``lax.cond`` on them stays a real branch instead
+of a ``select`` that would run the update every step (DESIGN.md section 4).
+
+The env follows the next-step reset convention (envs/base.py): the step after a done
+resets that env and is written to replay as an invalid row, exactly as envpool's
+auto-reset, so both execution paths share one replay layout.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxatari.agents.dqn import QAgent
+from jaxatari.exploration import linear_epsilon
+from jaxatari.replay import ReplayState
+from jaxatari.types import ActorState, TrainState
+
+
+@struct.dataclass
+class NativeCarry:
+    """Everything one seed carries between iterations."""
+
+    train: TrainState
+    replay: ReplayState
+    actor: ActorState
+    env_state: Any          # [E] env states
+    frame: jax.Array        # [E, ...] the current observation (agent dtype)
+    is_first: jax.Array     # [E] bool, `frame` starts an episode
+    score: jax.Array        # [E] float32, raw game score of the running episode
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """Host-shared learning schedule, in agent steps per seed (E steps per iteration)."""
+
+    num_envs: int
+    learn_start: int
+    update_every: int          # iterations between learning steps
+    updates_per_learn: int     # minibatch updates at each learning step
+    target_period: int         # steps between target syncs (tau)
+    epsilon_start: float
+    epsilon_end: float
+    epsilon_steps: int
+    beta_zero: float           # importance-sampling exponent at learn_start
+    total_steps: int
+
+    def epsilon(self, step):
+        return linear_epsilon(step, start=self.epsilon_start, end=self.epsilon_end,
+                              decay_steps=self.epsilon_steps, learn_start=self.learn_start)
+
+    def beta(self, step):
+        """beta annealed linearly from beta_zero to 1 between learn_start and the end."""
+        span = max(self.total_steps - self.learn_start, 1)
+        progress = jnp.clip((step - self.learn_start) / span, 0.0, 1.0)
+        return self.beta_zero + (1.0 - self.beta_zero) * progress
+
+    def learns(self, iteration):
+        steps_after = (iteration + 1) * self.num_envs
+        return (steps_after >= self.learn_start) & (iteration % self.update_every == 0)
+
+    def syncs(self, iteration):
+        steps_before, steps_after = iteration * self.num_envs, (iteration + 1) * self.num_envs
+        return ((steps_after >= self.learn_start)
+                & (steps_after // self.target_period != steps_before // self.target_period))
+
+
+def to_agent_frame(frame: jax.Array, dtype) -> jax.Array:
+    """Float observations in [0, 1] become bytes when the agent stores uint8 (the original's
+    discretiseMem, rounded rather than truncated)."""
+    if dtype == jnp.uint8 and frame.dtype != jnp.uint8:
+        return jnp.round(jnp.clip(frame, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+    return frame.astype(dtype)
+
+
+def _reset_or_step(env, key, env_state, actions, after_done):
+    """Steps every env, except those whose previous step ended an episode: they reset and
+    report reward 0, not done (the next-step reset convention)."""
+    step_key, reset_key = jax.random.split(key)
+    num_envs = actions.shape[0]
+    stepped = jax.vmap(env.step)(jax.random.split(step_key, num_envs), env_state, actions)
+    stepped_state, stepped_frame, reward, terminated, truncated = stepped
+    reset_state, reset_frame = jax.vmap(env.reset)(jax.random.split(reset_key, num_envs))
+
+    def choose(reset_value, step_value):
+        mask = after_done.reshape(-1, *([1] * (step_value.ndim - 1)))
+        return jnp.where(mask, reset_value, step_value)
+
+    env_state = jax.tree.map(choose, reset_state, stepped_state)
+    frame = choose(reset_frame, stepped_frame)
+    return (env_state, frame, jnp.where(after_done, 0.0, reward),
+            terminated & ~after_done, truncated & ~after_done)
+
+
+def init_native_carry(agent: QAgent, env, key) -> NativeCarry:
+    """Initial carry of one seed: fresh networks, empty replay, envs just reset."""
+    agent_key, env_key = jax.random.split(key)
+    train, replay_state, actor = agent.init(agent_key)
+    num_envs = agent.settings.num_envs
+    env_state, frame = jax.vmap(env.reset)(jax.random.split(env_key, num_envs))
+    frame = to_agent_frame(frame, actor.stack.dtype)
+    is_first = jnp.ones((num_envs,), bool)
+    actor = agent.observe(actor, frame, is_first)
+    return NativeCarry(train=train, replay=replay_state, actor=actor, env_state=env_state,
+                       frame=frame, is_first=is_first, score=jnp.zeros((num_envs,), jnp.float32))
+
+
+def native_seed_axes(agent: QAgent, carry: NativeCarry) -> NativeCarry:
+    """vmap axes of a seed-batched carry: everything on axis 0 but replay's shared counters."""
+    axes = jax.tree.map(lambda _: 0, carry.replace(replay=()))
+    return axes.replace(replay=agent.replay.seed_axes(carry.replay))
+
+
+def make_native_chunk(agent: QAgent, env, cadence: Cadence, num_iterations: int) -> Callable:
+    """Builds chunk(carry [S], first_iteration) -> (carry, outputs), pure and unjitted.
+
+    Outputs are stacked over the chunk's iterations: ``scores`` [T, S, E] (raw game score
+    where ``finished`` [T, S, E] is True), and the learner's ``loss``, ``td_error``,
+    ``q_mean`` [T, S] with ``learned`` [T] saying which iterations updated.
+    """
+    num_envs = agent.settings.num_envs
+
+    def seed_iteration(carry: NativeCarry, epsilon, learns, syncs, beta):
+        actions, actor = agent.act(carry.train.params, carry.actor, epsilon)
+        key, env_key, mask_key = jax.random.split(actor.key, 3)
+        actor = actor.replace(key=key)
+        env_state, frame, reward, terminated, truncated = _reset_or_step(
+            env, env_key, carry.env_state, actions, actor.after_done)
+        frame = to_agent_frame(frame, actor.stack.dtype)
+        row = agent.make_row(carry.frame, actions, reward, terminated, carry.is_first,
+                             ~actor.after_done, mask_key)
+        replay_state = agent.replay.add(carry.replay, row)
+        done = terminated | truncated
+        score = carry.score + reward
+        is_first = actor.after_done
+        actor = agent.observe(actor.replace(after_done=done), frame, is_first)
+
+        def run_updates(train, replay_state):
+            metrics = {"loss": jnp.float32(0), "td_error": jnp.float32(0),
+                       "q_mean": jnp.float32(0)}
+
+            def body(_, state):
+                train, replay_state, _ = state
+                return agent.update(train, replay_state, beta)
+
+            return jax.lax.fori_loop(0, cadence.updates_per_learn, body,
+                                     (train, replay_state, metrics))
+
+        def skip(train, replay_state):
+            metrics = {"loss": jnp.float32(0), "td_error": jnp.float32(0),
+                       "q_mean": jnp.float32(0)}
+            return train, replay_state, metrics
+
+        train, replay_state, metrics = jax.lax.cond(learns, run_updates, skip, carry.train,
+                                                    replay_state)
+        train = jax.lax.cond(syncs, agent.sync_target, lambda t: t, train)
+        new_carry = carry.replace(train=train, replay=replay_state, actor=actor,
+                                  env_state=env_state, frame=frame, is_first=is_first,
+                                  score=jnp.where(done, 0.0, score))
+        return new_carry, {"scores": score, "finished": done, **metrics}
+
+    def chunk(carry: NativeCarry, first_iteration):
+        axes = native_seed_axes(agent, carry)
+        step_all = jax.vmap(seed_iteration, in_axes=(axes, None, None, None, None),
+                            out_axes=(axes, 0))
+
+        def iteration(carry, index):
+            t = first_iteration + index
+            steps = t * num_envs
+            learns = cadence.learns(t)
+            carry, out = step_all(carry, cadence.epsilon(steps), learns, cadence.syncs(t),
+                                  cadence.beta(steps))
+            return carry, {**out, "learned": learns}
+
+        return jax.lax.scan(iteration, carry, jnp.arange(num_iterations))
+
+    return chunk
+
+
+def make_native_evaluate(agent: QAgent, env, *, num_envs: int, num_steps: int,
+                         epsilon: float) -> Callable:
+    """Builds evaluate(params, key) -> (score_sum, episodes) for one seed, pure.
+
+    Plays ``num_steps`` steps in each of ``num_envs`` fresh envs at ``epsilon`` (the
+    original's validation: 0.001), bootstrap heads voting, and sums the raw scores of the
+    episodes that finished. An episode still running at the end is not counted.
+    """
+    vote = agent.settings.num_heads > 1
+
+    def evaluate(params, key):
+        env_key, act_key = jax.random.split(key)
+        stack = jnp.zeros((num_envs, *agent.stack_shape), agent.frame_dtype)
+        actor = ActorState(stack=stack, head=jnp.zeros((num_envs,), jnp.int32),
+                           after_done=jnp.zeros((num_envs,), bool), key=act_key)
+        env_state, frame = jax.vmap(env.reset)(jax.random.split(env_key, num_envs))
+        actor = agent.observe(actor, to_agent_frame(frame, stack.dtype),
+                              jnp.ones((num_envs,), bool))
+
+        def step(state, _):
+            actor, env_state, score, total, episodes = state
+            actions, actor = agent.act(params, actor, epsilon, vote)
+            key, env_key = jax.random.split(actor.key)
+            actor = actor.replace(key=key)
+            env_state, frame, reward, terminated, truncated = _reset_or_step(
+                env, env_key, env_state, actions, actor.after_done)
+            done = terminated | truncated
+            score = score + reward
+            total = total + jnp.where(done, score, 0.0).sum()
+            episodes = episodes + done.sum()
+            is_first = actor.after_done
+            actor = agent.observe(actor.replace(after_done=done),
+                                  to_agent_frame(frame, stack.dtype), is_first)
+            return (actor, env_state, jnp.where(done, 0.0, score), total, episodes), None
+
+        initial = (actor, env_state, jnp.zeros((num_envs,), jnp.float32), jnp.float32(0),
+                   jnp.int32(0))
+        (_, _, _, total, episodes), _ = jax.lax.scan(step, initial, None, length=num_steps)
+        return total, episodes
+
+    return evaluate
+
+
+def init_native_seeds(agent: QAgent, env, keys: jax.Array) -> NativeCarry:
+    """Initial carry of S seeds from keys [S]: seed axis leading, replay counters shared."""
+    example = jax.eval_shape(lambda k: init_native_carry(agent, env, k), keys[0])
+    axes = native_seed_axes(agent, example)
+    return jax.vmap(lambda k: init_native_carry(agent, env, k), out_axes=axes)(keys)

@@ -1,0 +1,132 @@
+"""Command line: ``python -m jaxatari <command> ...`` (also the ``jaxatari`` script).
+
+  train <preset> [game] [--option value ...]   train a preset; later options win
+  presets                                       list the presets and what they are
+
+A user mistake (unknown preset, option, game, bad value) prints one line and exits with
+status 2, without a traceback and without creating a run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any, Sequence
+
+from jaxatari.config import (FIELDS, Config, ConfigError, build_config, flag_name, list_presets,
+                             preset_description)
+
+GROUP_TITLES = {
+    "experiment": "experiment", "env": "environment", "model": "model",
+    "replay": "experience replay", "rl": "reinforcement learning", "training": "training",
+    "eval": "evaluation",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Config()
+    groups = {}
+    for name, field in FIELDS.items():
+        if name == "preset":
+            continue
+        group_name = field.metadata["group"]
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(GROUP_TITLES.get(group_name, group_name))
+        default = getattr(defaults, name)
+        choices = field.metadata.get("choices")
+        help_text = field.metadata["help"] + (f" {{{', '.join(choices)}}}" if choices else "")
+        help_text += f" (default: {default!r})" if default != "" else ""
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text,
+                                  "metavar": "VALUE"}
+        if isinstance(default, bool):
+            kwargs.update(nargs="?", const="true", metavar="true|false")
+        groups[group_name].add_argument(flag_name(name), **kwargs)
+
+
+def make_parser() -> OneLineParser:
+    parser = OneLineParser(prog="jaxatari", description=(
+        "Train, evaluate and inspect deep RL agents of the Kaixhin/Atari family in JAX."))
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    train = commands.add_parser(
+        "train", help="train a preset (see 'presets'); options override the preset",
+        description="Train a preset. Options override the preset's values; later ones win.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("preset", help="preset name (see 'jaxatari presets')")
+    train.add_argument("game", nargs="?", default=None,
+                       help="Atari game (e.g. SpaceInvaders) or a MinAtar game "
+                            "(e.g. SpaceInvaders-MinAtar) for presets that take one")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_option_arguments(train)
+    commands.add_parser("presets", help="list the presets")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = {name: getattr(args, name) for name in FIELDS
+              if name != "preset" and getattr(args, name, None) is not None}
+    if args.game:
+        if args.game.lower().endswith("minatar"):
+            values["env"] = args.game
+        else:
+            values.setdefault("env", "atari")
+            values["game"] = args.game
+    return values
+
+
+def _print_presets() -> None:
+    for name in list_presets():
+        print(f"{name:22s} {preset_description(name)}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from jaxatari.loop import train   # heavy imports only when training
+    config = build_config(args.preset, _overrides(args))
+    run_dir, summary = train(config, quiet=args.quiet)
+    scores = summary["final_scores"]
+    print(f"\n{'seed':>4}  {'final greedy score':>18}  {'best greedy score':>17}")
+    for seed, (final, best) in enumerate(zip(scores, summary["best_scores"])):
+        print(f"{seed:>4}  {final:>18.3f}  {best:>17.3f}")
+    print(f"{summary['steps']:,} steps x {summary['seeds']} seeds in {summary['wall_seconds']:.1f} s "
+          f"({summary['steps_per_second']:,.0f} steps/s over all seeds)")
+    print(f"plot: {run_dir / 'curves.png'}   logs: {run_dir / 'progress.csv'}, "
+          f"{run_dir / 'eval.csv'}, {run_dir / 'tb'}")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        if args.command == "presets":
+            _print_presets()
+            return 0
+        if args.command == "train":
+            return _train(args)
+    except (UsageError, ConfigError, FileExistsError) as error:
+        print(f"jaxatari: error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:   # EnvError and other one-line input errors
+        if type(error).__name__ in ("EnvError", "ValueError") and "\n" not in str(error):
+            print(f"jaxatari: error: {error}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("jaxatari: interrupted", file=sys.stderr)
+        return 130
+    return 2

@@ -1,0 +1,216 @@
+"""Run configuration: one frozen, flat record of options, presets, overrides, validation.
+
+The options keep the original Kaixhin/Atari names in kebab case on the command line
+(``-memSize`` -> ``--mem-size``, ``-PALpha`` -> ``--pal-alpha``). A preset is a TOML file
+in ``configs/`` listing the options it changes; command-line overrides are applied after
+it, so later values win, as the original's run.sh. No JAX here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A user mistake in a preset or an option; the message is one line."""
+
+
+def option(default, help: str, choices: tuple | None = None, group: str = "general"):
+    return dataclasses.field(default=default,
+                             metadata={"help": help, "choices": choices, "group": group})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # Experiment
+    preset: str = option("", "preset this run started from", group="experiment")
+    seeds: int = option(1, "independent seeds trained side by side in one program (vmapped)", group="experiment")
+    seed: int = option(1, "base random seed; seed i of a run uses seed + i", group="experiment")
+    steps: int = option(50_000_000, "agent steps per seed (each step is --act-rep frames on Atari)", group="experiment")
+    run_dir: str = option("", "where the run writes (default: runs/<preset>-<env>-<time>)", group="experiment")
+    chunk_steps: int = option(10_000, "agent steps per seed between host syncs (logging, progress, checkpoints)", group="experiment")
+    verbose: bool = option(False, "log every finished training episode's score", group="experiment")
+
+    # Environment
+    env: str = option("catch", "catch | gridworld | <Game>-MinAtar | atari | a gymnasium id | package.module:Class", group="env")
+    game: str = option("", "Atari game when --env atari (e.g. SpaceInvaders)", group="env")
+    protocol: str = option("kaixhin", "Atari env protocol", ("kaixhin", "machado"), group="env")
+    backend: str = option("envpool", "Atari backend", ("envpool", "ale"), group="env")
+    envs: int = option(1, "environments per seed, stepped together", group="env")
+    size: int = option(24, "Catch screen size", group="env")
+    flickering: float = option(0.0, "Catch: probability that a screen is blanked", group="env")
+    obscured: bool = option(False, "Catch: blank the rows above the paddle", group="env")
+
+    # Model
+    model_body: str = option("catch", "network body: catch | atari | nature | atari2013 | mlp | package.module:Class", group="model")
+    mlp_hidden: int = option(256, "width of the mlp body's hidden layer", group="model")
+    hidden_size: int = option(512, "width of the fully connected layer of each head", group="model")
+    hist_len: int = option(4, "frames stacked into one observation", group="model")
+    duel: bool = option(True, "dueling heads (Wang et al. 2016)", group="model")
+    bootstraps: int = option(10, "bootstrap heads (Osband et al. 2016); 0 = off", group="model")
+    bootstrap_prob: float = option(0.5, "probability that a head trains on a transition", group="model")
+
+    # Experience replay
+    discretise_mem: bool = option(True, "store observations as bytes (reals in [0,1] -> 0..255)", group="replay")
+    mem_size: int = option(1_000_000, "replay capacity in transitions per seed", group="replay")
+    mem_sample_freq: int = option(4, "agent steps between learning updates", group="replay")
+    mem_n_samples: int = option(1, "minibatches per learning update", group="replay")
+    mem_priority: str = option("none", "prioritised replay", ("none", "rank", "proportional"), group="replay")
+    alpha: float = option(0.65, "prioritised replay exponent", group="replay")
+    beta_zero: float = option(0.45, "initial importance-sampling exponent, annealed to 1", group="replay")
+
+    # Reinforcement learning
+    gamma: float = option(0.99, "discount", group="rl")
+    epsilon_start: float = option(1.0, "initial exploration rate", group="rl")
+    epsilon_end: float = option(0.01, "final exploration rate", group="rl")
+    epsilon_steps: int = option(1_000_000, "steps of linear epsilon decay after --learn-start", group="rl")
+    tau: int = option(30_000, "steps between target network updates", group="rl")
+    reward_clip: float = option(1.0, "clip rewards to +-this for learning (0 = off); scores stay raw", group="rl")
+    td_clip: float = option(1.0, "clip TD errors to +-this (Huber loss; 0 = squared loss)", group="rl")
+    double_q: bool = option(True, "Double Q-learning (van Hasselt et al. 2016)", group="rl")
+    pal_alpha: float = option(0.9, "persistent advantage learning alpha (0 = off)", group="rl")
+    loss: str = option("auto", "TD error: auto | dqn | double | al | pal | package.module:function", group="rl")
+    n_step: int = option(1, "n-step returns (1 = the original's one-step targets)", group="rl")
+
+    # Training
+    optimiser: str = option("rmspropm", "optimiser", ("rmspropm", "rmsprop", "adam", "adadelta", "sgd"), group="training")
+    eta: float = option(6.25e-5, "learning rate", group="training")
+    momentum: float = option(0.95, "momentum / RMSProp decay", group="training")
+    batch_size: int = option(32, "minibatch size", group="training")
+    learn_start: int = option(50_000, "steps before learning starts", group="training")
+    grad_clip: float = option(10.0, "clip the gradient's global L2 norm (0 = off)", group="training")
+
+    # Evaluation
+    val_freq: int = option(250_000, "steps between greedy evaluations", group="eval")
+    val_steps: int = option(125_000, "steps per evaluation (over --val-envs envs)", group="eval")
+    val_envs: int = option(8, "environments per seed used by evaluation", group="eval")
+    val_epsilon: float = option(0.001, "exploration rate during evaluation", group="eval")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = CONFIG_DIR / f"{name}.toml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, list_presets(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint}; presets: {', '.join(list_presets())}")
+    with path.open("rb") as f:
+        values = tomllib.load(f)
+    values.pop("description", None)
+    values.pop("deviations", None)
+    return values
+
+
+def preset_description(name: str) -> str:
+    with (CONFIG_DIR / f"{name}.toml").open("rb") as f:
+        return tomllib.load(f).get("description", "")
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Converts a preset or command-line value to the option's type, or raises ConfigError."""
+    if name not in FIELDS:
+        close = difflib.get_close_matches(name, list(FIELDS), n=3)
+        hint = f" (did you mean {', '.join(flag_name(c) for c in close)}?)" if close else ""
+        raise ConfigError(f"unknown option {flag_name(name)}{hint}")
+    kind = type(FIELDS[name].default)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text in ("true", "1", "yes")
+        if kind is int:
+            number = float(value)  # accepts 5e4 as the original's Lua did
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag_name(name)} expects {kind.__name__}, got {value!r}") from None
+
+
+def build_config(preset: str, overrides: dict[str, Any]) -> Config:
+    """Defaults, then the preset, then overrides (later wins); validated."""
+    values: dict[str, Any] = {"preset": preset}
+    for source in (load_preset(preset), overrides):
+        for name, value in source.items():
+            values[name] = coerce(name, value)
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def resolved_loss(config: Config) -> str:
+    """--loss auto follows the original: PAL when --pal-alpha > 0, else DQN (Double via --double-q)."""
+    if config.loss != "auto":
+        return config.loss
+    return "pal" if config.pal_alpha > 0 else "dqn"
+
+
+def validate(c: Config) -> None:
+    """The original's validation rules (Setup.lua validateOptions) plus ours; one line each."""
+    def require(condition: bool, message: str) -> None:
+        if not condition:
+            raise ConfigError(message)
+
+    for f in dataclasses.fields(c):
+        choices = f.metadata.get("choices")
+        if choices and getattr(c, f.name) not in choices:
+            raise ConfigError(f"{flag_name(f.name)} must be one of {', '.join(choices)}, "
+                              f"got {getattr(c, f.name)!r}")
+    positive = ("seeds", "steps", "envs", "hist_len", "mem_size", "mem_sample_freq",
+                "mem_n_samples", "batch_size", "tau", "chunk_steps", "val_freq", "val_envs",
+                "size", "hidden_size", "mlp_hidden", "n_step")
+    for name in positive:
+        require(getattr(c, name) > 0, f"{flag_name(name)} must be positive, got {getattr(c, name)}")
+    for name in ("learn_start", "epsilon_steps", "bootstraps", "val_steps", "reward_clip",
+                 "td_clip", "grad_clip", "pal_alpha", "eta"):
+        require(getattr(c, name) >= 0, f"{flag_name(name)} must not be negative, got {getattr(c, name)}")
+    for name in ("epsilon_start", "epsilon_end", "val_epsilon", "flickering", "bootstrap_prob",
+                 "beta_zero"):
+        require(0.0 <= getattr(c, name) <= 1.0,
+                f"{flag_name(name)} must be in [0, 1], got {getattr(c, name)}")
+    require(0.0 < c.gamma <= 1.0, f"--gamma must be in (0, 1], got {c.gamma}")
+    require(c.eta > 0, f"--eta must be positive, got {c.eta}")
+    require(c.mem_size > c.batch_size,
+            f"--mem-size ({c.mem_size}) must be larger than --batch-size ({c.batch_size})")
+    require(c.mem_size % c.envs == 0,
+            f"--mem-size ({c.mem_size}) must be a multiple of --envs ({c.envs})")
+    require(c.mem_size // c.envs > c.hist_len + c.n_step,
+            f"--mem-size per env ({c.mem_size // c.envs}) must exceed --hist-len + --n-step")
+    require(c.learn_start >= c.batch_size,
+            f"--learn-start ({c.learn_start}) must be at least --batch-size ({c.batch_size}) "
+            "so the first batch can be drawn")
+    require(c.learn_start <= c.mem_size,
+            f"--learn-start ({c.learn_start}) must not exceed --mem-size ({c.mem_size})")
+    require(c.steps % c.envs == 0, f"--steps ({c.steps}) must be a multiple of --envs ({c.envs})")
+    cadence_ok = c.mem_sample_freq % c.envs == 0 or c.envs % c.mem_sample_freq == 0
+    require(cadence_ok, f"--mem-sample-freq ({c.mem_sample_freq}) and --envs ({c.envs}) must "
+            "divide one another (learning happens on whole iterations of all envs)")
+    if c.env == "atari":
+        require(bool(c.game), "--env atari needs --game (e.g. --game SpaceInvaders)")
+
+
+def config_json(config: Config, extra: dict[str, Any]) -> str:
+    return json.dumps({**config.to_dict(), **extra}, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,94 @@
+"""The two environment interfaces every backend is adapted to.
+
+JAX-native environments (Catch, GridWorld, MinAtar through gymnax) are records of pure
+functions, so the whole training chunk can run inside one jitted ``lax.scan`` vmapped
+over seeds. Host environments (envpool, ale-py, any gymnasium env) are stateful Python
+objects stepped in lock-step for all ``S * E`` environments of a run.
+
+Both speak the same conventions:
+
+* observations are channels-last ``[H, W, C]`` (one frame; stacking is the agent's job),
+  either uint8 in [0, 255] or float32 in [0, 1] (``obs_dtype``);
+* ``reward`` is the raw game reward; clipping is the agent's business, so scores stay raw;
+* ``terminated`` means the bootstrap is cut (a life loss counts in training mode when the
+  protocol says so); ``truncated`` means the episode was cut by a time limit; ``game_over``
+  means the real end of a game, used to count game scores;
+* after any step with ``terminated or truncated`` the next step is a reset step: its
+  action is ignored, its reward is 0 and it returns the first observation of the next
+  episode (envpool's "next-step" auto-reset, which the JAX-native loop follows too so
+  both paths share one replay layout).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """Static facts about an environment, read once before anything is built."""
+
+    name: str                       # what the user asked for, e.g. "catch", "SpaceInvaders"
+    obs_shape: tuple[int, ...]      # (H, W, C) of one frame, channels last
+    obs_dtype: str                  # "uint8" or "float32"
+    num_actions: int
+    action_meanings: tuple[str, ...] = ()
+    protocol: dict[str, Any] = dataclasses.field(default_factory=dict)  # recorded in config.json
+    human_name: str = ""            # game key for the human-normalised score table ("" = none)
+
+
+@dataclasses.dataclass(frozen=True)
+class JaxEnv:
+    """A pure functional environment.
+
+    reset(key) -> (env_state, obs)
+    step(key, env_state, action) -> (env_state, obs, reward, terminated, truncated)
+    render(env_state) -> [H', W', 3] uint8 RGB screen (for video and saliency overlays)
+
+    ``step`` never resets by itself: the training loop calls ``reset`` on the step after
+    a done (see the module docstring). All outputs are JAX arrays; ``reward`` float32,
+    ``terminated`` and ``truncated`` bool.
+    """
+
+    spec: EnvSpec
+    reset: Callable
+    step: Callable
+    render: Callable
+
+
+class HostEnv(Protocol):
+    """A batch of ``num_envs`` stateful environments stepped together on the host.
+
+    reset() -> obs [N, H, W, C]
+    step(actions [N] int) -> StepResult
+    set_mode("train" | "eval"): evaluation mode turns off training-only signals such as
+        life-loss terminals (the original's env:training() / env:evaluate()).
+    render(index) -> [H', W', 3] uint8 full-colour screen of env ``index`` (may be None)
+    close()
+    """
+
+    spec: EnvSpec
+    num_envs: int
+
+    def reset(self) -> np.ndarray: ...
+    def step(self, actions: np.ndarray) -> "StepResult": ...
+    def set_mode(self, mode: str) -> None: ...
+    def render(self, index: int = 0) -> np.ndarray | None: ...
+    def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What a host env returns for one lock-step of all N envs. Every field is [N]."""
+
+    obs: np.ndarray         # [N, H, W, C]
+    reward: np.ndarray      # float32, raw (unclipped) game reward
+    terminated: np.ndarray  # bool, cut the bootstrap (life loss in train mode if the protocol says so)
+    truncated: np.ndarray   # bool, time limit
+    game_over: np.ndarray   # bool, the real end of a game: close the game-score tally here
+
+
+class EnvError(ValueError):
+    """A user asked for an environment that cannot be built; the message is one line."""

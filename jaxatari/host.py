@@ -1,0 +1,168 @@
+"""Training with host environments (envpool, ale-py, gymnasium): one pool for all seeds.
+
+One pool holds ``S * E`` envs; its observations ``[S*E, ...]`` are reshaped to
+``[S, E, ...]`` at this boundary and the jitted, seed-vmapped agent functions do the rest.
+Per step there is one device-to-host transfer (the actions). Epsilon, the learning
+cadence and target syncs are host-side numbers shared by all seeds.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxatari.agents.dqn import QAgent
+from jaxatari.agents.native import Cadence, to_agent_frame
+from jaxatari.config import Config
+from jaxatari.types import ActorState
+
+
+def _to_seeds(x: np.ndarray, seeds: int) -> np.ndarray:
+    return x.reshape(seeds, -1, *x.shape[1:])
+
+
+class HostRunner:
+    def __init__(self, config: Config, env_factory, agent: QAgent, cadence: Cadence, keys):
+        self.config = config
+        self.env_factory = env_factory
+        self.agent = agent
+        self.cadence = cadence
+        self.keys = keys
+        seeds = config.seeds
+        state_example = jax.eval_shape(agent.init, keys[0])
+        replay_axes = agent.replay.seed_axes(state_example[1])
+        self.replay_axes = replay_axes
+        self.init = jax.jit(jax.vmap(agent.init, out_axes=(0, replay_axes, 0)))
+
+        def observe(actor, frame, is_first):
+            return agent.observe(actor, to_agent_frame(frame, agent.frame_dtype), is_first)
+
+        def record(replay_state, actor, frame, action, reward, terminated, is_first, valid):
+            key, mask_key = jax.random.split(actor.key)
+            row = agent.make_row(to_agent_frame(frame, agent.frame_dtype), action, reward,
+                                 terminated, is_first, valid, mask_key)
+            return agent.replay.add(replay_state, row), actor.replace(key=key)
+
+        def learn(train, replay_state, beta):
+            def body(_, state):
+                train, replay_state, _ = state
+                return agent.update(train, replay_state, beta)
+            zero = {"loss": jnp.float32(0), "td_error": jnp.float32(0), "q_mean": jnp.float32(0)}
+            return jax.lax.fori_loop(0, cadence.updates_per_learn, body, (train, replay_state, zero))
+
+        self.observe = jax.jit(jax.vmap(observe))
+        self.act = jax.jit(jax.vmap(agent.act, in_axes=(0, 0, None, None)), static_argnums=3)
+        self.record = jax.jit(jax.vmap(record, in_axes=(replay_axes, 0, 0, 0, 0, 0, 0, 0),
+                                       out_axes=(replay_axes, 0)), donate_argnums=0)
+        self.learn = jax.jit(jax.vmap(learn, in_axes=(0, replay_axes, None),
+                                      out_axes=(0, replay_axes, 0)), donate_argnums=(0, 1))
+        self.sync = jax.jit(jax.vmap(agent.sync_target))
+        del seeds
+
+    def evaluate(self, params, step: int, key) -> tuple[np.ndarray, np.ndarray]:
+        """Plays --val-steps steps per seed (over --val-envs envs) in evaluation mode."""
+        c = self.config
+        env = self.env_factory(c.seeds * c.val_envs, c.seed + 7919 + step, mode="eval")
+        try:
+            stack = jnp.zeros((c.seeds, c.val_envs, *self.agent.stack_shape), self.agent.frame_dtype)
+            actor = ActorState(stack=stack, head=jnp.zeros((c.seeds, c.val_envs), jnp.int32),
+                               after_done=jnp.zeros((c.seeds, c.val_envs), bool),
+                               key=jax.random.split(key, c.seeds))
+            frame = _to_seeds(env.reset(), c.seeds)
+            actor = self.observe(actor, frame, np.ones((c.seeds, c.val_envs), bool))
+            score = np.zeros((c.seeds, c.val_envs))
+            total = np.zeros(c.seeds)
+            episodes = np.zeros(c.seeds, np.int64)
+            after_done = np.zeros((c.seeds, c.val_envs), bool)
+            vote = self.agent.settings.num_heads > 1
+            for _ in range(max(math.ceil(c.val_steps / c.val_envs), 1)):
+                actions, actor = self.act(params, actor, c.val_epsilon, vote)
+                result = env.step(np.asarray(actions).reshape(-1))
+                reward = _to_seeds(result.reward, c.seeds)
+                over = _to_seeds(result.game_over, c.seeds)
+                done = _to_seeds(result.terminated | result.truncated, c.seeds)
+                score += reward
+                total += np.where(over, score, 0.0).sum(1)
+                episodes += over.sum(1)
+                score = np.where(over, 0.0, score)
+                is_first = after_done
+                after_done = done
+                actor = self.observe(actor.replace(after_done=jnp.asarray(done)),
+                                     _to_seeds(result.obs, c.seeds), is_first)
+            return total / np.maximum(episodes, 1), episodes
+        finally:
+            env.close()
+
+    def run(self, logger) -> tuple[list, Any]:
+        from jaxatari.loop import Evaluation
+        c = self.config
+        seeds, envs = c.seeds, c.envs
+        env = self.env_factory(seeds * envs, c.seed, mode="train")
+        train, replay_state, actor = self.init(self.keys)
+        frame = _to_seeds(env.reset(), seeds)
+        is_first = np.ones((seeds, envs), bool)
+        actor = self.observe(actor, frame, is_first)
+        after_done = np.zeros((seeds, envs), bool)
+        score = np.zeros((seeds, envs))
+        evaluations = []
+        eval_key = jax.random.PRNGKey(c.seed + 10_007)
+        next_eval = c.val_freq
+        chunk: dict[str, list] = {"scores": [], "finished": [], "loss": [], "td_error": [],
+                                  "q_mean": [], "learned": []}
+        chunk_started, chunk_steps = time.perf_counter(), 0
+        total_iterations = c.steps // envs
+        try:
+            for iteration in range(total_iterations):
+                step = iteration * envs
+                epsilon = float(self.cadence.epsilon(step))
+                actions, actor = self.act(train.params, actor, epsilon, False)
+                actions_host = np.asarray(actions)
+                result = env.step(actions_host.reshape(-1))
+                reward = _to_seeds(result.reward, seeds)
+                terminated = _to_seeds(result.terminated, seeds)
+                done = terminated | _to_seeds(result.truncated, seeds)
+                over = _to_seeds(result.game_over, seeds)
+                replay_state, actor = self.record(replay_state, actor, frame, actions, reward,
+                                                  terminated, is_first, ~after_done)
+                score = score + reward
+                chunk["scores"].append(score.copy())
+                chunk["finished"].append(over)
+                score = np.where(over, 0.0, score)
+                frame = _to_seeds(result.obs, seeds)
+                is_first = after_done
+                after_done = done
+                actor = self.observe(actor.replace(after_done=jnp.asarray(done)), frame, is_first)
+                learned = bool(self.cadence.learns(iteration))
+                if learned:
+                    beta = float(self.cadence.beta(step))
+                    train, replay_state, metrics = self.learn(train, replay_state, beta)
+                    for name in ("loss", "td_error", "q_mean"):
+                        chunk[name].append(metrics[name])
+                else:
+                    for name in ("loss", "td_error", "q_mean"):
+                        chunk[name].append(np.zeros(seeds, np.float32))
+                chunk["learned"].append(learned)
+                if bool(self.cadence.syncs(iteration)):
+                    train = self.sync(train)
+                chunk_steps += envs
+                step_after = step + envs
+                if chunk_steps >= c.chunk_steps or iteration + 1 == total_iterations:
+                    out = {name: np.stack([np.asarray(v) for v in values])
+                           for name, values in chunk.items()}
+                    logger.log_chunk(step_after, out, epsilon, time.perf_counter() - chunk_started,
+                                     chunk_steps)
+                    chunk = {name: [] for name in chunk}
+                    chunk_started, chunk_steps = time.perf_counter(), 0
+                if step_after >= next_eval or iteration + 1 == total_iterations:
+                    eval_key, key = jax.random.split(eval_key)
+                    scores, episodes = self.evaluate(train.params, step_after, key)
+                    evaluations.append(Evaluation(step_after, scores, episodes))
+                    logger.log_eval(step_after, scores, episodes)
+                    next_eval = (step_after // c.val_freq + 1) * c.val_freq
+        finally:
+            env.close()
+        return evaluations, train

@@ -1,0 +1,155 @@
+"""Per-example TD errors, a read-only registry of them, and the Q-loss factory.
+
+A TD error takes ONE transition for ONE head (the rlax convention) and returns a scalar;
+``make_q_loss`` vmaps it over heads and batch once. All TD errors share one signature::
+
+    td_error(q: QValues, a_tm1, r_t, discount_t, *, pal_alpha) -> scalar
+
+``q.select_t`` holds the Q-values used to choose the bootstrap action at t: the online
+network's for Double Q-learning, the target network's otherwise, so every rule here is
+usable with or without Double Q.
+
+Users add their own rule without editing the package: ``--loss my_module:my_td_error``
+loads any function with this signature (see README, "Your own TD error").
+"""
+from __future__ import annotations
+
+import types
+from typing import Callable, Mapping, Protocol
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxatari.types import Transition
+
+
+@struct.dataclass
+class QValues:
+    """Q-values for one transition and one head; each field is [A]."""
+
+    online_tm1: jax.Array   # online network at s_{t-1}: the value being learned
+    target_tm1: jax.Array   # target network at s_{t-1}: advantage-learning gaps
+    target_t: jax.Array     # target network at s_t: bootstrap values
+    select_t: jax.Array     # the network that picks argmax at s_t (online if Double Q)
+
+
+class TDError(Protocol):
+    def __call__(self, q: QValues, a_tm1: jax.Array, r_t: jax.Array, discount_t: jax.Array,
+                 *, pal_alpha: float) -> jax.Array: ...
+
+
+def _bootstrap_action(q: QValues) -> jax.Array:
+    return jnp.argmax(q.select_t)
+
+
+def q_learning_td_error(q, a_tm1, r_t, discount_t, *, pal_alpha=0.0):
+    """Q-learning / DQN (Mnih et al. 2015): r + gamma Q_target(s', argmax) - Q(s, a).
+
+    With Double Q (van Hasselt et al. 2016) ``select_t`` is the online network, so the
+    action is chosen online and evaluated by the target network.
+    """
+    del pal_alpha
+    target = r_t + discount_t * q.target_t[_bootstrap_action(q)]
+    return jax.lax.stop_gradient(target) - q.online_tm1[a_tm1]
+
+
+def double_q_learning_td_error(q, a_tm1, r_t, discount_t, *, pal_alpha=0.0):
+    """Double DQN (van Hasselt et al. 2016) whatever the --double-q flag says."""
+    q = q.replace(select_t=jax.lax.stop_gradient(q.select_t))
+    return q_learning_td_error(q, a_tm1, r_t, discount_t, pal_alpha=pal_alpha)
+
+
+def advantage_learning_td_error(q, a_tm1, r_t, discount_t, *, pal_alpha=0.9):
+    """Advantage learning (Baird 1999; Bellemare et al. 2016, eq. 6), in the original's form.
+
+    delta_AL = delta - alpha (V(s) - Q(s, a)), V = max_a Q_target(s, a): the action gap at
+    s is widened by pushing non-greedy actions down.
+    """
+    delta = q_learning_td_error(q, a_tm1, r_t, discount_t)
+    gap_tm1 = jnp.max(q.target_tm1) - q.target_tm1[a_tm1]
+    return delta - jax.lax.stop_gradient(pal_alpha * gap_tm1)
+
+
+def persistent_advantage_learning_td_error(q, a_tm1, r_t, discount_t, *, pal_alpha=0.9):
+    """Persistent advantage learning (Bellemare et al. 2016, eq. 8), in the original's form.
+
+    delta_PAL = max(delta_AL, delta - alpha (V(s') - Q(s', a))), gaps from the target
+    network (Kaixhin/Atari Agent.lua). This is not rlax's ``persistent_q_learning``, which
+    mixes max and same-action bootstraps without the AL max.
+    """
+    delta = q_learning_td_error(q, a_tm1, r_t, discount_t)
+    gap_tm1 = jnp.max(q.target_tm1) - q.target_tm1[a_tm1]
+    gap_t = jnp.max(q.target_t) - q.target_t[a_tm1]
+    return delta - jax.lax.stop_gradient(pal_alpha * jnp.minimum(gap_tm1, gap_t))
+
+
+TD_ERRORS: Mapping[str, TDError] = types.MappingProxyType({
+    "dqn": q_learning_td_error,
+    "double": double_q_learning_td_error,
+    "al": advantage_learning_td_error,
+    "pal": persistent_advantage_learning_td_error,
+})
+
+
+def resolve_td_error(name: str) -> TDError:
+    """A registry key, or an import path ``module:function`` to a user's TD error."""
+    if name in TD_ERRORS:
+        return TD_ERRORS[name]
+    if ":" in name:
+        from jaxatari.networks import load_object  # local: networks is pure too
+        function = load_object(name, what="TD error")
+        if not callable(function):
+            raise ValueError(f"TD error {name!r} is not callable")
+        return function
+    raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(TD_ERRORS)} "
+                     "or give an import path 'module:function'")
+
+
+def huber(x: jax.Array, delta: float) -> jax.Array:
+    """Squared inside [-delta, delta], linear outside: the gradient is clip(x, +-delta)
+    (the original's tdClip); delta <= 0 means a plain squared error."""
+    if delta <= 0:
+        return 0.5 * jnp.square(x)
+    abs_x = jnp.abs(x)
+    quadratic = jnp.minimum(abs_x, delta)
+    return 0.5 * jnp.square(quadratic) + delta * (abs_x - quadratic)
+
+
+def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_clip: float,
+                pal_alpha: float) -> Callable:
+    """Builds loss(params, target_params, batch, weights) -> (loss, aux).
+
+    The loss is the mean over valid (sample, head) pairs of the Huber TD loss, each
+    weighted by its importance weight; a head's mask of 0 gives that head no gradient
+    from the transition (Bootstrapped DQN, Osband et al. 2016). Forward passes a TD
+    error does not read are removed by XLA.
+    """
+    per_head = jax.vmap(lambda q, a, r, d: td_error(q, a, r, d, pal_alpha=pal_alpha),
+                        in_axes=(0, None, None, None))              # over K
+    per_batch = jax.vmap(per_head)                                  # over B
+
+    def loss_fn(params, target_params, batch: Transition, weights: jax.Array):
+        online_tm1 = apply_fn(params, batch.obs_tm1)                 # [B, K, A]
+        target_tm1 = apply_fn(target_params, batch.obs_tm1)
+        target_t = apply_fn(target_params, batch.obs_t)
+        select_t = apply_fn(params, batch.obs_t) if double_q else target_t
+        q = QValues(online_tm1=online_tm1, target_tm1=target_tm1, target_t=target_t,
+                    select_t=jax.lax.stop_gradient(select_t))
+        td = per_batch(q, batch.a_tm1, batch.r_t, batch.discount_t)  # [B, K]
+        chex.assert_equal_shape([td, batch.mask])
+        per_item = huber(td, td_clip) * batch.mask * weights[:, None]
+        loss = per_item.sum() / jnp.maximum(batch.mask.sum(), 1.0)
+        abs_td = jnp.abs(td) * batch.mask
+        heads_per_sample = jnp.maximum(batch.mask.sum(-1), 1.0)
+        aux = {
+            "loss": loss,
+            "td_error": abs_td.sum() / jnp.maximum(batch.mask.sum(), 1.0),
+            "q_mean": (online_tm1.max(-1) * batch.mask).sum() / jnp.maximum(batch.mask.sum(), 1.0),
+            # Priority of each sample: mean |delta| over the heads trained on it, unclipped.
+            "priority": abs_td.sum(-1) / heads_per_sample,           # [B]
+        }
+        return loss, aux
+
+    return loss_fn

@@ -1,0 +1,188 @@
+"""Network bodies and heads (flax.linen). Pure: no I/O, no environment imports.
+
+Inputs carry exactly one leading batch axis: channels-last frame stacks
+``[B, H, W, C * hist_len]`` (or ``[B, D * hist_len]`` for vector observations); uint8 inputs are on the [0, 255] scale and are divided by 255
+inside the network, so replay and acting can keep bytes until the first layer.
+
+Every Q network returns ``[B, K, A]``: the head axis K is always present (K = 1 for a
+plain DQN), so losses and acting never special-case Bootstrapped DQN.
+
+``activation`` is a field of every module so that saliency modes (guided backprop,
+deconvnet) can swap ReLU's backward pass in a saved model without retraining.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Activation = Callable[[jax.Array], jax.Array]
+
+
+def to_float(x: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float32 [0, 1]; floats pass through."""
+    if x.dtype == jnp.uint8:
+        return x.astype(jnp.float32) * (1.0 / 255.0)
+    return x.astype(jnp.float32)
+
+
+@jax.custom_vjp
+def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
+    """Identity forward; multiplies the gradient by ``scale`` (the original's GradientRescale)."""
+    return x
+
+
+def _scale_gradient_fwd(x, scale):
+    return x, scale
+
+
+def _scale_gradient_bwd(scale, g):
+    return g * scale, None
+
+
+scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
+
+
+class ConvBody(nn.Module):
+    """A stack of ReLU convolutions followed by a flatten; the layers are (features, kernel, stride, pad)."""
+
+    layers: Sequence[tuple[int, int, int, int]]
+    activation: Activation = nn.relu
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = to_float(x)
+        for features, kernel, stride, pad in self.layers:
+            x = nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                        padding=((pad, pad), (pad, pad)))(x)
+            x = self.activation(x)
+        return x.reshape(x.shape[0], -1)
+
+
+class MLPBody(nn.Module):
+    """Flatten, then ReLU dense layers (for vector observations such as GridWorld's)."""
+
+    features: Sequence[int] = (64,)
+    activation: Activation = nn.relu
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = to_float(x).reshape(x.shape[0], -1)
+        for features in self.features:
+            x = self.activation(nn.Dense(features)(x))
+        return x
+
+
+# Bodies of the original (Kaixhin/Atari models/*.lua) and of the papers.
+# Catch: 32x5x5/2 (pad 1) -> 32x5x5/2 (pad 1).           (models/Catch.lua)
+# Atari: the original's Nature body with padding 1 on conv1.  (models/Atari.lua)
+# Nature: Mnih et al. 2015, no padding.
+# Atari2013: Mnih et al. 2013 / the A3C paper's small body.    (models/Atari2013.lua)
+CONV_BODIES: dict[str, tuple[tuple[int, int, int, int], ...]] = {
+    "catch": ((32, 5, 2, 1), (32, 5, 2, 1)),
+    "atari": ((32, 8, 4, 1), (64, 4, 2, 0), (64, 3, 1, 0)),
+    "nature": ((32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0)),
+    "atari2013": ((16, 8, 4, 1), (32, 4, 2, 0)),
+}
+BODY_NAMES = (*CONV_BODIES, "mlp")
+
+
+def make_body(name: str, activation: Activation = nn.relu, mlp_features: Sequence[int] = (64,)
+              ) -> nn.Module:
+    """A body by name ("catch", "atari", "nature", "atari2013", "mlp") or import path "module:Class".
+
+    A custom body is a flax module class; it is built with ``activation=...`` when it has
+    that field, so saliency modes reach its ReLUs too. It receives the stacked history
+    ``[B, ...]`` and returns features ``[B, F]`` (the original's -modelBody contract).
+    """
+    if name in CONV_BODIES:
+        return ConvBody(layers=CONV_BODIES[name], activation=activation)
+    if name == "mlp":
+        return MLPBody(features=tuple(mlp_features), activation=activation)
+    body_class = load_object(name, what="model body")
+    fields = getattr(body_class, "__dataclass_fields__", {})
+    return body_class(activation=activation) if "activation" in fields else body_class()
+
+
+def load_object(path: str, what: str) -> Any:
+    """Imports ``package.module:attribute``; raises ValueError with a one-line message."""
+    if ":" not in path:
+        raise ValueError(f"unknown {what} {path!r}: expected one of the built-in names or an "
+                         "import path 'package.module:Name'")
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import {what} module {module_name!r}: {error}") from None
+    if not hasattr(module, attribute):
+        raise ValueError(f"module {module_name!r} has no {what} named {attribute!r}")
+    return getattr(module, attribute)
+
+
+class QHead(nn.Module):
+    """Dense(hidden) -> ReLU -> Q-values; dueling splits into value and advantage streams.
+
+    Dueling (Wang et al. 2016): Q = V + (A - mean_a A), with the gradient entering the
+    shared body rescaled by 1/sqrt(2) as the original's DuelAggregator setup does.
+    """
+
+    num_actions: int
+    hidden_size: int
+    dueling: bool = False
+    activation: Activation = nn.relu
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:  # [B, F] -> [B, A]
+        if not self.dueling:
+            h = self.activation(nn.Dense(self.hidden_size)(features))
+            return nn.Dense(self.num_actions)(h)
+        features = scale_gradient(features, 1.0 / math.sqrt(2.0))
+        value = nn.Dense(1)(self.activation(nn.Dense(self.hidden_size)(features)))
+        advantage = nn.Dense(self.num_actions)(
+            self.activation(nn.Dense(self.hidden_size)(features)))
+        return value + advantage - advantage.mean(axis=-1, keepdims=True)
+
+
+class QNetwork(nn.Module):
+    """Shared body, K independent heads: ``[B, ...] -> [B, K, A]``.
+
+    Bootstrapped DQN (Osband et al. 2016): with K > 1 the gradient entering the shared body
+    is rescaled by 1/K, so the body learns at the same rate whatever the number of heads.
+    """
+
+    body: nn.Module
+    num_actions: int
+    hidden_size: int = 512
+    num_heads: int = 1
+    dueling: bool = False
+    activation: Activation = nn.relu
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        features = self.body(obs)                                  # [B, F]
+        if self.num_heads > 1:
+            features = scale_gradient(features, 1.0 / self.num_heads)
+        heads = nn.vmap(QHead, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=None, out_axes=1, axis_size=self.num_heads)
+        return heads(self.num_actions, self.hidden_size, self.dueling,
+                     self.activation, name="heads")(features)      # [B, K, A]
+
+
+class ActorCriticNetwork(nn.Module):
+    """Shared body and hidden layer, policy logits ``[B, A]`` and value ``[B]`` (Mnih et al. 2016)."""
+
+    body: nn.Module
+    num_actions: int
+    hidden_size: int = 256
+    activation: Activation = nn.relu
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = self.activation(nn.Dense(self.hidden_size)(self.body(obs)))
+        logits = nn.Dense(self.num_actions)(h)
+        value = nn.Dense(1)(h)[..., 0]
+        return logits, value
