@@ -18,6 +18,7 @@ import numpy as np
 from jaxatari.agents.dqn import QAgent
 from jaxatari.agents.native import Cadence, to_agent_frame
 from jaxatari.config import Config
+from jaxatari.metrics import Evaluation, mean_score
 from jaxatari.types import ActorState
 
 
@@ -93,12 +94,11 @@ class HostRunner:
                 after_done = done
                 actor = self.observe(actor.replace(after_done=jnp.asarray(done)),
                                      _to_seeds(result.obs, c.seeds), is_first)
-            return total / np.maximum(episodes, 1), episodes
+            return mean_score(total, episodes, score.mean(1)), episodes
         finally:
             env.close()
 
     def run(self, logger) -> tuple[list, Any]:
-        from jaxatari.loop import Evaluation
         c = self.config
         seeds, envs = c.seeds, c.envs
         env = self.env_factory(seeds * envs, c.seed, mode="train")

@@ -7,11 +7,8 @@ the progress bar). ``jax.jit(jax.vmap(...))`` is applied here, once, seed axis l
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +25,7 @@ from jaxatari.agents.native import (Cadence, init_native_seeds, make_native_chun
                                     make_native_evaluate)
 from jaxatari.config import Config, config_json, resolved_loss
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
-from jaxatari.metrics import RunLogger
+from jaxatari.metrics import Evaluation, RunLogger, mean_score
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "rlax", "gymnasium", "ale-py", "envpool",
             "gymnax", "numpy")
@@ -88,13 +85,6 @@ def default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{config.preset or 'run'}-{env}-{stamp}"
 
 
-@dataclasses.dataclass
-class Evaluation:
-    step: int
-    scores: np.ndarray      # [S] mean raw game score over finished episodes
-    episodes: np.ndarray    # [S] finished episodes
-
-
 class Trainer:
     """Runs one configuration end to end; the public entry is ``train(config)``."""
 
@@ -142,9 +132,9 @@ class Trainer:
                              run * c.envs)
             if step >= next_eval or iteration >= total_iterations:
                 eval_key, key = jax.random.split(eval_key)
-                total, episodes = jax.device_get(
+                total, episodes, partial = jax.device_get(
                     evaluate(carry.train.params, jax.random.split(key, c.seeds)))
-                evaluation = Evaluation(step, np.asarray(total) / np.maximum(episodes, 1),
+                evaluation = Evaluation(step, mean_score(total, episodes, partial),
                                         np.asarray(episodes))
                 evaluations.append(evaluation)
                 logger.log_eval(step, evaluation.scores, evaluation.episodes)

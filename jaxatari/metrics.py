@@ -13,12 +13,28 @@ Files in RUN_DIR:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+@dataclasses.dataclass
+class Evaluation:
+    step: int
+    scores: np.ndarray      # [S] mean raw game score over finished episodes
+    episodes: np.ndarray    # [S] finished episodes
+
+
+def mean_score(total, episodes, partial) -> np.ndarray:
+    """Mean raw score over finished episodes, or the running episodes' mean score where
+    none finished (as the original's validation)."""
+    total, episodes, partial = (np.asarray(x, np.float64) for x in (total, episodes, partial))
+    return np.where(episodes > 0, total / np.maximum(episodes, 1), partial)
 
 
 class RunLogger:
@@ -52,7 +68,8 @@ class RunLogger:
         except ImportError:  # logging must never stop training
             self.tb = None
         self.bar = None
-        if not self.quiet:
+        self.plain = not self.quiet and not sys.stderr.isatty()  # CI logs: a line per chunk
+        if not self.quiet and not self.plain:
             from tqdm import tqdm
             self.bar = tqdm(total=self.config.steps, unit="step", dynamic_ncols=True,
                             desc=f"{self.config.preset or 'train'} x{self.seeds} seeds",
@@ -89,11 +106,18 @@ class RunLogger:
             self.tb.add_scalar("epsilon", float(epsilon), step)
             self.tb.add_scalar("steps_per_second", speed, step)
         self.progress_file.flush()
+        recent = [row[2] for row in self.train_rows[-self.seeds:]]
+        score = f"{np.mean(recent):.3g}" if recent else "-"
         if self.bar is not None:
             self.bar.update(step - self.steps_done)
-            recent = [row[2] for row in self.train_rows[-self.seeds:]]
-            self.bar.set_postfix(score=f"{np.mean(recent):.3g}" if recent else "-",
-                                 eps=f"{float(epsilon):.3f}", sps=f"{speed * self.seeds:,.0f}")
+            self.bar.set_postfix(score=score, eps=f"{float(epsilon):.3f}",
+                                 sps=f"{speed * self.seeds:,.0f}")
+        elif self.plain:
+            elapsed = time.perf_counter() - self.started
+            remaining = elapsed / max(step, 1) * (self.config.steps - step)
+            print(f"step {step:>10,}/{self.config.steps:,}  training score {score}  "
+                  f"epsilon {float(epsilon):.3f}  {speed * self.seeds:,.0f} steps/s  "
+                  f"elapsed {elapsed:.0f}s  eta {remaining:.0f}s", file=sys.stderr, flush=True)
         self.steps_done = step
 
     def log_eval(self, step: int, scores: np.ndarray, episodes: np.ndarray) -> None:
@@ -103,9 +127,11 @@ class RunLogger:
             if self.tb is not None:
                 self.tb.add_scalar(f"seed{seed}/eval_score", float(scores[seed]), step)
         self.eval_file.flush()
+        line = f"step {step:>10,}  greedy score per seed: " + " ".join(f"{s:.3g}" for s in scores)
         if self.bar is not None:
-            self.bar.write(f"step {step:>10,}  greedy score per seed: "
-                           + " ".join(f"{s:.3g}" for s in scores))
+            self.bar.write(line)
+        elif self.plain:
+            print(line, file=sys.stderr, flush=True)
 
     def finish(self, summary: dict[str, Any]) -> None:
         plot_curves(self.run_dir / "curves.png", self.eval_rows, self.train_rows, self.seeds,

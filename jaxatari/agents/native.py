@@ -187,11 +187,12 @@ def make_native_chunk(agent: QAgent, env, cadence: Cadence, num_iterations: int)
 
 def make_native_evaluate(agent: QAgent, env, *, num_envs: int, num_steps: int,
                          epsilon: float) -> Callable:
-    """Builds evaluate(params, key) -> (score_sum, episodes) for one seed, pure.
+    """Builds evaluate(params, key) -> (score_sum, episodes, partial) for one seed, pure.
 
     Plays ``num_steps`` steps in each of ``num_envs`` fresh envs at ``epsilon`` (the
     original's validation: 0.001), bootstrap heads voting, and sums the raw scores of the
-    episodes that finished. An episode still running at the end is not counted.
+    episodes that finished. ``partial`` is the mean score of the episodes still running at
+    the end: the original reports it when no episode finished.
     """
     vote = agent.settings.num_heads > 1
 
@@ -222,8 +223,8 @@ def make_native_evaluate(agent: QAgent, env, *, num_envs: int, num_steps: int,
 
         initial = (actor, env_state, jnp.zeros((num_envs,), jnp.float32), jnp.float32(0),
                    jnp.int32(0))
-        (_, _, _, total, episodes), _ = jax.lax.scan(step, initial, None, length=num_steps)
-        return total, episodes
+        (_, _, running, total, episodes), _ = jax.lax.scan(step, initial, None, length=num_steps)
+        return total, episodes, running.mean()
 
     return evaluate
 

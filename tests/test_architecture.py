@@ -1,0 +1,136 @@
+"""The import direction of DESIGN.md section 2, read from the source's AST.
+
+The pure layer (types, networks, losses, exploration, replay, agents) never imports the
+edge (envs, loop, host, metrics, cli and the other I/O modules) nor the libraries only the
+edge may use (envpool, ale_py, gymnasium, gymnax, tensorboardX, matplotlib, tqdm, orbax).
+Every import counts, also those inside functions, relative ones and
+``importlib.import_module("...")`` with a literal name. No module under jaxatari/ imports
+from tests. ``jaxatari.config`` (frozen dataclasses, no JAX) is neither pure nor edge.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent / "jaxatari"
+
+PURE = ("jaxatari.types", "jaxatari.networks", "jaxatari.losses", "jaxatari.exploration",
+        "jaxatari.replay", "jaxatari.agents")
+EDGE = ("jaxatari.envs", "jaxatari.loop", "jaxatari.host", "jaxatari.metrics", "jaxatari.cli",
+        "jaxatari.__main__", "jaxatari.evaluation", "jaxatari.checkpoint", "jaxatari.saliency",
+        "jaxatari.video", "jaxatari.plots")
+EDGE_LIBRARIES = ("envpool", "ale_py", "gymnasium", "gym", "gymnax", "tensorboardX",
+                  "matplotlib", "tqdm", "orbax", "imageio")
+
+
+def module_name(path: Path, root: Path = PACKAGE_DIR) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def within(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def imported_names(source: str, module: str, is_package: bool) -> set[str]:
+    """Every module a source imports, absolute; ``from a import b`` yields a and a.b (b may
+    be a submodule, as in ``from jaxatari import loop``)."""
+    names = set()
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module
+            names.add(prefix)
+            names.update(f"{prefix}.{alias.name}" for alias in node.names if alias.name != "*")
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            function = node.func
+            called = (function.attr if isinstance(function, ast.Attribute)
+                      else getattr(function, "id", ""))
+            if called in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                names.add(node.args[0].value)
+    return names
+
+
+def modules() -> dict[str, set[str]]:
+    found = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        name = module_name(path)
+        found[name] = imported_names(path.read_text(), name, path.name == "__init__.py")
+    return found
+
+
+ALL = modules()
+PURE_MODULES = sorted(name for name in ALL if within(name, PURE))
+
+
+def violations(imports: set[str]) -> list[str]:
+    return sorted(name for name in imports
+                  if within(name, EDGE) or within(name, EDGE_LIBRARIES))
+
+
+def test_the_walk_finds_the_package():
+    assert len(ALL) >= 15
+    for name in ("jaxatari.types", "jaxatari.networks", "jaxatari.losses",
+                 "jaxatari.exploration", "jaxatari.replay", "jaxatari.replay.storage",
+                 "jaxatari.agents.dqn", "jaxatari.agents.native"):
+        assert name in PURE_MODULES, name
+    # the walk sees real edges, so an empty result below means something
+    assert "jaxatari.envs.base" in ALL["jaxatari.envs.catch"]
+    assert "jaxatari.agents.dqn" in ALL["jaxatari.loop"]
+    assert "gymnasium" in ALL["jaxatari.envs.gym_env"]
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_modules_never_import_the_edge(module):
+    assert violations(ALL[module]) == [], (
+        f"{module} is in the pure layer (DESIGN.md section 2) but imports the edge")
+
+
+@pytest.mark.parametrize("module", sorted(ALL))
+def test_no_module_imports_tests(module):
+    assert not any(within(name, ("tests",)) for name in ALL[module]), module
+
+
+def test_edge_libraries_only_in_the_edge():
+    """The heavy optional libraries stay in envs/ and the I/O modules."""
+    for module, imports in ALL.items():
+        if within(module, EDGE):
+            continue
+        libraries = sorted(n for n in imports if within(n, EDGE_LIBRARIES))
+        assert libraries == [], (module, libraries)
+
+
+def test_the_checker_catches_violations():
+    """A test that cannot fail is a defect: feed it sources that break the rules."""
+    bad = [
+        ("import jaxatari.loop", "jaxatari.agents.dqn", False, "jaxatari.loop"),
+        ("from jaxatari import metrics", "jaxatari.losses", False, "jaxatari.metrics"),
+        ("from ..envs.catch import make_catch", "jaxatari.agents.native", False,
+         "jaxatari.envs.catch"),
+        ("from .. import cli", "jaxatari.replay.storage", False, "jaxatari.cli"),
+        ("from . import host", "jaxatari.agents", True, "jaxatari.agents.host"),
+        ("def f():\n    import envpool\n", "jaxatari.networks", False, "envpool"),
+        ("from tensorboardX import SummaryWriter", "jaxatari.types", False, "tensorboardX"),
+        ("import importlib\nimportlib.import_module('ale_py')", "jaxatari.exploration", False,
+         "ale_py"),
+        ("import orbax.checkpoint as ocp", "jaxatari.agents.dqn", False, "orbax.checkpoint"),
+    ]
+    for source, module, is_package, expected in bad:
+        names = imported_names(source, module, is_package)
+        assert expected in names, (source, names)
+        if expected != "jaxatari.agents.host":
+            assert violations(names), source
+    assert "jaxatari.agents.host" not in violations({"jaxatari.agents.host"})
+    assert violations({"jaxatari.hostile"}) == []   # prefixes match whole components only
+    assert violations({"jaxatari.config", "jax.numpy", "flax.linen", "optax"}) == []

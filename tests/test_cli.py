@@ -1,0 +1,105 @@
+"""The command line: help, presets, and one-line errors for bad input (exit 2, no run dir)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxatari import cli
+from jaxatari.config import FIELDS, ConfigError, build_config, flag_name, list_presets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "jaxatari", *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+def test_help_lists_every_option_with_its_default():
+    parser = cli.make_parser()
+    train_help = parser._subparsers._group_actions[0].choices["train"].format_help()
+    for name in FIELDS:
+        if name != "preset":
+            assert flag_name(name) in train_help, name
+    assert "(default: 50000)" in train_help.replace(",", "")   # --learn-start's default
+    assert "--mem-size" in train_help and "--pal-alpha" in train_help
+
+
+def test_presets_command_lists_demo():
+    result = run_cli("presets")
+    assert result.returncode == 0
+    assert "demo" in result.stdout and "nature" in result.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "no-such-preset"], "unknown preset"),
+    (["train", "demo", "--no-such-option", "3"], "unrecognized arguments"),
+    (["train", "demo", "--steps", "-5"], "--steps must be positive"),
+    (["train", "demo", "--steps", "ten"], "--steps expects int"),
+    (["train", "demo", "--mem-size", "16", "--batch-size", "32"], "must be larger than --batch-size"),
+    (["train", "demo", "--learn-start", "8"], "so the first batch can be drawn"),
+    (["train", "demo", "--env", "nowhere"], "unknown environment"),
+    (["train", "demo", "--env", "atari", "--game", "NotAGame"], "unknown Atari game"),
+    (["train", "demo", "--env", "NoSuch-MinAtar"], "MinAtar"),
+    (["train", "demo", "--optimiser", "adamw"], "--optimiser must be one of"),
+    (["train", "demo", "--flickering", "1.5"], "--flickering must be in [0, 1]"),
+    (["train", "demo", "--loss", "nope"], "unknown loss"),
+    (["train", "demo", "--model-body", "nope"], "unknown model body"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_run_dir(tmp_path, args, expected):
+    run_dir = tmp_path / "run"
+    result = run_cli(*args, "--run-dir", str(run_dir))
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert expected in lines[0], lines[0]
+    assert not run_dir.exists()
+
+
+def test_later_overrides_win_and_values_are_typed():
+    config = build_config("demo", {"seeds": "8", "steps": "5e4", "duel": "false"})
+    assert config.seeds == 8 and config.steps == 50_000 and config.duel is False
+    assert config.preset == "demo"
+
+
+def test_every_preset_loads_and_validates():
+    for name in list_presets():
+        build_config(name, {})
+
+
+def test_unknown_option_in_a_preset_is_refused(tmp_path, monkeypatch):
+    import jaxatari.config as config_module
+    (tmp_path / "broken.toml").write_text('description = "x"\nno_such_key = 1\n')
+    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
+    with pytest.raises(ConfigError, match="unknown option --no-such-key"):
+        build_config("broken", {})
+
+
+def test_a_short_catch_run_writes_every_artefact(tmp_path):
+    run_dir = tmp_path / "catch"
+    result = run_cli("train", "demo", "--steps", "1600", "--seeds", "2", "--learn-start", "400",
+                     "--val-freq", "800", "--val-steps", "128", "--val-envs", "8",
+                     "--chunk-steps", "800", "--verbose", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"run directory: {run_dir}"
+    for name in ("config.json", "progress.csv", "eval.csv", "episodes.csv", "curves.png",
+                 "summary.json"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("preset", "env", "protocol", "seeds", "steps", "final_scores", "best_scores",
+                "wall_seconds", "steps_per_second"):
+        assert key in summary
+    assert len(summary["final_scores"]) == 2 and summary["steps"] == 1600
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["environment"]["versions"]["jax"]
+    assert config["env_spec"]["protocol"]["env"] == "catch"
+    # A finished run directory is never overwritten.
+    again = run_cli("train", "demo", "--steps", "1600", "--run-dir", str(run_dir))
+    assert again.returncode == 2 and "already holds a finished run" in again.stderr
