@@ -2,6 +2,7 @@
 
   train <preset> [game] [--option value ...]   train a preset; later options win
   presets                                       list the presets and what they are
+  (more commands in jaxatari/commands/)
 
 A user mistake (unknown preset, option, game, bad value) prints one line and exits with
 status 2, without a traceback and without creating a run directory.
@@ -9,17 +10,18 @@ status 2, without a traceback and without creating a run directory.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import importlib
 import sys
 from typing import Any, Sequence
 
+from jaxatari.commands import COMMAND_MODULES
 from jaxatari.config import (FIELDS, Config, ConfigError, build_config, flag_name, list_presets,
                              preset_description)
 
 GROUP_TITLES = {
     "experiment": "experiment", "env": "environment", "model": "model",
     "replay": "experience replay", "rl": "reinforcement learning", "training": "training",
-    "eval": "evaluation",
+    "eval": "evaluation", "async": "actor-learners",
 }
 
 
@@ -60,8 +62,7 @@ def make_parser() -> OneLineParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     train = commands.add_parser(
         "train", help="train a preset (see 'presets'); options override the preset",
-        description="Train a preset. Options override the preset's values; later ones win.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Train a preset. Options override the preset's values; later ones win.")
     train.add_argument("preset", help="preset name (see 'jaxatari presets')")
     train.add_argument("game", nargs="?", default=None,
                        help="Atari game (e.g. SpaceInvaders) or a MinAtar game "
@@ -69,6 +70,8 @@ def make_parser() -> OneLineParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_option_arguments(train)
     commands.add_parser("presets", help="list the presets")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(f"jaxatari.commands.{module_name}").register(commands)
     return parser
 
 
@@ -118,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "train":
             return _train(args)
+        return args.run(args)
     except (UsageError, ConfigError, FileExistsError) as error:
         print(f"jaxatari: error: {error}", file=sys.stderr)
         return 2

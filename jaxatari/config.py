@@ -21,9 +21,11 @@ class ConfigError(ValueError):
     """A user mistake in a preset or an option; the message is one line."""
 
 
-def option(default, help: str, choices: tuple | None = None, group: str = "general"):
-    return dataclasses.field(default=default,
-                             metadata={"help": help, "choices": choices, "group": group})
+def option(default, help: str, choices: tuple | None = None, group: str = "general",
+           flag: str | None = None):
+    """A config field; ``flag`` overrides the derived --kebab-case name (for --async)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
+                                                        "group": group, "flag": flag})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,12 @@ class Config:
     val_envs: int = option(8, "environments per seed used by evaluation", group="eval")
     val_epsilon: float = option(0.001, "exploration rate during evaluation", group="eval")
 
+    # Actor-learners (Mnih et al. 2016)
+    async_method: str = option("none", "actor-learner instead of the replay agent", ("none", "sarsa", "onestep", "nstep", "a3c"), group="async", flag="--async")
+    async_mode: str = option("sync", "sync: N envs stepped together; async: envpool's async API, acting on whichever envs are ready", ("sync", "async"), group="async")
+    entropy_beta: float = option(0.01, "A3C entropy regularisation", group="async")
+    rms_epsilon: float = option(0.1, "epsilon of the actor-learners' RMSProp", group="async")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -100,6 +108,9 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 def flag_name(field_name: str) -> str:
+    field = FIELDS.get(field_name)
+    if field is not None and field.metadata.get("flag"):
+        return field.metadata["flag"]
     return "--" + field_name.replace("_", "-")
 
 

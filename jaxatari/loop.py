@@ -94,8 +94,12 @@ class Trainer:
         self.quiet = quiet
         self.env = make_env(config)
         self.spec: EnvSpec = self.env.spec
-        self.agent: QAgent = make_q_agent(agent_settings(config, self.spec))
         self.cadence = cadence_of(config)
+        if config.async_method == "none":
+            self.agent: QAgent = make_q_agent(agent_settings(config, self.spec))
+        else:   # refuse bad actor-learner settings before the run directory exists
+            from jaxatari.actor_loop import check_actor_learner
+            check_actor_learner(config, self.spec)
         self.keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
 
     # ---------------------------------------------------------------- evaluation
@@ -151,7 +155,10 @@ class Trainer:
         c = self.config
         started = time.time()
         with RunLogger(self.run_dir, c, quiet=self.quiet) as logger:
-            if isinstance(self.env, JaxEnv):
+            if c.async_method != "none":
+                from jaxatari.actor_loop import run_actor_learner
+                evaluations = run_actor_learner(c, self.env, self.keys, logger)
+            elif isinstance(self.env, JaxEnv):
                 evaluations, _ = self._run_native(logger)
             else:
                 evaluations, _ = self._run_host(logger)
@@ -180,8 +187,10 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False) -> t
         raise FileExistsError(f"run directory {run_dir} already holds a finished run; "
                               "choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"env_spec": dataclasses.asdict(trainer.spec), "agent": dataclasses.asdict(
-        trainer.agent.settings), "environment": environment_record()}
+    agent = getattr(trainer, "agent", None)
+    record = {"env_spec": dataclasses.asdict(trainer.spec),
+              "agent": dataclasses.asdict(agent.settings) if agent else None,
+              "environment": environment_record()}
     (run_dir / "config.json").write_text(config_json(config, record))
     try:
         summary = trainer.run()

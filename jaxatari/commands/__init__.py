@@ -1,0 +1,9 @@
+"""Subcommands beyond ``train`` and ``presets``, one module each.
+
+Each module listed in ``COMMAND_MODULES`` defines ``register(subparsers)``, which adds its
+parser and sets ``run`` (a function of the parsed ``argparse.Namespace`` returning an exit
+status) with ``parser.set_defaults(run=...)``. Modules import JAX and friends inside
+``run`` only, so ``--help`` stays fast. User mistakes raise ``jaxatari.config.ConfigError``
+or ``ValueError`` with a one-line message; the CLI turns them into exit status 2.
+"""
+COMMAND_MODULES: tuple[str, ...] = ()
