@@ -18,7 +18,7 @@ import numpy as np
 from jaxatari.agents.dqn import QAgent
 from jaxatari.agents.native import Cadence, to_agent_frame
 from jaxatari.config import Config
-from jaxatari.metrics import Evaluation, mean_score
+from jaxatari.metrics import mean_score
 from jaxatari.types import ActorState
 
 
@@ -98,27 +98,53 @@ class HostRunner:
         finally:
             env.close()
 
-    def run(self, logger) -> tuple[list, Any]:
+    def run(self, logger, trainer, restored=None) -> Any:
+        """Trains from step 0 or from ``restored`` (a ``loop.Restored``); ``trainer`` (the
+        ``loop.Trainer``) completes evaluations, saves checkpoints and answers Ctrl+C.
+        Returns the final train state [S].
+
+        A host env cannot be put back where it was: a resumed run starts new games (envs
+        seeded ``--seed + step``), keeps learner, actor keys, counters and (if saved) the
+        replay memory, and otherwise waits ``--learn-start`` steps while the memory refills
+        (``trainer.cadence`` says when learning may start).
+        """
         c = self.config
         seeds, envs = c.seeds, c.envs
-        env = self.env_factory(seeds * envs, c.seed, mode="train")
+        cadence = trainer.cadence
         train, replay_state, actor = self.init(self.keys)
+        start = 0
+        if restored is not None:
+            items = restored.items
+            train = items["train"]
+            if items["replay"] is not None:
+                replay_state = items["replay"]
+            actor = items["actor"].replace(after_done=jnp.zeros((seeds, envs), bool))
+            start = restored.iteration
+        env = self.env_factory(seeds * envs, c.seed + start * envs, mode="train")
         frame = _to_seeds(env.reset(), seeds)
         is_first = np.ones((seeds, envs), bool)
         actor = self.observe(actor, frame, is_first)
         after_done = np.zeros((seeds, envs), bool)
         score = np.zeros((seeds, envs))
-        evaluations = []
-        eval_key = jax.random.PRNGKey(c.seed + 10_007)
-        next_eval = c.val_freq
         chunk: dict[str, list] = {"scores": [], "finished": [], "loss": [], "td_error": [],
                                   "q_mean": [], "learned": []}
         chunk_started, chunk_steps = time.perf_counter(), 0
         total_iterations = c.steps // envs
+        evaluated_at = trainer.evaluations[-1].step if trainer.evaluations else -1
+
+        def items():
+            return {"train": train, "actor": actor, "replay": replay_state}
+
         try:
-            for iteration in range(total_iterations):
+            for iteration in range(start, total_iterations):
                 step = iteration * envs
-                epsilon = float(self.cadence.epsilon(step))
+                if trainer.guard.requested:
+                    trainer.handle_interrupt(items, step, iteration)
+                if step >= trainer.next_eval and step != evaluated_at:
+                    # due but not done (a resumed run stopped just before it)
+                    self._evaluate(trainer, train, replay_state, items, step, iteration)
+                    evaluated_at = step
+                epsilon = float(cadence.epsilon(step))
                 actions, actor = self.act(train.params, actor, epsilon, False)
                 actions_host = np.asarray(actions)
                 result = env.step(actions_host.reshape(-1))
@@ -136,9 +162,9 @@ class HostRunner:
                 is_first = after_done
                 after_done = done
                 actor = self.observe(actor.replace(after_done=jnp.asarray(done)), frame, is_first)
-                learned = bool(self.cadence.learns(iteration))
+                learned = bool(cadence.learns(iteration))
                 if learned:
-                    beta = float(self.cadence.beta(step))
+                    beta = float(cadence.beta(step))
                     train, replay_state, metrics = self.learn(train, replay_state, beta)
                     for name in ("loss", "td_error", "q_mean"):
                         chunk[name].append(metrics[name])
@@ -146,7 +172,7 @@ class HostRunner:
                     for name in ("loss", "td_error", "q_mean"):
                         chunk[name].append(np.zeros(seeds, np.float32))
                 chunk["learned"].append(learned)
-                if bool(self.cadence.syncs(iteration)):
+                if bool(cadence.syncs(iteration)):
                     train = self.sync(train)
                 chunk_steps += envs
                 step_after = step + envs
@@ -157,12 +183,15 @@ class HostRunner:
                                      chunk_steps)
                     chunk = {name: [] for name in chunk}
                     chunk_started, chunk_steps = time.perf_counter(), 0
-                if step_after >= next_eval or iteration + 1 == total_iterations:
-                    eval_key, key = jax.random.split(eval_key)
-                    scores, episodes = self.evaluate(train.params, step_after, key)
-                    evaluations.append(Evaluation(step_after, scores, episodes))
-                    logger.log_eval(step_after, scores, episodes)
-                    next_eval = (step_after // c.val_freq + 1) * c.val_freq
+                if step_after >= trainer.next_eval or iteration + 1 == total_iterations:
+                    self._evaluate(trainer, train, replay_state, items, step_after, iteration + 1)
+                    evaluated_at = step_after
         finally:
             env.close()
-        return evaluations, train
+        return train
+
+    def _evaluate(self, trainer, train, replay_state, items, step: int, iteration: int) -> None:
+        key = jax.random.fold_in(trainer.eval_key, step)
+        scores, episodes = self.evaluate(train.params, step, key)
+        evaluation = trainer.validate(step, scores, episodes, train, replay_state)
+        trainer.save_after_eval(evaluation, items(), iteration)

@@ -1,34 +1,70 @@
-"""The stateful outer loop: builds the agent, runs training chunks, evaluates, logs.
+"""The stateful outer loop: builds the agent, runs training chunks, evaluates, logs, saves.
 
 Everything numerical happens in the jitted pure functions of ``jaxatari.agents``; this
 module only moves data between them and the outside world (envs on the host, files,
-the progress bar). ``jax.jit(jax.vmap(...))`` is applied here, once, seed axis leading.
+the progress bar, checkpoints, Ctrl+C). ``jax.jit(jax.vmap(...))`` is applied here, once,
+seed axis leading.
+
+Checkpoints (``jaxatari.checkpoint``): after every evaluation ``checkpoints/last`` holds
+everything needed to continue (parameters, target parameters, optimiser state, PRNG keys of
+learner, actors and envs, the env states, the iteration counter, which fixes epsilon's and
+beta's positions, the evaluation history, the held-out transitions and, where it is small,
+the replay memory); ``checkpoints/best`` is written whenever the mean validation score over
+seeds beats the best so far (without the replay memory); ``keep_every`` also keeps each
+evaluation's checkpoint as ``checkpoints/step_<step>`` (the original's ``-checkpoint``).
+
+Resume (``train(..., resume_from=RUN_DIR)``) restores the last checkpoint and continues at
+its iteration. The exactness rule for JAX-native envs: every save happens at a chunk
+boundary, and a resumed run continues with chunks of ``--chunk-steps`` from the saved
+iteration, so with the same ``--chunk-steps`` its chunks are the uninterrupted run's chunks
+and the result is bit-identical on CPU. This holds for saves made by evaluations and by
+Ctrl+C during a run, and for a run trained for ``--steps N`` and resumed with a larger
+``--steps`` when N is a multiple of ``--chunk-steps`` (a shorter last chunk shifts the
+boundaries). Prioritised replay anneals beta over ``--steps``, so changing ``--steps`` on
+resume changes beta from there on. Host envs (envpool, gymnasium) cannot be restored: the
+envs restart from new games (seeded ``--seed + step``), the running episodes' scores are
+lost, and unless the replay memory was checkpointed, learning pauses for ``--learn-start``
+steps while it refills.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import platform
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxatari import checkpoint as ckpt
+from jaxatari import human_scores
 from jaxatari.agents.dqn import QAgent, QAgentSettings, make_q_agent
-from jaxatari.agents.native import (Cadence, init_native_seeds, make_native_chunk,
-                                    make_native_evaluate)
-from jaxatari.config import Config, config_json, resolved_loss
+from jaxatari.agents.native import (Cadence, NativeCarry, init_native_seeds, make_native_chunk,
+                                    make_native_evaluate, native_seed_axes)
+from jaxatari.config import Config, ConfigError, config_json, resolved_loss
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
+from jaxatari.evaluation import DEFAULT_VAL_SIZE, make_heldout_sampler, make_value_stats
 from jaxatari.metrics import Evaluation, RunLogger, mean_score
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "rlax", "gymnasium", "ale-py", "envpool",
-            "gymnax", "numpy")
+            "gymnax", "numpy", "orbax-checkpoint")
+CHECKPOINT_KIND = "q-agent"
+# JAX-native runs checkpoint their replay memory by default up to this size (all seeds).
+REPLAY_AUTO_LIMIT = 1 << 30
+# Options that must match a checkpoint to resume from it (they shape the state).
+STRUCTURAL_SETTINGS = ("num_actions", "obs_shape", "obs_dtype", "hist_len", "body",
+                       "mlp_features", "hidden_size", "dueling", "num_heads", "replay",
+                       "capacity", "num_envs", "optimiser", "grad_clip")
 
 
 def agent_settings(config: Config, spec: EnvSpec) -> QAgentSettings:
@@ -60,6 +96,17 @@ def cadence_of(config: Config) -> Cadence:
                    total_steps=config.steps)
 
 
+@dataclasses.dataclass(frozen=True)
+class RefillCadence(Cadence):
+    """A resumed run whose replay memory was not checkpointed: no learning before iteration
+    ``learn_from`` (the memory refills for --learn-start steps); all else as ``Cadence``."""
+
+    learn_from: int = 0
+
+    def learns(self, iteration):
+        return super().learns(iteration) & (iteration >= self.learn_from)
+
+
 def environment_record() -> dict[str, Any]:
     versions = {}
     for package in PACKAGES:
@@ -85,85 +132,406 @@ def default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{config.preset or 'run'}-{env}-{stamp}"
 
 
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+# ---------------------------------------------------------------------------- Ctrl+C
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl+C at a safe point (after saving the agent if asked)."""
+
+    def __init__(self, message: str, saved: Path | None):
+        super().__init__(message)
+        self.saved = saved
+
+
+class InterruptGuard:
+    """SIGINT during training, as the original's ``catchSigInt``.
+
+    The first SIGINT only sets ``requested``; the loop looks at it at its next safe point
+    (between chunks, or between steps for host envs) and asks ``confirm_save``: "Save agent
+    (y/n)?" on an interactive terminal, yes without one. The first SIGINT also restores the
+    default action, so a second one ends the process at once (even inside a jitted chunk),
+    without saving. Installed only in the main thread.
+    """
+
+    def __init__(self, interactive: bool):
+        self.interactive = interactive
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        try:
+            print("\nSIGINT received: stopping at the next safe point "
+                  "(Ctrl+C again to leave at once, without saving)", file=sys.stderr, flush=True)
+        except (OSError, ValueError, RuntimeError):
+            pass
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+    def confirm_save(self) -> bool:
+        if not self.interactive:
+            return True
+        return ask("Save agent (y/n)? ")
+
+
+def ask(question: str) -> bool:
+    """A y/n question on the terminal; anything but y (or end of input) is no."""
+    print(question, end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+@dataclasses.dataclass
+class Restored:
+    """What a checkpoint gives back to a run."""
+
+    path: Path
+    metadata: dict[str, Any]
+    items: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.metadata["step"])
+
+    @property
+    def iteration(self) -> int:
+        return int(self.metadata["iteration"])
+
+    @property
+    def evaluations(self) -> list[Evaluation]:
+        return [Evaluation.from_json(e) for e in self.metadata.get("evaluations", [])]
+
+
 class Trainer:
     """Runs one configuration end to end; the public entry is ``train(config)``."""
 
-    def __init__(self, config: Config, run_dir: Path, quiet: bool = False):
+    def __init__(self, config: Config, run_dir: Path, quiet: bool = False, *,
+                 keep_every: bool = False, checkpoint_replay: bool | None = None,
+                 val_size: int = DEFAULT_VAL_SIZE, interactive: bool = False):
         self.config = config
         self.run_dir = run_dir
         self.quiet = quiet
         self.env = make_env(config)
         self.spec: EnvSpec = self.env.spec
         self.cadence = cadence_of(config)
+        self.native = isinstance(self.env, JaxEnv)
         if config.async_method == "none":
             self.agent: QAgent = make_q_agent(agent_settings(config, self.spec))
         else:   # refuse bad actor-learner settings before the run directory exists
             from jaxatari.actor_loop import check_actor_learner
             check_actor_learner(config, self.spec)
         self.keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
+        self.eval_key = jax.random.PRNGKey(config.seed + 10_007)
+        self.heldout_key = jax.random.PRNGKey(config.seed + 31_337)
+        self.checkpoints = ckpt.RunCheckpoints(run_dir, keep_every=keep_every)
+        self.checkpoint_replay = checkpoint_replay
+        if val_size < 1:
+            raise ConfigError(f"--val-size must be positive, got {val_size}")
+        self.val_size = val_size
+        self.guard = InterruptGuard(interactive)
+        self.evaluations: list[Evaluation] = []
+        self.best_score = -math.inf
+        self.heldout = None
+        self.next_eval = config.val_freq
+        self.start_step = 0
+        self.logger: RunLogger | None = None
 
-    # ---------------------------------------------------------------- evaluation
-    def _eval_steps_per_env(self) -> int:
-        return max(math.ceil(self.config.val_steps / self.config.val_envs), 1)
+    # ------------------------------------------------------------------ state layout
+    def _init_example(self):
+        """(train, replay, actor) of all seeds as ShapeDtypeStructs, replay counters shared."""
+        return jax.eval_shape(jax.vmap(self.agent.init, out_axes=(0, self._replay_axes(), 0)),
+                              self.keys)
+
+    def _replay_bytes(self) -> int:
+        return ckpt.nbytes(self._init_example()[1])
+
+    def _include_replay(self) -> bool:
+        if self.checkpoint_replay is not None:
+            return self.checkpoint_replay
+        return self.native and self._replay_bytes() <= REPLAY_AUTO_LIMIT
+
+    def templates(self) -> dict[str, Any]:
+        """The checkpoint items of this run as ShapeDtypeStructs (for restoring)."""
+        train, replay, actor = self._init_example()
+        heldout = jax.eval_shape(self._sample_heldout_fn(self._replay_axes()), replay, self.keys)
+        if self.native:
+            carry = jax.eval_shape(lambda k: init_native_seeds(self.agent, self.env, k), self.keys)
+            return {"train": carry.train, "actor": carry.actor, "env": self._env_item(carry),
+                    "replay": carry.replay, "heldout": heldout}
+        return {"train": train, "actor": actor, "replay": replay, "heldout": heldout}
+
+    @staticmethod
+    def _env_item(carry: NativeCarry) -> dict[str, Any]:
+        return {"env_state": carry.env_state, "frame": carry.frame, "is_first": carry.is_first,
+                "score": carry.score}
+
+    def _replay_axes(self):
+        example = jax.eval_shape(self.agent.init, self.keys[0])[1]
+        return self.agent.replay.seed_axes(example)
+
+    def _sample_heldout_fn(self, replay_axes) -> Callable:
+        return jax.vmap(make_heldout_sampler(self.agent, self.val_size), in_axes=(replay_axes, 0))
+
+    def base_metadata(self) -> dict[str, Any]:
+        c = self.config
+        return {"kind": CHECKPOINT_KIND, "path_kind": "native" if self.native else "host",
+                "config": c.to_dict(), "agent": _jsonable(dataclasses.asdict(self.agent.settings)),
+                "env_spec": _jsonable(dataclasses.asdict(self.spec)), "seeds": c.seeds,
+                "iterations_per_chunk": self._iterations_per_chunk(),
+                "val_size": self.val_size}
+
+    def _iterations_per_chunk(self) -> int:
+        c = self.config
+        return max(min(c.chunk_steps, c.steps) // c.envs, 1)
+
+    # ------------------------------------------------------------------ resume
+    def restore(self, path: Path) -> Restored:
+        """Loads and checks a checkpoint for this run (CheckpointError on any mismatch)."""
+        meta = ckpt.read_metadata(path)
+        self.check_compatible(meta)
+        items, meta = ckpt.load(path, self.templates())
+        if items["train"] is None:
+            raise ckpt.CheckpointError(f"checkpoint {path} holds no learner state")
+        return Restored(path=Path(meta["path"]), metadata=meta, items=items)
+
+    def check_compatible(self, meta: dict[str, Any]) -> None:
+        path = meta.get("path")
+        if meta.get("kind") != CHECKPOINT_KIND:
+            raise ckpt.CheckpointError(f"checkpoint {path} holds a {meta.get('kind')!r} agent; "
+                                       f"this run trains a {CHECKPOINT_KIND!r}")
+        ours = _jsonable(dataclasses.asdict(self.agent.settings))
+        saved = meta.get("agent", {})
+        spec = meta.get("env_spec", {})
+        if spec.get("name") != self.spec.name:
+            raise ckpt.CheckpointError(f"checkpoint {path} was saved for env "
+                                       f"{spec.get('name')!r}; this run plays {self.spec.name!r}")
+        if meta.get("seeds") != self.config.seeds:
+            raise ckpt.CheckpointError(f"checkpoint {path} holds {meta.get('seeds')} seeds; this "
+                                       f"run has --seeds {self.config.seeds}")
+        for name in STRUCTURAL_SETTINGS:
+            if saved.get(name) != ours.get(name):
+                raise ckpt.CheckpointError(
+                    f"checkpoint {path} was saved by another network or memory ({name} "
+                    f"{saved.get(name)!r} there, {ours.get(name)!r} here)")
+        if meta.get("path_kind") != ("native" if self.native else "host"):
+            raise ckpt.CheckpointError(f"checkpoint {path} was saved by a "
+                                       f"{meta.get('path_kind')} run; this run is not")
+        if self.config.steps <= int(meta.get("step", 0)):
+            raise ConfigError(f"--steps {self.config.steps} is not beyond the checkpoint's step "
+                              f"{meta.get('step')}: nothing left to train")
+
+    def changed_options(self, meta: dict[str, Any]) -> list[str]:
+        saved = meta.get("config", {})
+        ours = self.config.to_dict()
+        ignore = {"run_dir"}
+        return [f"{name} {saved.get(name)!r} -> {value!r}" for name, value in ours.items()
+                if name not in ignore and name in saved and saved[name] != value]
+
+    def _apply_restored(self, restored: Restored | None) -> None:
+        if restored is None:
+            return
+        self.start_step = restored.step
+        self.evaluations = restored.evaluations
+        self.best_score = float(restored.metadata.get("best_score") or -math.inf)
+        self.next_eval = int(restored.metadata.get("next_eval", self.config.val_freq))
+        self.heldout = restored.items.get("heldout")
+        if restored.items.get("replay") is None:
+            envs = self.config.envs
+            self.cadence = RefillCadence(**dataclasses.asdict(self.cadence),
+                                         learn_from=restored.iteration
+                                         + math.ceil(self.config.learn_start / envs))
+
+    # ------------------------------------------------------------------ validation & saving
+    def _compile_validation(self, replay_axes) -> None:
+        self._sample_heldout = jax.jit(self._sample_heldout_fn(replay_axes))
+        self._value_stats = jax.jit(jax.vmap(make_value_stats(self.agent)))
+
+    def validate(self, step: int, scores, episodes, train, replay_state) -> Evaluation:
+        """Completes an evaluation's statistics (normalised score, V, TD error) and logs it."""
+        c = self.config
+        if self.heldout is None and step >= c.learn_start:
+            keys = jax.random.split(self.heldout_key, c.seeds)
+            self.heldout = self._sample_heldout(replay_state, keys)
+        v = td = None
+        if self.heldout is not None:
+            v, td = (np.asarray(x, np.float64) for x in
+                     jax.device_get(self._value_stats(train, self.heldout)))
+        normalised = human_scores.normalise(self.spec.human_name, scores)
+        evaluation = Evaluation(step, np.asarray(scores, np.float64), np.asarray(episodes),
+                                normalised=normalised, v=v, td_error=td)
+        self.evaluations.append(evaluation)
+        self.logger.log_eval(step, evaluation.scores, evaluation.episodes, normalised=normalised,
+                             v=v, td_error=td)
+        self.next_eval = (step // c.val_freq + 1) * c.val_freq
+        return evaluation
+
+    def metadata(self, step: int, iteration: int, reason: str) -> dict[str, Any]:
+        latest = self.evaluations[-1] if self.evaluations else None
+        return {**self.base_metadata(), "step": step, "iteration": iteration,
+                "next_eval": self.next_eval, "reason": reason,
+                "evaluations": [e.to_json() for e in self.evaluations],
+                "best_score": None if math.isinf(self.best_score) else self.best_score,
+                "validation_score": None if latest is None else float(np.mean(latest.scores)),
+                "validation_scores": None if latest is None else [float(s) for s in latest.scores],
+                "normalised_score_source": human_scores.SOURCE
+                if human_scores.random_and_human(self.spec.human_name) else None}
+
+    def save(self, name: str, items: dict[str, Any], step: int, iteration: int, reason: str,
+             with_replay: bool) -> Path:
+        items = dict(items)
+        if not with_replay:
+            items["replay"] = None
+        meta = self.metadata(step, iteration, reason)
+        meta["replay_included"] = items.get("replay") is not None
+        meta["replay_bytes"] = self._replay_bytes()
+        return self.checkpoints.save(name, {**items, "heldout": self.heldout}, meta)
+
+    def save_after_eval(self, evaluation: Evaluation, items: dict[str, Any], iteration: int) -> None:
+        """``last`` after every evaluation, ``best`` when the mean score over seeds beats the
+        best so far (as the original: strictly greater), ``step_<step>`` with keep_every."""
+        step = evaluation.step
+        mean = float(np.mean(evaluation.scores))
+        improved = mean > self.best_score
+        if improved:
+            self.best_score = mean
+        self.save("last", items, step, iteration, "evaluation", self._include_replay())
+        if improved:
+            self.save("best", items, step, iteration, "best validation score", False)
+        if self.checkpoints.keep_every:
+            path = self.checkpoints.step_path(step)
+            meta = {**self.metadata(step, iteration, "evaluation"), "name": path.name,
+                    "replay_included": False, "replay_bytes": self._replay_bytes()}
+            ckpt.save(path, {**items, "replay": None, "heldout": self.heldout}, meta)
+
+    def handle_interrupt(self, items_fn: Callable[[], dict], step: int, iteration: int) -> None:
+        """At a safe point after Ctrl+C: ask (or not), save ``last``, stop the run."""
+        saved = None
+        if self.logger is not None:
+            self.logger.flush()
+        if self.guard.confirm_save():
+            saved = self.save("last", items_fn(), step, iteration, "interrupt",
+                              self._include_replay())
+            print(f"Saved agent at step {step:,} to {saved}; continue it with --resume "
+                  f"{self.run_dir}", file=sys.stderr, flush=True)
+        raise TrainingInterrupted(f"interrupted at step {step}", saved)
+
+    def _note_replay(self) -> None:
+        size = self._replay_bytes() / 2 ** 20
+        if self._include_replay():
+            self.logger.note(f"checkpoints/last includes the replay memory ({size:,.1f} MiB)")
+        else:
+            self.logger.note(f"checkpoints do not include the replay memory ({size:,.1f} MiB); "
+                             "a resumed run refills it for --learn-start steps before learning")
 
     # ---------------------------------------------------------------- JAX-native path
-    def _run_native(self, logger: RunLogger) -> tuple[list[Evaluation], Any]:
+    def _run_native(self, restored: Restored | None) -> Any:
         c = self.config
         env: JaxEnv = self.env
-        iterations_per_chunk = max(min(c.chunk_steps, c.steps) // c.envs, 1)
+        agent = self.agent
+        logger = self.logger
+        length = self._iterations_per_chunk()
         total_iterations = c.steps // c.envs
-        chunk = jax.jit(make_native_chunk(self.agent, env, self.cadence, iterations_per_chunk),
-                        donate_argnums=0)
+        chunks: dict[int, Callable] = {}
+
+        def chunk_of(run: int) -> Callable:   # the last, shorter chunk compiles once more
+            if run not in chunks:
+                chunks[run] = jax.jit(make_native_chunk(agent, env, self.cadence, run),
+                                      donate_argnums=0)
+            return chunks[run]
+
         evaluate = jax.jit(jax.vmap(make_native_evaluate(
-            self.agent, env, num_envs=c.val_envs, num_steps=self._eval_steps_per_env(),
+            agent, env, num_envs=c.val_envs, num_steps=max(math.ceil(c.val_steps / c.val_envs), 1),
             epsilon=c.val_epsilon)))
-        carry = init_native_seeds(self.agent, env, self.keys)
-        eval_key = jax.random.PRNGKey(c.seed + 10_007)
-        evaluations: list[Evaluation] = []
-        next_eval = c.val_freq
-        iteration = 0
-        while iteration < total_iterations:
-            run = min(iterations_per_chunk, total_iterations - iteration)
-            if run != iterations_per_chunk:   # the last, shorter chunk compiles once more
-                chunk = jax.jit(make_native_chunk(self.agent, env, self.cadence, run),
-                                donate_argnums=0)
+        init = jax.jit(lambda keys: init_native_seeds(agent, env, keys))
+        if restored is None:
+            carry = init(self.keys)
+            iteration = 0
+        else:
+            items = restored.items
+            replay = items["replay"] if items["replay"] is not None else init(self.keys).replay
+            carry = NativeCarry(train=items["train"], replay=replay, actor=items["actor"],
+                                **items["env"])
+            iteration = restored.iteration
+        axes = native_seed_axes(agent, carry)
+        self._compile_validation(axes.replay)
+
+        def items_of(carry: NativeCarry) -> dict[str, Any]:
+            return {"train": carry.train, "actor": carry.actor, "env": self._env_item(carry),
+                    "replay": carry.replay}
+
+        evaluated_at = self.evaluations[-1].step if self.evaluations else -1
+        while True:
+            step = iteration * c.envs
+            if self.guard.requested:
+                self.handle_interrupt(lambda: items_of(carry), step, iteration)
+            done = iteration >= total_iterations
+            if (step >= self.next_eval or done) and step != evaluated_at:
+                key = jax.random.fold_in(self.eval_key, step)
+                total, episodes, partial = jax.device_get(
+                    evaluate(carry.train.params, jax.random.split(key, c.seeds)))
+                evaluation = self.validate(step, mean_score(total, episodes, partial), episodes,
+                                           carry.train, carry.replay)
+                self.save_after_eval(evaluation, items_of(carry), iteration)
+                evaluated_at = step
+            if done:
+                return carry.train
+            run = min(length, total_iterations - iteration)
             started = time.perf_counter()
-            carry, out = chunk(carry, jnp.int32(iteration))
+            carry, out = chunk_of(run)(carry, jnp.int32(iteration))
             out = jax.device_get(out)
             iteration += run
             step = iteration * c.envs
-            logger.log_chunk(step, out, self.cadence.epsilon(step), time.perf_counter() - started,
-                             run * c.envs)
-            if step >= next_eval or iteration >= total_iterations:
-                eval_key, key = jax.random.split(eval_key)
-                total, episodes, partial = jax.device_get(
-                    evaluate(carry.train.params, jax.random.split(key, c.seeds)))
-                evaluation = Evaluation(step, mean_score(total, episodes, partial),
-                                        np.asarray(episodes))
-                evaluations.append(evaluation)
-                logger.log_eval(step, evaluation.scores, evaluation.episodes)
-                next_eval = (step // c.val_freq + 1) * c.val_freq
-        return evaluations, carry
+            logger.log_chunk(step, out, self.cadence.epsilon(step),
+                             time.perf_counter() - started, run * c.envs)
 
     # ---------------------------------------------------------------- host-env path
-    def _run_host(self, logger: RunLogger) -> tuple[list[Evaluation], Any]:
+    def _run_host(self, restored: Restored | None) -> Any:
         from jaxatari.host import HostRunner
         runner = HostRunner(self.config, self.env, self.agent, self.cadence, self.keys)
-        return runner.run(logger)
+        self._compile_validation(runner.replay_axes)
+        return runner.run(self.logger, self, restored)
 
-    def run(self) -> dict[str, Any]:
+    def run(self, restored: Restored | None = None) -> dict[str, Any]:
         c = self.config
         started = time.time()
-        with RunLogger(self.run_dir, c, quiet=self.quiet) as logger:
+        self._apply_restored(restored)
+        resume_step = restored.step if restored is not None else None
+        with RunLogger(self.run_dir, c, quiet=self.quiet, resume_step=resume_step) as logger, \
+                self.guard:
+            self.logger = logger
+            train_state = None
             if c.async_method != "none":
                 from jaxatari.actor_loop import run_actor_learner
-                evaluations = run_actor_learner(c, self.env, self.keys, logger)
-            elif isinstance(self.env, JaxEnv):
-                evaluations, _ = self._run_native(logger)
+                self.evaluations = run_actor_learner(c, self.env, self.keys, logger)
             else:
-                evaluations, _ = self._run_host(logger)
+                if restored is not None:
+                    logger.note(f"resuming from {restored.path} at step {restored.step:,}")
+                self._note_replay()
+                if self.native:
+                    train_state = self._run_native(restored)
+                else:
+                    train_state = self._run_host(restored)
             wall = time.time() - started
+            evaluations = self.evaluations
             scores = np.stack([e.scores for e in evaluations])  # [V, S]
+            trained = c.steps - self.start_step
             summary = {
                 "preset": c.preset, "env": self.spec.name, "protocol": self.spec.protocol,
                 "seeds": c.seeds, "steps": c.steps,
@@ -171,29 +539,112 @@ class Trainer:
                 "best_scores": [float(x) for x in scores.max(axis=0)],
                 "eval_steps": [e.step for e in evaluations],
                 "wall_seconds": round(wall, 2),
-                "steps_per_second": round(c.steps * c.seeds / max(wall, 1e-9), 1),
-                "steps_per_second_per_seed": round(c.steps / max(wall, 1e-9), 1),
+                "steps_per_second": round(trained * c.seeds / max(wall, 1e-9), 1),
+                "steps_per_second_per_seed": round(trained / max(wall, 1e-9), 1),
             }
-            logger.finish(summary)
+            if evaluations and evaluations[-1].normalised is not None:
+                summary["final_normalised_scores"] = [float(x) for x in evaluations[-1].normalised]
+                summary["normalised_score_source"] = human_scores.SOURCE
+            if restored is not None:
+                summary["resumed_from_step"] = restored.step
+            params = None
+            if train_state is not None:
+                params = jax.tree.map(lambda x: np.asarray(x[0]), train_state.params)
+            logger.finish(summary, params=params,
+                          in_channels=self.agent.stack_shape[-1] if train_state is not None else 0)
         return summary
 
 
-def train(config: Config, run_dir: Path | None = None, quiet: bool = False) -> tuple[Path, dict]:
-    """Builds everything that can fail on bad input BEFORE creating the run directory, so
-    a failed start never leaves a directory that looks like a run."""
+def saved_agent(run_dir: Path) -> dict[str, Any] | None:
+    """The metadata of a run directory's resumable checkpoint (``checkpoints/last``), if any."""
+    found = ckpt.resolve(ckpt.checkpoint_dir(run_dir) / "last")
+    if found is None:
+        return None
+    try:
+        return ckpt.read_metadata(found)
+    except ckpt.CheckpointError:
+        return None
+
+
+def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
+          resume_from: Path | None = None, *, resume: bool | None = None,
+          checkpoint_every: bool = False, checkpoint_replay: bool | None = None,
+          val_size: int = DEFAULT_VAL_SIZE, interactive: bool | None = None
+          ) -> tuple[Path, dict]:
+    """Trains ``config`` in ``run_dir`` and returns (run_dir, summary).
+
+    Builds everything that can fail on bad input BEFORE creating or touching the run
+    directory, so a failed start never leaves a directory that looks like a run and never
+    changes an existing one.
+
+    resume_from: a run directory (its ``checkpoints/last``) or a checkpoint directory to
+        continue from; the run continues in that run directory unless ``run_dir`` is given.
+        A finished run may be continued with a larger ``--steps``.
+    resume: for a run directory that already holds a saved agent of an unfinished run:
+        True resumes it, False starts again (the old checkpoints are moved aside to
+        ``checkpoints-replaced-<time>``), None asks on an interactive terminal and refuses
+        (one-line error) without one.
+    checkpoint_every: keep every evaluation's checkpoint as ``checkpoints/step_<step>``.
+    checkpoint_replay: put the replay memory in ``checkpoints/last``; None: yes for
+        JAX-native envs up to 1 GiB, no for host envs.
+    val_size: held-out transitions for the V and TD-error statistics (the original's
+        -valSize).
+    interactive: whether to ask questions on the terminal (default: stdin is a terminal).
+    """
+    interactive = sys.stdin.isatty() if interactive is None else interactive
+    source = None
+    if resume_from is not None:
+        source = ckpt.find(Path(resume_from), "last")
+        if run_dir is None and not config.run_dir:
+            run_dir = ckpt.run_dir_of(source)
     run_dir = Path(run_dir or config.run_dir or default_run_dir(config))
-    trainer = Trainer(config, run_dir, quiet=quiet)
-    if run_dir.exists() and (run_dir / "summary.json").exists():
-        raise FileExistsError(f"run directory {run_dir} already holds a finished run; "
-                              "choose another --run-dir")
+    trainer = Trainer(config, run_dir, quiet=quiet, keep_every=checkpoint_every,
+                      checkpoint_replay=checkpoint_replay, val_size=val_size,
+                      interactive=interactive)
+    finished = run_dir.exists() and (run_dir / "summary.json").exists()
+    if source is None:
+        saved = None if finished else saved_agent(run_dir)
+        if finished:
+            raise FileExistsError(f"run directory {run_dir} already holds a finished run; "
+                                  "choose another --run-dir (or continue it with --resume)")
+        if saved is not None:
+            if resume is None:
+                if not interactive:
+                    raise ConfigError(
+                        f"run directory {run_dir} holds a saved agent of an unfinished run "
+                        f"(step {saved['step']:,}): continue it with --resume or start again "
+                        "with --no-resume")
+                resume = ask(f"Saved agent found in {run_dir} (step {saved['step']:,}) - "
+                             "resume (y/n)? ")
+            if resume:
+                source = Path(saved["path"])
+        elif resume:
+            raise ConfigError(f"--resume: {run_dir} holds no saved agent to continue")
+    if source is not None and config.async_method != "none":
+        raise ConfigError("resuming actor-learner runs is not supported yet")
+    restored = trainer.restore(source) if source is not None else None
+    # ------------------------------------------------ nothing above touched the disk
+    if source is None and resume is False and ckpt.checkpoint_dir(run_dir).exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        ckpt.checkpoint_dir(run_dir).rename(run_dir / f"checkpoints-replaced-{stamp}")
     run_dir.mkdir(parents=True, exist_ok=True)
+    for marker in ("summary.json", "INCOMPLETE"):
+        if restored is not None and (run_dir / marker).exists():
+            (run_dir / marker).unlink()
     agent = getattr(trainer, "agent", None)
     record = {"env_spec": dataclasses.asdict(trainer.spec),
               "agent": dataclasses.asdict(agent.settings) if agent else None,
               "environment": environment_record()}
+    if restored is not None:
+        record["resumed_from"] = {"checkpoint": str(restored.path), "step": restored.step,
+                                  "changed_options": trainer.changed_options(restored.metadata)}
+        in_place = restored.path.parent.parent.resolve() == run_dir.resolve()
+        if (run_dir / "config.json").exists() and in_place:
+            shutil.copyfile(run_dir / "config.json",
+                            run_dir / f"config-before-step-{restored.step}.json")
     (run_dir / "config.json").write_text(config_json(config, record))
     try:
-        summary = trainer.run()
+        summary = trainer.run(restored)
     except BaseException:
         (run_dir / "INCOMPLETE").write_text("this run did not finish; see its log\n")
         raise

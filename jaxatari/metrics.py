@@ -3,19 +3,29 @@
 Files in RUN_DIR:
   progress.csv   per chunk and seed: training episodes and their mean raw game score,
                  loss, |TD error|, mean max-Q, epsilon, steps/s
-  eval.csv       per evaluation and seed: mean raw game score over finished episodes
+  eval.csv       per evaluation and seed: mean raw game score over finished episodes, their
+                 number, the human-normalised score (Atari only, jaxatari.human_scores), and
+                 the average V and |TD error| on the held-out transitions
   episodes.csv   (--verbose) every finished training episode's raw game score
   tb/            TensorBoard event files (tensorboardX)
   curves.png     evaluation score and training score against steps: mean over seeds
                  with a min-max band, and each seed
+  scores.png, normalised_scores.png (Atari), v.png, td_error.png, loss.png
+                 the same layout for each validation statistic and the training loss
+  conv_filters.png  the first convolutional layer's filters as an image grid
   summary.json   written last: its presence marks a finished run
+
+A resumed run (``RunLogger(resume_step=N)``) keeps the rows up to step N, drops those
+written after its checkpoint, and appends; TensorBoard purges the events after step N.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
+import math
 import sys
+import warnings
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +38,26 @@ class Evaluation:
     step: int
     scores: np.ndarray      # [S] mean raw game score over finished episodes
     episodes: np.ndarray    # [S] finished episodes
+    normalised: np.ndarray | None = None   # [S] human-normalised score (Atari games only)
+    v: np.ndarray | None = None            # [S] average V on the held-out transitions
+    td_error: np.ndarray | None = None     # [S] average |TD error| on them
+
+    def to_json(self) -> dict[str, Any]:
+        def listed(x):
+            return None if x is None else [float(v) for v in np.asarray(x, np.float64)]
+        return {"step": int(self.step), "scores": listed(self.scores),
+                "episodes": [int(e) for e in np.asarray(self.episodes)],
+                "normalised": listed(self.normalised), "v": listed(self.v),
+                "td_error": listed(self.td_error)}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "Evaluation":
+        def array(x):
+            return None if x is None else np.asarray(x, np.float64)
+        return cls(step=int(record["step"]), scores=array(record["scores"]),
+                   episodes=np.asarray(record["episodes"], np.int64),
+                   normalised=array(record.get("normalised")), v=array(record.get("v")),
+                   td_error=array(record.get("td_error")))
 
 
 def mean_score(total, episodes, partial) -> np.ndarray:
@@ -37,34 +67,73 @@ def mean_score(total, episodes, partial) -> np.ndarray:
     return np.where(episodes > 0, total / np.maximum(episodes, 1), partial)
 
 
+PROGRESS_HEADER = ["step", "seed", "episodes", "score", "loss", "td_error", "q_mean", "epsilon",
+                   "steps_per_second"]
+EVAL_HEADER = ["step", "seed", "score", "episodes", "normalised_score", "v", "td_error"]
+EPISODE_HEADER = ["step", "seed", "score"]
+
+
+def _kept_rows(path: Path, header: list[str], resume_step: int | None) -> list[list[str]]:
+    """The rows of an existing CSV up to ``resume_step`` (none for a fresh run)."""
+    if resume_step is None or not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][:2] != header[:2]:
+        return []
+    kept = []
+    for row in rows[1:]:
+        try:
+            if int(float(row[0])) <= resume_step:
+                kept.append(row)
+        except (ValueError, IndexError):
+            continue
+    return kept
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
 class RunLogger:
-    def __init__(self, run_dir: Path, config, quiet: bool = False):
+    def __init__(self, run_dir: Path, config, quiet: bool = False,
+                 resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.config = config
         self.seeds = config.seeds
         self.quiet = quiet
+        self.resume_step = resume_step
         self.started = time.perf_counter()
-        self.steps_done = 0
+        self.steps_done = resume_step or 0
         self.train_rows: list[tuple[int, int, float]] = []   # (step, seed, mean score)
         self.eval_rows: list[tuple[int, int, float]] = []
 
+    def _open(self, name: str, header: list[str]):
+        """Opens a CSV for writing: the header, then the rows kept from before a resume."""
+        path = self.run_dir / name
+        kept = _kept_rows(path, header, self.resume_step)
+        f = path.open("w", newline="")
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(kept)
+        return f, writer, kept
+
     def __enter__(self):
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.progress_file = (self.run_dir / "progress.csv").open("w", newline="")
-        self.progress = csv.writer(self.progress_file)
-        self.progress.writerow(["step", "seed", "episodes", "score", "loss", "td_error", "q_mean",
-                                "epsilon", "steps_per_second"])
-        self.eval_file = (self.run_dir / "eval.csv").open("w", newline="")
-        self.evals = csv.writer(self.eval_file)
-        self.evals.writerow(["step", "seed", "score", "episodes"])
+        self.progress_file, self.progress, kept = self._open("progress.csv", PROGRESS_HEADER)
+        self.train_rows = [(int(r[0]), int(r[1]), _number(r[3])) for r in kept if r[2] != "0"]
+        self.eval_file, self.evals, kept = self._open("eval.csv", EVAL_HEADER)
+        self.eval_rows = [(int(r[0]), int(r[1]), _number(r[2])) for r in kept]
         self.episode_file = None
         if self.config.verbose:
-            self.episode_file = (self.run_dir / "episodes.csv").open("w", newline="")
-            self.episodes = csv.writer(self.episode_file)
-            self.episodes.writerow(["step", "seed", "score"])
+            self.episode_file, self.episodes, _ = self._open("episodes.csv", EPISODE_HEADER)
         try:
             from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            purge = None if self.resume_step is None else self.resume_step + 1
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
         except ImportError:  # logging must never stop training
             self.tb = None
         self.bar = None
@@ -73,8 +142,17 @@ class RunLogger:
             from tqdm import tqdm
             self.bar = tqdm(total=self.config.steps, unit="step", dynamic_ncols=True,
                             desc=f"{self.config.preset or 'train'} x{self.seeds} seeds",
-                            smoothing=0.1)
+                            smoothing=0.1, initial=self.steps_done)
         return self
+
+    def note(self, text: str) -> None:
+        """A one-off message (checkpoint saved, replay size, resume) unless --quiet."""
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def log_chunk(self, step: int, out: dict[str, np.ndarray], epsilon: float, seconds: float,
                   steps: int) -> None:
@@ -120,23 +198,54 @@ class RunLogger:
                   f"elapsed {elapsed:.0f}s  eta {remaining:.0f}s", file=sys.stderr, flush=True)
         self.steps_done = step
 
-    def log_eval(self, step: int, scores: np.ndarray, episodes: np.ndarray) -> None:
+    def log_eval(self, step: int, scores: np.ndarray, episodes: np.ndarray,
+                 normalised: np.ndarray | None = None, v: np.ndarray | None = None,
+                 td_error: np.ndarray | None = None) -> None:
+        def value(x, seed):
+            return "" if x is None else float(np.asarray(x)[seed])
+
         for seed in range(self.seeds):
-            self.evals.writerow([step, seed, float(scores[seed]), int(episodes[seed])])
+            self.evals.writerow([step, seed, float(scores[seed]), int(episodes[seed]),
+                                 value(normalised, seed), value(v, seed), value(td_error, seed)])
             self.eval_rows.append((step, seed, float(scores[seed])))
             if self.tb is not None:
                 self.tb.add_scalar(f"seed{seed}/eval_score", float(scores[seed]), step)
+                for name, x in (("eval_normalised_score", normalised), ("eval_v", v),
+                                ("eval_td_error", td_error)):
+                    if x is not None and np.isfinite(np.asarray(x)[seed]):
+                        self.tb.add_scalar(f"seed{seed}/{name}", float(np.asarray(x)[seed]), step)
+        if self.tb is not None:
+            self.tb.add_scalar("eval_score_mean", float(np.mean(scores)), step)
+            if normalised is not None:
+                self.tb.add_scalar("eval_normalised_score_mean", float(np.mean(normalised)), step)
         self.eval_file.flush()
         line = f"step {step:>10,}  greedy score per seed: " + " ".join(f"{s:.3g}" for s in scores)
+        if normalised is not None:
+            line += "  normalised: " + " ".join(f"{s:.3g}" for s in np.asarray(normalised))
+        if v is not None and np.isfinite(np.asarray(v)).any():
+            line += (f"  V {np.nanmean(np.asarray(v)):.3g}"
+                     f"  |TD| {np.nanmean(np.asarray(td_error)):.3g}")
         if self.bar is not None:
             self.bar.write(line)
         elif self.plain:
             print(line, file=sys.stderr, flush=True)
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: dict[str, Any], params=None, in_channels: int = 0) -> None:
+        """Writes the plots (and the first conv layer's filters from ``params``, one seed's
+        network with ``in_channels`` input channels), then summary.json last."""
+        self.flush()
+        title = f"{summary['preset']} on {summary['env']}"
         plot_curves(self.run_dir / "curves.png", self.eval_rows, self.train_rows, self.seeds,
-                    title=f"{summary['preset']} on {summary['env']}")
+                    title=title)
+        plot_run(self.run_dir, title=title)
+        if params is not None:
+            plot_filters(self.run_dir / "conv_filters.png", params, in_channels, title=title)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    def flush(self) -> None:
+        for f in (self.progress_file, self.eval_file, self.episode_file):
+            if f is not None and not f.closed:
+                f.flush()
 
     def __exit__(self, *exc_info):
         if self.bar is not None:
@@ -184,3 +293,172 @@ def plot_curves(path: Path, eval_rows, train_rows, seeds: int, title: str) -> No
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------ plots from files
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not Path(path).is_file():
+        return []
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def eval_series(run_dir: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """steps [N] and values [N, S] of one eval.csv column (NaN where missing)."""
+    rows = [r for r in read_csv(Path(run_dir) / "eval.csv") if r.get(column, "") not in ("", None)]
+    if not rows:
+        return np.zeros(0), np.zeros((0, 0))
+    seeds = max(int(r["seed"]) for r in rows) + 1
+    return _series([(int(r["step"]), int(r["seed"]), _number(r[column])) for r in rows], seeds)
+
+
+def progress_series(run_dir: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = [r for r in read_csv(Path(run_dir) / "progress.csv")
+            if r.get(column, "") not in ("", None) and np.isfinite(_number(r[column]))]
+    if not rows:
+        return np.zeros(0), np.zeros((0, 0))
+    seeds = max(int(r["seed"]) for r in rows) + 1
+    return _series([(int(r["step"]), int(r["seed"]), _number(r[column])) for r in rows], seeds)
+
+
+def _band_plot(ax, steps, values, label=None, color="k", seeds_too=True):
+    """Mean over seeds with a min-max band, and each seed as a thin line."""
+    if seeds_too:
+        for seed in range(values.shape[1]):
+            ax.plot(steps, values[:, seed], lw=0.7, alpha=0.5, color=None if color == "k" else color)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN steps (no seed finished)
+        ax.fill_between(steps, np.nanmin(values, 1), np.nanmax(values, 1), alpha=0.2,
+                        color=color, lw=0)
+        ax.plot(steps, np.nanmean(values, 1), color=color, lw=2,
+                label=label or f"mean of {values.shape[1]} seeds")
+
+
+def plot_metric(path: Path, steps: np.ndarray, values: np.ndarray, ylabel: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    _band_plot(ax, steps, values)
+    ax.legend(loc="best")
+    ax.set_xlabel("agent steps per seed")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# (file name, source, column, axis label)
+RUN_PLOTS = (
+    ("scores.png", "eval", "score", "average validation score (raw game score)"),
+    ("normalised_scores.png", "eval", "normalised_score", "human-normalised validation score"),
+    ("v.png", "eval", "v", "average V on held-out transitions"),
+    ("td_error.png", "eval", "td_error", "average |TD error| on held-out transitions"),
+    ("loss.png", "progress", "loss", "training loss"),
+)
+
+
+def plot_run(run_dir: Path, title: str = "") -> list[Path]:
+    """The per-run PNGs of ``RUN_PLOTS`` for every statistic the run logged."""
+    run_dir = Path(run_dir)
+    written = []
+    for name, source, column, label in RUN_PLOTS:
+        series = eval_series if source == "eval" else progress_series
+        steps, values = series(run_dir, column)
+        if len(steps) == 0 or not np.isfinite(values).any():
+            continue
+        plot_metric(run_dir / name, steps, values, label, title)
+        written.append(run_dir / name)
+    return written
+
+
+def first_conv_kernel(params, in_channels: int) -> np.ndarray | None:
+    """The first PatchConv kernel of one network's params as [k, k, C_in, C_out], or None.
+
+    PatchConv keeps the kernel as a Dense kernel [k*k*C_in, C_out] whose rows run over the
+    (i, j) patch offsets, then the input channels (networks.PatchConv), so with C_in known
+    (the stacked observation's channels) k = sqrt(rows / C_in)."""
+    params = params.get("params", params) if isinstance(params, dict) else params
+    body = params.get("body") if isinstance(params, dict) else None
+    if not isinstance(body, dict):
+        return None
+    convs = sorted((k for k in body if k.startswith("PatchConv_")),
+                   key=lambda k: int(k.rsplit("_", 1)[1]))
+    if not convs:
+        return None
+    kernel = np.asarray(body[convs[0]]["dense"]["kernel"], np.float32)
+    rows, out = kernel.shape
+    k = int(round(math.sqrt(rows / max(in_channels, 1))))
+    if k * k * in_channels != rows:
+        return None
+    return kernel.reshape(k, k, in_channels, out)
+
+
+def filter_grid(kernel: np.ndarray) -> np.ndarray:
+    """[k, k, C_in, C_out] -> one grey image: a tile per (output filter, input channel),
+    each scaled to [0, 1] by the layer's extreme values, one pixel of padding."""
+    k, _, c_in, c_out = kernel.shape
+    low, high = float(kernel.min()), float(kernel.max())
+    scaled = (kernel - low) / max(high - low, 1e-12)
+    grid = np.ones((c_out * (k + 1) + 1, c_in * (k + 1) + 1), np.float32)
+    for o in range(c_out):
+        for c in range(c_in):
+            grid[1 + o * (k + 1):1 + o * (k + 1) + k, 1 + c * (k + 1):1 + c * (k + 1) + k] = \
+                scaled[:, :, c, o]
+    return grid
+
+
+def plot_filters(path: Path, params, in_channels: int, title: str = "") -> bool:
+    """Saves the first conv layer's filters as an image grid (rows: filters, columns: input
+    channels, i.e. stacked frames); False for a network without convolutions."""
+    kernel = first_conv_kernel(params, in_channels)
+    if kernel is None:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = filter_grid(kernel)
+    k, _, c_in, c_out = kernel.shape
+    height = min(max(grid.shape[0] / 20, 3), 30)
+    fig, ax = plt.subplots(figsize=(max(grid.shape[1] / 20, 3), height), constrained_layout=True)
+    ax.imshow(grid, cmap="gray", interpolation="nearest")
+    ax.set_title(f"first conv layer: {c_out} filters {k}x{k} x {c_in} input channels\n{title}",
+                 fontsize=8)
+    ax.set_xlabel("input channel (oldest frame first)")
+    ax.set_ylabel("filter")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_runs(run_dirs: list[Path], path: Path, column: str = "score") -> Path:
+    """Overlays the evaluation curves of several runs (mean over seeds with a min-max band)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, run_dir in enumerate(run_dirs):
+        steps, values = eval_series(run_dir, column)
+        if len(steps) == 0:
+            continue
+        label = f"{Path(run_dir).name} ({values.shape[1]} seed{'s' if values.shape[1] > 1 else ''})"
+        _band_plot(ax, steps, values, label=label, color=colours[i % len(colours)],
+                   seeds_too=False)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel("agent steps per seed")
+    ax.set_ylabel({"score": "average validation score (raw game score)",
+                   "normalised_score": "human-normalised validation score",
+                   "v": "average V", "td_error": "average |TD error|"}.get(column, column))
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -75,9 +75,10 @@ class PatchConv(nn.Module):
 
 
 class ConvBody(nn.Module):
-    """A stack of ReLU convolutions followed by a flatten; the layers are (features, kernel, stride, pad)."""
+    """ReLU convolutions (features, kernel, stride, pad), a flatten, then optional ReLU dense layers."""
 
     layers: Sequence[tuple[int, int, int, int]]
+    dense: Sequence[int] = ()
     activation: Activation = nn.relu
 
     @nn.compact
@@ -85,7 +86,10 @@ class ConvBody(nn.Module):
         x = to_float(x)
         for features, kernel, stride, pad in self.layers:
             x = self.activation(PatchConv(features, kernel, stride, pad)(x))
-        return x.reshape(x.shape[0], -1)
+        x = x.reshape(x.shape[0], -1)
+        for features in self.dense:
+            x = self.activation(nn.Dense(features)(x))
+        return x
 
 
 class MLPBody(nn.Module):
@@ -113,12 +117,15 @@ CONV_BODIES: dict[str, tuple[tuple[int, int, int, int], ...]] = {
     "nature": ((32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0)),
     "atari2013": ((16, 8, 4, 1), (32, 4, 2, 0)),
 }
-BODY_NAMES = (*CONV_BODIES, "mlp")
+# The seed blog's keras-rl model: Nature convolutions, then Dense 512 before the heads'
+# Dense 256 (its "dense 512 then 256").
+DENSE_AFTER_CONV = {"blog": ("nature", (512,))}
+BODY_NAMES = (*CONV_BODIES, *DENSE_AFTER_CONV, "mlp")
 
 
 def make_body(name: str, activation: Activation = nn.relu, mlp_features: Sequence[int] = (64,)
               ) -> nn.Module:
-    """A body by name ("catch", "atari", "nature", "atari2013", "mlp") or import path "module:Class".
+    """A body by name (see BODY_NAMES) or import path "module:Class".
 
     A custom body is a flax module class; it is built with ``activation=...`` when it has
     that field, so saliency modes reach its ReLUs too. It receives the stacked history
@@ -126,6 +133,9 @@ def make_body(name: str, activation: Activation = nn.relu, mlp_features: Sequenc
     """
     if name in CONV_BODIES:
         return ConvBody(layers=CONV_BODIES[name], activation=activation)
+    if name in DENSE_AFTER_CONV:
+        conv, dense = DENSE_AFTER_CONV[name]
+        return ConvBody(layers=CONV_BODIES[conv], dense=dense, activation=activation)
     if name == "mlp":
         return MLPBody(features=tuple(mlp_features), activation=activation)
     body_class = load_object(name, what="model body")

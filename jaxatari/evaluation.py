@@ -1,0 +1,239 @@
+"""Validation statistics and evaluation episodes.
+
+Validation (Kaixhin/Atari ``Validation.lua``; mission-anchors 1.9), per seed:
+
+* the mean raw game score over the episodes completed in ``--val-steps`` steps at epsilon
+  ``--val-epsilon`` (bootstrap heads vote), or the running episodes' score if none completed
+  (``agents.native.make_native_evaluate`` and ``host.HostRunner.evaluate`` play them);
+* the human-normalised score for Atari games (``jaxatari.human_scores``, table source named);
+* the average value V and |TD error| on a fixed set of held-out transitions. The original
+  kept the first ``valSize + 1`` training transitions in a separate memory; here a fixed
+  batch of ``val_size`` transitions (500 as the original's ``-valSize``) is drawn uniformly
+  from each seed's replay memory once, at the first evaluation after learning starts, and
+  kept (and checkpointed) for the rest of the run. V is max_a Q_target(s', a) averaged over
+  heads (0 at a terminal s'), as the original; the TD error is the mean |delta| over
+  transitions and heads, unclipped (the original clipped delta to tdClip first).
+
+Evaluation episodes (the ``eval`` and ``random`` commands): ``play_episodes`` plays N whole
+episodes in N envs side by side with the run's env protocol in evaluation mode, and can
+render each env's full-colour screen for video, with a saliency map in the red channel.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxatari.agents.dqn import QAgent
+from jaxatari.agents.native import to_agent_frame
+from jaxatari.losses import make_q_loss, resolve_td_error
+from jaxatari.replay.storage import gather_batch
+from jaxatari.types import ActorState, Transition
+
+DEFAULT_VAL_SIZE = 500   # the original's -valSize
+
+
+# ------------------------------------------------------------------ held-out transitions
+
+
+def make_heldout_sampler(agent: QAgent, size: int) -> Callable:
+    """sample(replay_state, key) -> {"batch": Transition [V], "valid": [V]} for one seed:
+    ``size`` transitions drawn uniformly (whatever the replay's priorities) from the memory."""
+    s = agent.settings
+
+    def sample(replay_state, key):
+        storage = replay_state.storage
+        count = storage.size * s.num_envs
+        indices = jax.random.randint(key, (size,), 0, jnp.maximum(count, 1))
+        batch, valid = gather_batch(storage, indices, hist_len=s.hist_len, n_step=s.n_step,
+                                    gamma=s.gamma)
+        return {"batch": batch, "valid": valid}
+
+    return sample
+
+
+def make_value_stats(agent: QAgent) -> Callable:
+    """stats(train, heldout) -> (average V, average |TD error|) for one seed (NaN when the
+    held-out set has no valid transition)."""
+    s = agent.settings
+    loss_fn = make_q_loss(agent.network.apply, resolve_td_error(s.loss), double_q=s.double_q,
+                          td_clip=s.td_clip, pal_alpha=s.pal_alpha)
+
+    def stats(train, heldout):
+        batch: Transition = heldout["batch"]
+        valid = heldout["valid"].astype(jnp.float32)                      # [V]
+        batch = batch.replace(mask=jnp.broadcast_to(valid[:, None], batch.mask.shape))
+        q_t = agent.network.apply(train.target_params, batch.obs_t)       # [V, K, A]
+        v = q_t.max(-1).mean(-1) * (batch.discount_t > 0)
+        count = valid.sum()
+        _, aux = loss_fn(train.params, train.target_params, batch, jnp.ones_like(valid))
+        nan = jnp.float32(jnp.nan)
+        return (jnp.where(count > 0, (v * valid).sum() / jnp.maximum(count, 1.0), nan),
+                jnp.where(count > 0, aux["td_error"], nan))
+
+    return stats
+
+
+# ------------------------------------------------------------------ evaluation episodes
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+    scores: np.ndarray          # [N] raw game score of each episode
+    lengths: np.ndarray         # [N] agent steps
+    cut: np.ndarray             # [N] bool: stopped at max_steps before the game ended
+
+
+def greedy_policy(agent: QAgent, params, epsilon: float) -> Callable:
+    """act(actor, key-carrying) for N envs at ``epsilon``; bootstrap heads vote."""
+    vote = agent.settings.num_heads > 1
+
+    def act(actor: ActorState):
+        return agent.act(params, actor, epsilon, vote)
+
+    return jax.jit(act)
+
+
+def play_episodes(*, env, num_episodes: int, seed: int, act: Callable | None,
+                  agent: QAgent | None, epsilon: float = 0.0, max_steps: int = 108_000,
+                  on_frame: Callable | None = None, saliency: Callable | None = None,
+                  params=None) -> EpisodeResult:
+    """Plays ``num_episodes`` whole episodes, one in each of as many envs, in evaluation mode.
+
+    ``env`` is a JaxEnv or a host-env factory (``make_env``'s result). ``agent`` and
+    ``params`` give the greedy agent (epsilon ``epsilon``); with ``agent=None`` actions are
+    uniformly random (the random agent). ``on_frame(index, step, rgb, saliency_map)`` gets
+    each running env's full-colour screen after every step (and the first screen), with
+    the saliency map of the action about to be taken where ``saliency`` is given
+    (``saliency(stack [N, ...], actions [N], actor) -> [N, H, W]``).
+    """
+    from jaxatari.envs.base import JaxEnv
+    n = num_episodes
+    rng = np.random.default_rng(seed)
+    key = jax.random.PRNGKey(seed)
+    spec = env.spec
+    if isinstance(env, JaxEnv):
+        runner = _JaxEpisodes(env, n, key)
+    else:
+        runner = _HostEpisodes(env, n, seed)
+    frame_dtype = agent.frame_dtype if agent is not None else (
+        jnp.uint8 if spec.obs_dtype == "uint8" else jnp.float32)
+    actor = None
+    if agent is not None:
+        key, actor_key = jax.random.split(key)
+        actor = ActorState(stack=jnp.zeros((n, *agent.stack_shape), frame_dtype),
+                           head=jnp.zeros((n,), jnp.int32), after_done=jnp.zeros((n,), bool),
+                           key=actor_key)
+        observe = jax.jit(agent.observe)
+        frame = runner.reset()
+        actor = observe(actor, to_agent_frame(jnp.asarray(frame), frame_dtype),
+                        jnp.ones((n,), bool))
+    else:
+        runner.reset()
+    running = np.ones(n, bool)
+    scores = np.zeros(n)
+    lengths = np.zeros(n, np.int64)
+    if on_frame is not None:
+        for i in range(n):
+            on_frame(i, 0, runner.render(i), None)
+    step = 0
+    while running.any() and step < max_steps:
+        maps = None
+        if agent is not None:
+            actions, actor = act(actor)
+            if saliency is not None:
+                maps = np.asarray(saliency(actor.stack, actions, actor))
+            actions = np.asarray(actions)
+        else:
+            actions = rng.integers(0, spec.num_actions, n)
+        frame, reward, done, over = runner.step(actions)
+        scores += np.where(running, reward, 0.0)
+        lengths += running
+        step += 1
+        if agent is not None:
+            actor = observe(actor.replace(after_done=jnp.asarray(done)),
+                            to_agent_frame(jnp.asarray(frame), frame_dtype),
+                            jnp.zeros((n,), bool))
+        if on_frame is not None:
+            for i in np.flatnonzero(running):
+                on_frame(i, step, runner.render(i), None if maps is None else maps[i])
+        running &= ~over
+    runner.close()
+    return EpisodeResult(scores=scores, lengths=lengths, cut=running.copy())
+
+
+class _JaxEpisodes:
+    """N JaxEnv instances stepped by one jitted function (no reset: each plays one game)."""
+
+    def __init__(self, env, n: int, key):
+        self.env = env
+        self.n = n
+        self.key = key
+        self._reset = jax.jit(lambda k: jax.vmap(env.reset)(jax.random.split(k, n)))
+        self._step = jax.jit(lambda k, s, a: jax.vmap(env.step)(jax.random.split(k, n), s, a))
+        self._render = jax.jit(lambda s, i: env.render(jax.tree.map(lambda x: x[i], s)))
+
+    def reset(self):
+        self.key, key = jax.random.split(self.key)
+        self.state, frame = self._reset(key)
+        return np.asarray(frame)
+
+    def step(self, actions):
+        self.key, key = jax.random.split(self.key)
+        self.state, frame, reward, terminated, truncated = self._step(
+            key, self.state, jnp.asarray(actions, jnp.int32))
+        done = np.asarray(terminated | truncated)
+        return np.asarray(frame), np.asarray(reward, np.float64), done, done
+
+    def render(self, i):
+        return np.asarray(self._render(self.state, i))
+
+    def close(self):
+        pass
+
+
+class _HostEpisodes:
+    """A host env pool of N envs in evaluation mode; game_over ends an env's episode."""
+
+    def __init__(self, factory, n: int, seed: int):
+        self.env = factory(n, seed, mode="eval")
+        self.env.set_mode("eval")
+
+    def reset(self):
+        return self.env.reset()
+
+    def step(self, actions):
+        result = self.env.step(np.asarray(actions))
+        done = result.terminated | result.truncated
+        return result.obs, result.reward.astype(np.float64), done, result.game_over
+
+    def render(self, i):
+        frame = self.env.render(int(i))
+        return None if frame is None else np.asarray(frame)
+
+    def close(self):
+        self.env.close()
+
+
+def score_lines(result: EpisodeResult) -> list[str]:
+    """One line per episode and a final mean +- standard deviation line."""
+    lines = []
+    for i, (score, length, cut) in enumerate(zip(result.scores, result.lengths, result.cut)):
+        note = "  (cut at the step limit)" if cut else ""
+        lines.append(f"episode {i + 1:>3}: score {score:g} in {int(length)} steps{note}")
+    n = len(result.scores)
+    std = float(np.std(result.scores)) if n else math.nan
+    lines.append(f"mean score {float(np.mean(result.scores)):.4g} +- {std:.4g} (standard "
+                 f"deviation) over {n} episode{'s' if n != 1 else ''}")
+    return lines
+
+
+def statistics(result: EpisodeResult) -> dict[str, Any]:
+    return {"scores": [float(s) for s in result.scores],
+            "lengths": [int(n) for n in result.lengths],
+            "cut": [bool(c) for c in result.cut],
+            "mean": float(np.mean(result.scores)), "std": float(np.std(result.scores))}
