@@ -233,9 +233,10 @@ def make_native_actor_chunk(learner: ActorLearner, env: JaxEnv, num_iterations: 
 
 
 def make_native_actor_evaluate(learner: ActorLearner, env: JaxEnv, *, num_envs: int,
-                               num_steps: int, epsilon: float) -> Callable:
+                               num_steps: int, epsilon: float, greedy: bool = False) -> Callable:
     """evaluate(params, key) -> (score_sum, episodes, partial) for one seed, pure: plays
-    ``num_steps`` steps in ``num_envs`` fresh envs with ``learner.evaluate_policy``."""
+    ``num_steps`` steps in ``num_envs`` fresh envs with ``learner.evaluate_policy`` (A3C
+    samples its policy unless ``greedy``)."""
 
     def evaluate(params, key):
         env_key, act_key = jax.random.split(key)
@@ -250,7 +251,8 @@ def make_native_actor_evaluate(learner: ActorLearner, env: JaxEnv, *, num_envs: 
         def step(state, _):
             actors, env_state, score, total, episodes = state
             key, policy_key, env_key = jax.random.split(actors.key, 3)
-            actions = learner.evaluate_policy(params, actors.stack, policy_key, epsilon)
+            actions = learner.evaluate_policy(params, actors.stack, policy_key, epsilon,
+                                              greedy)
             env_state, frame, reward, terminated, truncated = _reset_or_step(
                 env, env_key, env_state, actions, actors.after_done)
             done = terminated | truncated

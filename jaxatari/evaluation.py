@@ -89,7 +89,8 @@ class EpisodeResult:
 
 
 def greedy_policy(agent: QAgent, params, epsilon: float) -> Callable:
-    """act(actor, key-carrying) for N envs at ``epsilon``; bootstrap heads vote."""
+    """act(actor) -> (actions [N], actor) at ``epsilon`` (the actor carries the key);
+    bootstrap heads vote, as in validation."""
     vote = agent.settings.num_heads > 1
 
     def act(actor: ActorState):
@@ -99,17 +100,18 @@ def greedy_policy(agent: QAgent, params, epsilon: float) -> Callable:
 
 
 def play_episodes(*, env, num_episodes: int, seed: int, act: Callable | None,
-                  agent: QAgent | None, epsilon: float = 0.0, max_steps: int = 108_000,
-                  on_frame: Callable | None = None, saliency: Callable | None = None,
-                  params=None) -> EpisodeResult:
+                  agent: QAgent | None, max_steps: int = 108_000,
+                  on_frame: Callable | None = None,
+                  saliency: Callable | None = None) -> EpisodeResult:
     """Plays ``num_episodes`` whole episodes, one in each of as many envs, in evaluation mode.
 
     ``env`` is a JaxEnv or a host-env factory (``make_env``'s result). ``agent`` and
-    ``params`` give the greedy agent (epsilon ``epsilon``); with ``agent=None`` actions are
-    uniformly random (the random agent). ``on_frame(index, step, rgb, saliency_map)`` gets
-    each running env's full-colour screen after every step (and the first screen), with
-    the saliency map of the action about to be taken where ``saliency`` is given
-    (``saliency(stack [N, ...], actions [N], actor) -> [N, H, W]``).
+    ``act`` (``greedy_policy``) give the agent; with ``agent=None`` actions are uniformly
+    random (the random agent). ``on_frame(index, step, rgb, saliency_map)`` gets each
+    running env's full-colour screen before every step, with the saliency map of the
+    action taken on it where ``saliency`` is given
+    (``saliency(stack [N, ...], actions [N], actor) -> [N, H, W]``), then the final
+    screen of each episode (map None).
     """
     from jaxatari.envs.base import JaxEnv
     n = num_episodes
@@ -137,19 +139,20 @@ def play_episodes(*, env, num_episodes: int, seed: int, act: Callable | None,
     running = np.ones(n, bool)
     scores = np.zeros(n)
     lengths = np.zeros(n, np.int64)
-    if on_frame is not None:
-        for i in range(n):
-            on_frame(i, 0, runner.render(i), None)
     step = 0
     while running.any() and step < max_steps:
         maps = None
         if agent is not None:
+            stack = actor.stack
             actions, actor = act(actor)
             if saliency is not None:
-                maps = np.asarray(saliency(actor.stack, actions, actor))
+                maps = np.asarray(saliency(stack, actions, actor))
             actions = np.asarray(actions)
         else:
             actions = rng.integers(0, spec.num_actions, n)
+        if on_frame is not None:   # the screen the action is taken on, with its map
+            for i in np.flatnonzero(running):
+                on_frame(int(i), step, runner.render(i), None if maps is None else maps[i])
         frame, reward, done, over = runner.step(actions)
         scores += np.where(running, reward, 0.0)
         lengths += running
@@ -158,9 +161,10 @@ def play_episodes(*, env, num_episodes: int, seed: int, act: Callable | None,
             actor = observe(actor.replace(after_done=jnp.asarray(done)),
                             to_agent_frame(jnp.asarray(frame), frame_dtype),
                             jnp.zeros((n,), bool))
-        if on_frame is not None:
-            for i in np.flatnonzero(running):
-                on_frame(i, step, runner.render(i), None if maps is None else maps[i])
+        ended = running & over
+        if on_frame is not None:   # the final screen of each episode that just ended
+            for i in np.flatnonzero(ended):
+                on_frame(int(i), step, runner.render(i), None)
         running &= ~over
     runner.close()
     return EpisodeResult(scores=scores, lengths=lengths, cut=running.copy())

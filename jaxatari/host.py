@@ -191,7 +191,7 @@ class HostRunner:
         return train
 
     def _evaluate(self, trainer, train, replay_state, items, step: int, iteration: int) -> None:
-        key = jax.random.fold_in(trainer.eval_key, step)
+        key = trainer.next_eval_key()
         scores, episodes = self.evaluate(train.params, step, key)
         evaluation = trainer.validate(step, scores, episodes, train, replay_state)
         trainer.save_after_eval(evaluation, items(), iteration)

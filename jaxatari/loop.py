@@ -85,26 +85,38 @@ def agent_settings(config: Config, spec: EnvSpec) -> QAgentSettings:
         momentum=config.momentum, grad_clip=config.grad_clip)
 
 
-def cadence_of(config: Config) -> Cadence:
-    envs, freq = config.envs, config.mem_sample_freq
-    return Cadence(num_envs=envs, learn_start=config.learn_start,
-                   update_every=max(freq // envs, 1),
-                   updates_per_learn=max(envs // freq, 1) * config.mem_n_samples,
-                   target_period=config.tau, epsilon_start=config.epsilon_start,
-                   epsilon_end=config.epsilon_end, epsilon_steps=config.epsilon_steps,
-                   beta_zero=config.beta_zero if config.mem_priority != "none" else 0.0,
-                   total_steps=config.steps)
-
-
 @dataclasses.dataclass(frozen=True)
-class RefillCadence(Cadence):
-    """A resumed run whose replay memory was not checkpointed: no learning before iteration
-    ``learn_from`` (the memory refills for --learn-start steps); all else as ``Cadence``."""
+class RunCadence(Cadence):
+    """``Cadence`` with two run-level refinements.
+
+    learn_from: no learning before this iteration (a resumed run whose replay memory was
+        not checkpointed refills it for --learn-start steps first).
+    uniform_replay: beta is 0 for uniform replay. Its importance weights are 1 whatever
+        beta is, but XLA computes ``w / max(w)`` through a reciprocal, so with beta > 0 they
+        come out as 1 or 0.99999994 depending on beta, which anneals over --steps: a run's
+        numbers would then depend on --steps, and a run resumed with a larger --steps
+        would not reproduce an uninterrupted one. With beta = 0 they are exactly 1.
+    """
 
     learn_from: int = 0
+    uniform_replay: bool = False
 
     def learns(self, iteration):
         return super().learns(iteration) & (iteration >= self.learn_from)
+
+    def beta(self, step):
+        return 0.0 if self.uniform_replay else super().beta(step)
+
+
+def cadence_of(config: Config) -> RunCadence:
+    envs, freq = config.envs, config.mem_sample_freq
+    return RunCadence(num_envs=envs, learn_start=config.learn_start,
+                      update_every=max(freq // envs, 1),
+                      updates_per_learn=max(envs // freq, 1) * config.mem_n_samples,
+                      target_period=config.tau, epsilon_start=config.epsilon_start,
+                      epsilon_end=config.epsilon_end, epsilon_steps=config.epsilon_steps,
+                      beta_zero=config.beta_zero if config.mem_priority != "none" else 0.0,
+                      total_steps=config.steps, uniform_replay=config.mem_priority == "none")
 
 
 def environment_record() -> dict[str, Any]:
@@ -352,13 +364,20 @@ class Trainer:
         self.best_score = float(restored.metadata.get("best_score") or -math.inf)
         self.next_eval = int(restored.metadata.get("next_eval", self.config.val_freq))
         self.heldout = restored.items.get("heldout")
+        if restored.metadata.get("eval_key") is not None:
+            self.eval_key = jnp.asarray(restored.metadata["eval_key"], jnp.uint32)
         if restored.items.get("replay") is None:
             envs = self.config.envs
-            self.cadence = RefillCadence(**dataclasses.asdict(self.cadence),
-                                         learn_from=restored.iteration
-                                         + math.ceil(self.config.learn_start / envs))
+            self.cadence = dataclasses.replace(
+                self.cadence, learn_from=restored.iteration + math.ceil(self.config.learn_start / envs))
 
     # ------------------------------------------------------------------ validation & saving
+    def next_eval_key(self):
+        """The key of the next evaluation: a chain split once per evaluation (checkpointed,
+        so a resumed run's evaluations draw what the uninterrupted run's would)."""
+        self.eval_key, key = jax.random.split(self.eval_key)
+        return key
+
     def _compile_validation(self, replay_axes) -> None:
         self._sample_heldout = jax.jit(self._sample_heldout_fn(replay_axes))
         self._value_stats = jax.jit(jax.vmap(make_value_stats(self.agent)))
@@ -386,6 +405,7 @@ class Trainer:
         latest = self.evaluations[-1] if self.evaluations else None
         return {**self.base_metadata(), "step": step, "iteration": iteration,
                 "next_eval": self.next_eval, "reason": reason,
+                "eval_key": np.asarray(jax.device_get(self.eval_key)).tolist(),
                 "evaluations": [e.to_json() for e in self.evaluations],
                 "best_score": None if math.isinf(self.best_score) else self.best_score,
                 "validation_score": None if latest is None else float(np.mean(latest.scores)),
@@ -483,7 +503,7 @@ class Trainer:
                 self.handle_interrupt(lambda: items_of(carry), step, iteration)
             done = iteration >= total_iterations
             if (step >= self.next_eval or done) and step != evaluated_at:
-                key = jax.random.fold_in(self.eval_key, step)
+                key = self.next_eval_key()
                 total, episodes, partial = jax.device_get(
                     evaluate(carry.train.params, jax.random.split(key, c.seeds)))
                 evaluation = self.validate(step, mean_score(total, episodes, partial), episodes,

@@ -126,6 +126,8 @@ def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_cli
     from the transition (Bootstrapped DQN, Osband et al. 2016). Forward passes a TD
     error does not read are removed by XLA.
     """
+    # The "double" rule needs the online network's choice whatever --double-q says.
+    double_q = double_q or td_error is double_q_learning_td_error
     per_head = jax.vmap(lambda q, a, r, d: td_error(q, a, r, d, pal_alpha=pal_alpha),
                         in_axes=(0, None, None, None))              # over K
     per_batch = jax.vmap(per_head)                                  # over B

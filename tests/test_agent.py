@@ -127,6 +127,12 @@ def test_vmapped_update_equals_per_seed_loop(overrides):
     assert int(replay_state.storage.size) == 40
     # rewards were clipped to [-1, 1] on the way in
     assert np.abs(np.asarray(replay_state.storage.rows.reward)).max() <= 1.0
+    # bootstrap masks: all ones for one head, Bernoulli(bootstrap_prob) per head otherwise
+    written_masks = np.asarray(replay_state.storage.rows.mask)[:, :40]
+    if agent.settings.num_heads == 1:
+        assert written_masks.all()
+    else:
+        assert 0.35 < written_masks.mean() < 0.65
 
     update = jax.jit(jax.vmap(agent.update, in_axes=(0, replay_axes, None),
                               out_axes=(0, replay_axes, 0)))
@@ -202,29 +208,32 @@ def expected_syncs(t, num_envs, learn_start, target_period):
 
 
 def test_cadence_rules():
-    c = Cadence(num_envs=2, learn_start=40, update_every=2, updates_per_learn=2,
+    c = Cadence(num_envs=2, learn_start=42, update_every=2, updates_per_learn=2,
                 target_period=14, epsilon_start=1.0, epsilon_end=0.1, epsilon_steps=100,
                 beta_zero=0.4, total_steps=300)
     learns = [bool(c.learns(t)) for t in range(150)]
     syncs = [bool(c.syncs(t)) for t in range(150)]
-    assert learns == [expected_learns(t, 2, 40, 2) for t in range(150)]
-    assert syncs == [expected_syncs(t, 2, 40, 14) for t in range(150)]
-    assert not any(learns[:19]) and learns[20] and not learns[21]
+    assert learns == [expected_learns(t, 2, 42, 2) for t in range(150)]
+    assert syncs == [expected_syncs(t, 2, 42, 14) for t in range(150)]
+    assert not any(learns[:20]) and learns[20] and not learns[21] and learns[22]
+    # learning starts on the iteration whose steps reach learn_start
+    every = dataclasses.replace(c, update_every=1)
+    assert [t for t in range(25) if every.learns(t)] == list(range(20, 25))
     assert [t for t in range(60) if syncs[t]] == [20, 27, 34, 41, 48, 55]
     # one env: a sync every target_period steps exactly
     one = dataclasses.replace(c, num_envs=1, learn_start=0, target_period=5)
     assert [t for t in range(30) if one.syncs(t)] == [4, 9, 14, 19, 24, 29]
     # beta anneals from beta_zero at learn_start to 1 at the end
     np.testing.assert_allclose(c.beta(0), 0.4)
-    np.testing.assert_allclose(c.beta(40), 0.4)
-    np.testing.assert_allclose(c.beta(170), 0.7)
+    np.testing.assert_allclose(c.beta(42), 0.4)
+    np.testing.assert_allclose(c.beta(171), 0.7)
     np.testing.assert_allclose(c.beta(300), 1.0)
     np.testing.assert_allclose(c.beta(1000), 1.0)
 
 
 def test_native_chunk_cadence_on_catch(env):
     num_seeds, chunk_length, num_chunks = 2, 5, 30        # 150 iterations: 300 steps per seed
-    learn_start, update_every, updates_per_learn, target_period = 40, 2, 2, 14
+    learn_start, update_every, updates_per_learn, target_period = 42, 2, 2, 14
     agent = make_q_agent(settings())
     cadence = Cadence(num_envs=NUM_ENVS, learn_start=learn_start, update_every=update_every,
                       updates_per_learn=updates_per_learn, target_period=target_period,
@@ -262,7 +271,7 @@ def test_native_chunk_cadence_on_catch(env):
         losses.append(np.asarray(out["loss"]))
     learned, finished = np.concatenate(learned), np.concatenate(finished)
     scores, losses = np.concatenate(scores), np.concatenate(losses)
-    assert not learned[:19].any() and learned.sum() == len(range(20, 150, 2))
+    assert not learned[:20].any() and learned.sum() == len(range(20, 150, 2))
     assert syncs_seen == len(range(20, 150, 7)) and syncs_seen > 10
 
     # updates_per_learn minibatch updates at each learning step: adam counts them
@@ -300,8 +309,10 @@ def test_native_chunk_cadence_on_catch(env):
     # evaluation plays fresh envs: 2 finished episodes per env in 20 steps
     evaluate = jax.jit(make_native_evaluate(agent, env, num_envs=3, num_steps=20,
                                             epsilon=0.0))
-    total, episodes = evaluate(seed_slice(carry.train.params, 0), jax.random.PRNGKey(7))
+    total, episodes, partial = evaluate(seed_slice(carry.train.params, 0),
+                                        jax.random.PRNGKey(7))
     assert int(episodes) == 6 and 0.0 <= float(total) <= 6.0
+    assert float(partial) == 0.0     # the running episodes have not reached the bottom yet
 
 
 def test_native_seed_axes_share_replay_counters(env):
@@ -376,6 +387,9 @@ def test_select_head_and_majority_vote():
     # a tie in votes is broken at random between the tied actions only
     assert set(np.unique(actions[:, 1])) == {0, 2}
     np.testing.assert_allclose(np.mean(actions[:, 1] == 0), 0.5, atol=0.05)
+    # ... by majority_vote itself: a plain argmax of its output is already random
+    plain = np.asarray(jnp.argmax(counts, axis=-1))
+    assert np.all(plain[:, 0] == 1) and set(np.unique(plain[:, 1])) == {0, 2}
 
 
 def test_optax_state_has_a_step_counter():

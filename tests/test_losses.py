@@ -313,14 +313,9 @@ def test_loss_and_priority_against_numpy():
 
 
 def test_double_loss_ignores_the_double_q_flag():
-    """The "double" rule is documented as "Double DQN whatever the --double-q flag says".
-
-    # BUG: make_q_loss builds select_t from the TARGET network when double_q=False, and the
-    # per-example "double" rule can only read select_t, so --loss double --no-double-q
-    # silently trains plain DQN. Fix (jaxatari/losses.py, make_q_loss, first line of the
-    # body): ``double_q = double_q or td_error is double_q_learning_td_error`` (or, in
-    # jaxatari/agents/dqn.py make_q_agent, pass ``double_q=s.double_q or s.loss == "double"``).
-    """
+    """The "double" rule is Double DQN whatever the --double-q flag says: the per-example rule
+    can only read select_t, so make_q_loss must fill it from the online network for it (a
+    regression test: it once silently trained plain DQN)."""
     network = tiny_network(num_heads=1)
     params, target_params = params_pair(network, seed=3)
     batch = random_batch(16, 1, seed=4)

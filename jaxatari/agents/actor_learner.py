@@ -168,7 +168,7 @@ class ActorLearner:
     epsilon: Callable     # (actors) -> [N] current epsilons
     policy: Callable      # (params, stacks [B, ...], epsilon [B], key) -> actions [B]
     act: Callable         # (params, actors) -> (actions [N], epsilon [N], actors)
-    evaluate_policy: Callable  # (params, stacks [B, ...], key, epsilon) -> actions [B]
+    evaluate_policy: Callable  # (params, stacks [B, ...], key, epsilon, greedy) -> actions [B]
     loss: Callable        # (params, target_params, rollout, key) -> (loss, metrics)
     update: Callable      # (train, rollout) -> (train, metrics)
     sync_target: Callable  # (train) -> train
@@ -234,9 +234,13 @@ def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> Actor
         actions = policy(params, actors.stack, eps, act_key)
         return actions, eps, actors.replace(steps=actors.steps + 1, key=key)
 
-    def evaluate_policy(params, stacks, key, eps):
+    def evaluate_policy(params, stacks, key, eps, greedy: bool = False):
         """Evaluation: epsilon-greedy at ``eps`` (Q methods; the original's 0.001) or a
-        sample of the policy (A3C, as the original's validation agent)."""
+        sample of the policy (A3C, as the original's validation agent); ``greedy`` makes
+        A3C take the most probable action instead (random ties)."""
+        if greedy and not is_q:
+            logits, _ = network.apply(params, stacks)
+            return exploration.greedy_with_random_ties(key, logits).astype(jnp.int32)
         return policy(params, stacks, jnp.full(stacks.shape[:1], eps, jnp.float32), key)
 
     def loss(params, target_params, rollout: Rollout, key):

@@ -5,5 +5,9 @@ parser and sets ``run`` (a function of the parsed ``argparse.Namespace`` returni
 status) with ``parser.set_defaults(run=...)``. Modules import JAX and friends inside
 ``run`` only, so ``--help`` stays fast. User mistakes raise ``jaxatari.config.ConfigError``
 or ``ValueError`` with a one-line message; the CLI turns them into exit status 2.
+
+  evaluate   eval (a saved agent: scores, video, saliency) and random (the baseline)
+  export     export (params.msgpack, metadata, a jax.export policy)
+  plot       plot (several runs' evaluation curves overlaid)
 """
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("evaluate", "export", "plot")

@@ -1,0 +1,204 @@
+"""Export a saved agent as a folder that runs without jaxatari or flax (jax and numpy only).
+
+``export_policy(checkpoint, out)`` writes, atomically (a temporary folder renamed at the end):
+
+  params.msgpack      the network parameters of one seed (flax.serialization.to_bytes)
+  config.json         the run's options, the env spec and the agent's settings
+  metadata.json       env id, protocol, observation shape and dtype (one frame and the
+                      stacked input), hist_len, action meanings, package versions, step,
+                      validation score(s), the seed exported, how to call the policy
+  policy.jax_export   jax.export of the greedy policy: observations [B, *stack_shape]
+                      (dtype as metadata.json says) -> actions [B] int32, any batch size B,
+                      parameters baked in, lowered for CPU and CUDA
+  run_policy.py       the ten-line script that loads and runs it
+
+The greedy policy is argmax_a Q(s, a) (ties: the lowest action index); with bootstrap heads
+each head votes for its argmax and the most voted action wins (ties: the lowest index),
+deterministic counterparts of the agent's randomly tie-broken choices. Stacks are
+channels last with the oldest frame first, as the agent builds them: frame t of an
+[H, W, C] observation occupies channels [t*C, (t+1)*C).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxatari import checkpoint as ckpt
+from jaxatari.agents.dqn import QAgent, QAgentSettings, make_q_agent
+from jaxatari.config import ConfigError
+
+POLICY_FILE = "policy.jax_export"
+RUNNER = '''"""Runs the exported greedy policy with jax and numpy only (no jaxatari, no flax)."""
+import json, sys
+import numpy as np
+from jax import export
+
+folder = sys.argv[1] if len(sys.argv) > 1 else "."
+meta = json.load(open(f"{folder}/metadata.json"))
+policy = export.deserialize(open(f"{folder}/policy.jax_export", "rb").read())
+obs = np.zeros([2, *meta["policy"]["input_shape"]], meta["policy"]["input_dtype"])
+print(np.asarray(policy.call(obs)))   # one action per observation
+'''
+VERSION_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint",
+                    "envpool", "ale-py", "gymnax", "gymnasium")
+
+
+def settings_from_metadata(meta: dict[str, Any]) -> QAgentSettings:
+    """QAgentSettings back from a checkpoint's JSON (lists -> tuples)."""
+    fields = QAgentSettings.__dataclass_fields__
+    values = {name: tuple(value) if isinstance(value, list) else value
+              for name, value in meta.get("agent", {}).items() if name in fields}
+    try:
+        return QAgentSettings(**values)
+    except TypeError as error:
+        raise ckpt.CheckpointError(f"checkpoint {meta.get('path')} has unusable agent settings "
+                                   f"({error})") from None
+
+
+def load_agent(checkpoint: Path, activation=None) -> tuple[QAgent, Any, dict[str, Any]]:
+    """(agent, train state of all seeds [S, ...], metadata) of a Q-agent checkpoint."""
+    meta = ckpt.read_metadata(checkpoint)
+    if meta.get("kind") != "q-agent":
+        raise ckpt.CheckpointError(f"checkpoint {meta.get('path')} holds a {meta.get('kind')!r} "
+                                   "agent; only replay (Q) agents can be loaded here")
+    settings = settings_from_metadata(meta)
+    try:
+        agent = make_q_agent(settings) if activation is None else make_q_agent(
+            settings, activation=activation)
+    except ValueError as error:
+        raise ckpt.CheckpointError(f"checkpoint {meta.get('path')}: {error}") from None
+    keys = jax.random.split(jax.random.PRNGKey(0), int(meta["seeds"]))
+    train_template = jax.eval_shape(jax.vmap(agent.init), keys)[0]
+    items, meta = ckpt.load(Path(meta["path"]), {"train": train_template})
+    if items["train"] is None:
+        raise ckpt.CheckpointError(f"checkpoint {meta['path']} holds no network parameters")
+    return agent, items["train"], meta
+
+
+def pick_seed(meta: dict[str, Any], seed_index: int | None) -> int:
+    """The seed to use: ``seed_index``, or the one with the best last validation score."""
+    seeds = int(meta["seeds"])
+    if seed_index is not None:
+        if not 0 <= seed_index < seeds:
+            raise ConfigError(f"--seed-index must be in [0, {seeds - 1}] for this checkpoint "
+                              f"of {seeds} seed{'s' if seeds > 1 else ''}, got {seed_index}")
+        return seed_index
+    scores = meta.get("validation_scores")
+    return int(np.argmax(scores)) if scores else 0
+
+
+def seed_params(train, index: int):
+    return jax.tree.map(lambda x: x[index], train.params)
+
+
+def make_greedy_policy(agent: QAgent, params):
+    """obs [B, *stack] -> actions [B] int32, deterministic (see the module docstring)."""
+    num_actions = agent.settings.num_actions
+
+    def policy(obs):
+        q = agent.network.apply(params, obs)                      # [B, K, A]
+        if q.shape[1] == 1:
+            return jnp.argmax(q[:, 0], axis=-1).astype(jnp.int32)
+        votes = jax.nn.one_hot(jnp.argmax(q, -1), num_actions).sum(1)
+        return jnp.argmax(votes, axis=-1).astype(jnp.int32)
+
+    return policy
+
+
+def _versions() -> dict[str, str | None]:
+    import jaxatari
+    versions = {"jaxatari": jaxatari.__version__}
+    for package in VERSION_PACKAGES:
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) -> Path:
+    """Writes the export folder ``out`` (which must not exist) from a checkpoint directory."""
+    from flax import serialization
+    try:
+        import flatbuffers  # noqa: F401  (jax.export's serialisation needs it)
+    except ImportError:
+        raise ConfigError("exporting needs the flatbuffers package (pip install flatbuffers)"
+                          ) from None
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"--out {out} already exists; choose a new folder (nothing was "
+                          "overwritten)")
+    agent, train, meta = load_agent(checkpoint)
+    index = pick_seed(meta, seed_index)
+    params = jax.tree.map(np.asarray, seed_params(train, index))
+    policy = make_greedy_policy(agent, params)
+    stack_shape = tuple(agent.stack_shape)
+    dtype = np.dtype(agent.frame_dtype).name
+    batch = jax.export.symbolic_shape("b")[0]
+    spec = jax.ShapeDtypeStruct((batch, *stack_shape), np.dtype(dtype))
+    try:
+        exported = jax.export.export(jax.jit(policy), platforms=("cpu", "cuda"))(spec)
+    except Exception:   # a jaxlib that cannot lower for CUDA: CPU only
+        exported = jax.export.export(jax.jit(policy), platforms=("cpu",))(spec)
+    env_spec = meta.get("env_spec", {})
+    config = meta.get("config", {})
+    scores = meta.get("validation_scores")
+    record = {
+        "format": "jaxatari-export-1",
+        "env_id": env_spec.get("name"),
+        "env": config.get("env"), "game": config.get("game") or None,
+        "protocol": env_spec.get("protocol"),
+        "observation": {"frame_shape": list(agent.settings.obs_shape),
+                        "env_dtype": env_spec.get("obs_dtype"),
+                        "input_dtype": dtype,
+                        "scale": "uint8 0..255 (the env's [0, 1] reals x 255, rounded)"
+                        if dtype == "uint8" and env_spec.get("obs_dtype") != "uint8" else
+                        ("uint8 0..255" if dtype == "uint8" else "float32 as the env gives it"),
+                        "layout": "channels last; hist_len frames stacked on the channel axis, "
+                                  "oldest first; frames before an episode's first are zeros"},
+        "hist_len": agent.settings.hist_len,
+        "num_actions": agent.settings.num_actions,
+        "action_meanings": list(env_spec.get("action_meanings") or []),
+        "policy": {"file": POLICY_FILE, "input_shape": list(stack_shape), "input_dtype": dtype,
+                   "output": "actions [B] int32", "batch": "any size (symbolic)",
+                   "rule": "greedy argmax (bootstrap heads: majority vote), ties to the "
+                           "lowest action", "platforms": list(exported.platforms)},
+        "network": {"body": agent.settings.body, "hidden_size": agent.settings.hidden_size,
+                    "dueling": agent.settings.dueling, "heads": agent.settings.num_heads},
+        "step": meta.get("step"),
+        "seed_index": index, "seeds": meta.get("seeds"),
+        "validation_score": None if not scores else scores[index],
+        "validation_scores": scores,
+        "best_validation_score": meta.get("best_score"),
+        "checkpoint": meta.get("path"), "checkpoint_name": meta.get("name"),
+        "versions": _versions(),
+        "python": sys.version.split()[0],
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / "params.msgpack").write_bytes(serialization.to_bytes(params))
+        (tmp / "config.json").write_text(json.dumps(
+            {**config, "env_spec": env_spec, "agent": meta.get("agent")}, indent=2,
+            sort_keys=True, default=str))
+        (tmp / "metadata.json").write_text(json.dumps(record, indent=2, default=str))
+        (tmp / POLICY_FILE).write_bytes(exported.serialize())
+        (tmp / "run_policy.py").write_text(RUNNER)
+        os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
