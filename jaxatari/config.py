@@ -83,6 +83,7 @@ class Config:
     # Training
     optimiser: str = option("rmspropm", "optimiser", ("rmspropm", "rmsprop", "adam", "adadelta", "sgd"), group="training")
     eta: float = option(6.25e-5, "learning rate", group="training")
+    eta_anneal: bool = option(False, "anneal the learning rate linearly to 0 by the last update (as the async agents)", group="training")
     momentum: float = option(0.95, "momentum / RMSProp decay", group="training")
     batch_size: int = option(32, "minibatch size", group="training")
     learn_start: int = option(50_000, "steps before learning starts", group="training")

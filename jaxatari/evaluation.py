@@ -116,57 +116,53 @@ def play_episodes(*, env, num_episodes: int, seed: int, act: Callable | None,
     from jaxatari.envs.base import JaxEnv
     n = num_episodes
     rng = np.random.default_rng(seed)
-    key = jax.random.PRNGKey(seed)
+    env_key, actor_key = jax.random.split(jax.random.PRNGKey(seed))
     spec = env.spec
-    if isinstance(env, JaxEnv):
-        runner = _JaxEpisodes(env, n, key)
-    else:
-        runner = _HostEpisodes(env, n, seed)
-    frame_dtype = agent.frame_dtype if agent is not None else (
-        jnp.uint8 if spec.obs_dtype == "uint8" else jnp.float32)
-    actor = None
+    runner = _JaxEpisodes(env, n, env_key) if isinstance(env, JaxEnv) else _HostEpisodes(
+        env, n, seed)
+    frame = runner.reset()
+    actor = observe = None
     if agent is not None:
-        key, actor_key = jax.random.split(key)
+        frame_dtype = agent.frame_dtype
         actor = ActorState(stack=jnp.zeros((n, *agent.stack_shape), frame_dtype),
                            head=jnp.zeros((n,), jnp.int32), after_done=jnp.zeros((n,), bool),
                            key=actor_key)
         observe = jax.jit(agent.observe)
-        frame = runner.reset()
         actor = observe(actor, to_agent_frame(jnp.asarray(frame), frame_dtype),
                         jnp.ones((n,), bool))
-    else:
-        runner.reset()
     running = np.ones(n, bool)
     scores = np.zeros(n)
     lengths = np.zeros(n, np.int64)
     step = 0
-    while running.any() and step < max_steps:
-        maps = None
-        if agent is not None:
-            stack = actor.stack
-            actions, actor = act(actor)
-            if saliency is not None:
-                maps = np.asarray(saliency(stack, actions, actor))
-            actions = np.asarray(actions)
-        else:
-            actions = rng.integers(0, spec.num_actions, n)
-        if on_frame is not None:   # the screen the action is taken on, with its map
-            for i in np.flatnonzero(running):
-                on_frame(int(i), step, runner.render(i), None if maps is None else maps[i])
-        frame, reward, done, over = runner.step(actions)
-        scores += np.where(running, reward, 0.0)
-        lengths += running
-        step += 1
-        if agent is not None:
-            actor = observe(actor.replace(after_done=jnp.asarray(done)),
-                            to_agent_frame(jnp.asarray(frame), frame_dtype),
-                            jnp.zeros((n,), bool))
-        ended = running & over
-        if on_frame is not None:   # the final screen of each episode that just ended
-            for i in np.flatnonzero(ended):
-                on_frame(int(i), step, runner.render(i), None)
-        running &= ~over
-    runner.close()
+    try:
+        while running.any() and step < max_steps:
+            maps = None
+            if agent is not None:
+                stack = actor.stack
+                actions, actor = act(actor)
+                if saliency is not None:
+                    maps = np.asarray(saliency(stack, actions, actor))
+                actions = np.asarray(actions)
+            else:
+                actions = rng.integers(0, spec.num_actions, n)
+            if on_frame is not None:   # the screen the action is taken on, with its map
+                for i in np.flatnonzero(running):
+                    on_frame(int(i), step, runner.render(i), None if maps is None else maps[i])
+            frame, reward, done, over = runner.step(actions)
+            scores += np.where(running, reward, 0.0)
+            lengths += running
+            step += 1
+            if agent is not None:
+                actor = observe(actor.replace(after_done=jnp.asarray(done)),
+                                to_agent_frame(jnp.asarray(frame), frame_dtype),
+                                jnp.zeros((n,), bool))
+            ended = running & over
+            if on_frame is not None:   # the final screen of each episode that just ended
+                for i in np.flatnonzero(ended):
+                    on_frame(int(i), step, runner.render(i), None)
+            running &= ~over
+    finally:
+        runner.close()
     return EpisodeResult(scores=scores, lengths=lengths, cut=running.copy())
 
 

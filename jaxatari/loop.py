@@ -28,6 +28,7 @@ steps while it refills.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -82,7 +83,15 @@ def agent_settings(config: Config, spec: EnvSpec) -> QAgentSettings:
         replay="uniform" if config.mem_priority == "none" else config.mem_priority,
         capacity=config.mem_size, num_envs=config.envs, alpha=config.alpha,
         batch_size=config.batch_size, optimiser=config.optimiser, learning_rate=config.eta,
-        momentum=config.momentum, grad_clip=config.grad_clip)
+        momentum=config.momentum, grad_clip=config.grad_clip,
+        lr_decay_updates=total_updates(config) if config.eta_anneal else 0)
+
+
+def total_updates(config: Config) -> int:
+    """Learner updates in a whole run: one every --mem-sample-freq steps after --learn-start,
+    --mem-n-samples each."""
+    learning_steps = max(config.steps - config.learn_start, 0)
+    return max(learning_steps // config.mem_sample_freq * config.mem_n_samples, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,7 +281,9 @@ class Trainer:
                               self.keys)
 
     def _replay_bytes(self) -> int:
-        return ckpt.nbytes(self._init_example()[1])
+        if not hasattr(self, "_replay_bytes_cached"):
+            self._replay_bytes_cached = ckpt.nbytes(self._init_example()[1])
+        return self._replay_bytes_cached
 
     def _include_replay(self) -> bool:
         if self.checkpoint_replay is not None:
@@ -318,6 +329,7 @@ class Trainer:
         """Loads and checks a checkpoint for this run (CheckpointError on any mismatch)."""
         meta = ckpt.read_metadata(path)
         self.check_compatible(meta)
+        self.val_size = int(meta.get("val_size", self.val_size))   # the held-out set it kept
         items, meta = ckpt.load(path, self.templates())
         if items["train"] is None:
             raise ckpt.CheckpointError(f"checkpoint {path} holds no learner state")
@@ -533,8 +545,11 @@ class Trainer:
         started = time.time()
         self._apply_restored(restored)
         resume_step = restored.step if restored is not None else None
+        # Ctrl+C is answered at the Q-agent loops' safe points; the actor-learners keep
+        # Python's KeyboardInterrupt until they check InterruptGuard.requested themselves.
+        guard = self.guard if c.async_method == "none" else contextlib.nullcontext()
         with RunLogger(self.run_dir, c, quiet=self.quiet, resume_step=resume_step) as logger, \
-                self.guard:
+                guard:
             self.logger = logger
             train_state = None
             if c.async_method != "none":
@@ -543,6 +558,14 @@ class Trainer:
             else:
                 if restored is not None:
                     logger.note(f"resuming from {restored.path} at step {restored.step:,}")
+                    changed = self.changed_options(restored.metadata)
+                    if changed:
+                        logger.note("options changed since the checkpoint: " + ", ".join(changed))
+                    saved_chunk = restored.metadata.get("iterations_per_chunk")
+                    if saved_chunk not in (None, self._iterations_per_chunk()):
+                        logger.note("--chunk-steps differs from the checkpoint's run: chunk "
+                                    "boundaries move, so results may differ from an "
+                                    "uninterrupted run in the last bits")
                 self._note_replay()
                 if self.native:
                     train_state = self._run_native(restored)
@@ -632,8 +655,8 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
                 if not interactive:
                     raise ConfigError(
                         f"run directory {run_dir} holds a saved agent of an unfinished run "
-                        f"(step {saved['step']:,}): continue it with --resume or start again "
-                        "with --no-resume")
+                        f"(step {saved['step']:,}): continue it with --resume (jaxatari resume "
+                        f"{run_dir}) or start again with --no-resume")
                 resume = ask(f"Saved agent found in {run_dir} (step {saved['step']:,}) - "
                              "resume (y/n)? ")
             if resume:

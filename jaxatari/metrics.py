@@ -324,16 +324,20 @@ def progress_series(run_dir: Path, column: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def _band_plot(ax, steps, values, label=None, color="k", seeds_too=True):
-    """Mean over seeds with a min-max band, and each seed as a thin line."""
-    if seeds_too:
-        for seed in range(values.shape[1]):
-            ax.plot(steps, values[:, seed], lw=0.7, alpha=0.5, color=None if color == "k" else color)
+    """Mean over seeds with a min-max band, and each seed as a thin line (points marked
+    when there are few)."""
+    marker = "o" if len(steps) <= 25 else None
+    seeds = values.shape[1]
+    if seeds_too and seeds > 1:
+        for seed in range(seeds):
+            ax.plot(steps, values[:, seed], lw=0.7, alpha=0.5, marker=marker, markersize=2,
+                    color=None if color == "k" else color)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN steps (no seed finished)
         ax.fill_between(steps, np.nanmin(values, 1), np.nanmax(values, 1), alpha=0.2,
                         color=color, lw=0)
-        ax.plot(steps, np.nanmean(values, 1), color=color, lw=2,
-                label=label or f"mean of {values.shape[1]} seeds")
+        ax.plot(steps, np.nanmean(values, 1), color=color, lw=2, marker=marker, markersize=4,
+                label=label or (f"mean of {seeds} seeds" if seeds > 1 else "1 seed"))
 
 
 def plot_metric(path: Path, steps: np.ndarray, values: np.ndarray, ylabel: str, title: str) -> None:
@@ -399,22 +403,23 @@ def first_conv_kernel(params, in_channels: int) -> np.ndarray | None:
 
 
 def filter_grid(kernel: np.ndarray) -> np.ndarray:
-    """[k, k, C_in, C_out] -> one grey image: a tile per (output filter, input channel),
-    each scaled to [0, 1] by the layer's extreme values, one pixel of padding."""
+    """[k, k, C_in, C_out] -> one grey image: a row of tiles per input channel (stacked
+    frame), a column per filter, each tile scaled to [0, 1] by the layer's extreme values,
+    one pixel of padding."""
     k, _, c_in, c_out = kernel.shape
     low, high = float(kernel.min()), float(kernel.max())
     scaled = (kernel - low) / max(high - low, 1e-12)
-    grid = np.ones((c_out * (k + 1) + 1, c_in * (k + 1) + 1), np.float32)
-    for o in range(c_out):
-        for c in range(c_in):
-            grid[1 + o * (k + 1):1 + o * (k + 1) + k, 1 + c * (k + 1):1 + c * (k + 1) + k] = \
+    grid = np.ones((c_in * (k + 1) + 1, c_out * (k + 1) + 1), np.float32)
+    for c in range(c_in):
+        for o in range(c_out):
+            grid[1 + c * (k + 1):1 + c * (k + 1) + k, 1 + o * (k + 1):1 + o * (k + 1) + k] = \
                 scaled[:, :, c, o]
     return grid
 
 
 def plot_filters(path: Path, params, in_channels: int, title: str = "") -> bool:
-    """Saves the first conv layer's filters as an image grid (rows: filters, columns: input
-    channels, i.e. stacked frames); False for a network without convolutions."""
+    """Saves the first conv layer's filters as an image grid (columns: filters, rows: input
+    channels, i.e. stacked frames, oldest first); False for a network without convolutions."""
     kernel = first_conv_kernel(params, in_channels)
     if kernel is None:
         return False
@@ -424,13 +429,14 @@ def plot_filters(path: Path, params, in_channels: int, title: str = "") -> bool:
 
     grid = filter_grid(kernel)
     k, _, c_in, c_out = kernel.shape
-    height = min(max(grid.shape[0] / 20, 3), 30)
-    fig, ax = plt.subplots(figsize=(max(grid.shape[1] / 20, 3), height), constrained_layout=True)
+    scale = min(12.0 / grid.shape[1], 0.25)
+    fig, ax = plt.subplots(figsize=(max(grid.shape[1] * scale, 4), max(grid.shape[0] * scale, 1.5) + 0.8),
+                           constrained_layout=True)
     ax.imshow(grid, cmap="gray", interpolation="nearest")
-    ax.set_title(f"first conv layer: {c_out} filters {k}x{k} x {c_in} input channels\n{title}",
-                 fontsize=8)
-    ax.set_xlabel("input channel (oldest frame first)")
-    ax.set_ylabel("filter")
+    ax.set_title(f"first conv layer: {c_out} filters of {k}x{k} over {c_in} input channels; "
+                 f"{title}", fontsize=8)
+    ax.set_xlabel("filter")
+    ax.set_ylabel("input channel\n(oldest first)", fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.savefig(path, dpi=100)

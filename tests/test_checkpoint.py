@@ -18,16 +18,23 @@ jax.config.update("jax_compilation_cache_dir",
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 
 from jaxatari import checkpoint as ckpt  # noqa: E402
-from jaxatari.config import ConfigError, build_config  # noqa: E402
+from jaxatari.config import Config, ConfigError, validate  # noqa: E402
 from jaxatari.loop import Trainer, train  # noqa: E402
 
-# Catch with a tiny MLP: 2 seeds x 4 envs, 16-iteration chunks, an evaluation every 128 steps.
-TINY = dict(seeds=2, envs=4, learn_start=64, mem_size=256, val_freq=128, val_steps=64,
-            val_envs=4, chunk_steps=64, mlp_hidden=16, hidden_size=16)
+# A tiny Catch run spelled out in full (no preset, so preset tuning cannot change it): an MLP,
+# 2 seeds x 4 envs, 16-iteration chunks, an evaluation every 128 steps.
+TINY = dict(env="catch", seeds=2, envs=4, model_body="mlp", mlp_hidden=16, hidden_size=16,
+            hist_len=2, duel=True, bootstraps=0, pal_alpha=0.0, double_q=True, mem_size=256,
+            mem_sample_freq=4, mem_n_samples=1, batch_size=32, learn_start=64,
+            epsilon_steps=256, epsilon_end=0.05, tau=8, optimiser="adam", eta=1e-3,
+            grad_clip=0.0, val_freq=128, val_steps=64, val_envs=4, val_epsilon=0.0,
+            chunk_steps=64)
 
 
-def tiny(**overrides):
-    return build_config("demo", {**TINY, **overrides})
+def tiny(**overrides) -> Config:
+    config = Config(**{**TINY, **overrides})
+    validate(config)
+    return config
 
 
 def leaves_equal(a, b) -> bool:
@@ -212,15 +219,12 @@ def test_host_env_run_resumes_without_its_replay_memory(tmp_path):
     memory not saved (host default), waits --learn-start steps before learning again."""
     options = {"env": "tests.test_loop_host:CountdownEnv", "model_body": "mlp", "hist_len": 1,
                "seeds": 2, "envs": 2, "learn_start": 40, "mem_size": 200, "val_freq": 60,
-               "val_steps": 20, "val_envs": 2, "chunk_steps": 20, "mlp_hidden": 16,
-               "hidden_size": 16}
-    run_dir, _ = train(build_config("demo", {**options, "steps": 120}), tmp_path / "host",
-                       quiet=True)
+               "val_steps": 20, "val_envs": 2, "chunk_steps": 20}
+    run_dir, _ = train(tiny(**options, steps=120), tmp_path / "host", quiet=True)
     meta = ckpt.read_metadata(run_dir / "checkpoints" / "last")
     assert meta["path_kind"] == "host" and not meta["replay_included"]
     assert meta["replay_bytes"] > 0
-    _, summary = train(build_config("demo", {**options, "steps": 240}), None, quiet=True,
-                       resume_from=run_dir)
+    _, summary = train(tiny(**options, steps=240), None, quiet=True, resume_from=run_dir)
     assert summary["final_scores"] == [5.0, 5.0] and summary["resumed_from_step"] == 120
     progress = [row.split(",") for row in (run_dir / "progress.csv").read_text().splitlines()[1:]]
     after = [row for row in progress if int(row[0]) > 120]

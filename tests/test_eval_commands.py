@@ -17,20 +17,34 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 
 from jaxatari import checkpoint as ckpt  # noqa: E402
 from jaxatari.cli import main  # noqa: E402
-from jaxatari.config import build_config  # noqa: E402
+from jaxatari.config import Config, validate  # noqa: E402
 from jaxatari.human_scores import SOURCE, normalise, random_and_human  # noqa: E402
 from jaxatari.loop import train  # noqa: E402
 from jaxatari.metrics import filter_grid, first_conv_kernel  # noqa: E402
 from jaxatari.video import read_video  # noqa: E402
 
-TINY = dict(seeds=2, envs=4, learn_start=64, mem_size=256, val_freq=128, val_steps=64,
-            val_envs=4, chunk_steps=64, mlp_hidden=16, hidden_size=16)
+# A tiny Catch run spelled out in full (no preset, so preset tuning cannot change it): an MLP,
+# 2 seeds x 4 envs, 16-iteration chunks, an evaluation every 128 steps.
+TINY = dict(env="catch", seeds=2, envs=4, model_body="mlp", mlp_hidden=16, hidden_size=16,
+            hist_len=2, duel=True, bootstraps=0, pal_alpha=0.0, double_q=True, mem_size=256,
+            mem_sample_freq=4, mem_n_samples=1, batch_size=32, learn_start=64,
+            epsilon_steps=256, epsilon_end=0.05, tau=8, optimiser="adam", eta=1e-3,
+            grad_clip=0.0, val_freq=128, val_steps=64, val_envs=4, val_epsilon=0.0,
+            chunk_steps=64)
+
+
 MEAN_LINE = re.compile(r"^mean score (\S+) \+- (\S+) \(standard deviation\) over (\d+) episodes?$")
+
+
+def tiny(**overrides) -> Config:
+    config = Config(**{**TINY, **overrides})
+    validate(config)
+    return config
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    run_dir, _ = train(build_config("demo", {**TINY, "steps": 256}),
+    run_dir, _ = train(tiny(steps=256),
                        tmp_path_factory.mktemp("eval") / "run", quiet=True)
     return run_dir
 
@@ -100,7 +114,7 @@ def test_conv_filters_grid_and_human_normalised_scores():
     # PatchConv rows run over patch offsets (i, j), then input channels.
     assert filters[1, 2, 1, 0] == kernel[(1 * 5 + 2) * 2 + 1, 0]
     grid = filter_grid(filters)
-    assert grid.shape == (3 * 6 + 1, 2 * 6 + 1) and grid.min() == 0.0 and grid.max() == 1.0
+    assert grid.shape == (2 * 6 + 1, 3 * 6 + 1) and grid.min() == 0.0 and grid.max() == 1.0
     assert first_conv_kernel({"params": {"body": {"Dense_0": {}}}}, 2) is None
     # Kaixhin/Atari's table (the Nature paper's): Space Invaders random 148, human 1652.3.
     assert random_and_human("SpaceInvaders") == random_and_human("space_invaders") == (148.0, 1652.3)
@@ -119,6 +133,10 @@ def test_conv_filters_grid_and_human_normalised_scores():
     (["plot", "{missing}"], "no run directory"),
     (["plot", "{empty}"], "has no eval.csv"),
     (["random", "no-such-preset"], "neither a run directory nor a preset"),
+    (["resume", "{missing}"], "no run directory at"),
+    (["resume", "{empty}"], "holds no saved agent"),
+    (["resume", "{run}", "--steps", "128"], "nothing left to train"),
+    (["resume", "{run}", "--steps", "512", "--hidden-size", "32"], "hidden_size 16 there, 32 here"),
 ])
 def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys, args, expected):
     corrupt = tmp_path / "corrupt"
@@ -136,3 +154,15 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys, args, expec
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and expected in err[0], err
     assert sorted(p.name for p in run_dir.iterdir()) == before   # nothing written
+
+
+def test_resume_command_continues_a_run_in_place(run_dir, tmp_path, capsys):
+    copy = tmp_path / "moved"
+    shutil.copytree(run_dir, copy)
+    assert main(["resume", str(copy), "--steps", "384", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed at step 256" in out and f"run directory: {copy}" in out
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["steps"] == 384 and summary["eval_steps"] == [128, 256, 384]
+    assert ckpt.read_metadata(copy / "checkpoints" / "last")["step"] == 384
+    assert ckpt.read_metadata(run_dir / "checkpoints" / "last")["step"] == 256   # untouched

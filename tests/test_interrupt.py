@@ -22,15 +22,30 @@ jax.config.update("jax_compilation_cache_dir",
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 
 from jaxatari import checkpoint as ckpt  # noqa: E402
-from jaxatari.config import ConfigError, build_config  # noqa: E402
+from jaxatari.config import Config, ConfigError, validate  # noqa: E402
 from jaxatari.loop import TrainingInterrupted, Trainer, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = dict(seeds=2, envs=4, learn_start=64, mem_size=256, val_freq=128, val_steps=64,
-            val_envs=4, chunk_steps=64, mlp_hidden=16, hidden_size=16)
+# A tiny Catch run spelled out in full (no preset, so preset tuning cannot change it): an MLP,
+# 2 seeds x 4 envs, 16-iteration chunks, an evaluation every 128 steps.
+TINY = dict(env="catch", seeds=2, envs=4, model_body="mlp", mlp_hidden=16, hidden_size=16,
+            hist_len=2, duel=True, bootstraps=0, pal_alpha=0.0, double_q=True, mem_size=256,
+            mem_sample_freq=4, mem_n_samples=1, batch_size=32, learn_start=64,
+            epsilon_steps=256, epsilon_end=0.05, tau=8, optimiser="adam", eta=1e-3,
+            grad_clip=0.0, val_freq=128, val_steps=64, val_envs=4, val_epsilon=0.0,
+            chunk_steps=64)
+
+
 LONG = 1_000_000   # never reached: every run here is interrupted
+# The same run through the command line: the demo preset, every value above overriding it.
 TRAIN_ARGS = ["train", "demo", "--steps", str(LONG)] + [
     f"--{name.replace('_', '-')}={value}" for name, value in TINY.items()]
+
+
+def tiny(**overrides) -> Config:
+    config = Config(**{**TINY, **overrides})
+    validate(config)
+    return config
 
 
 def progress_steps(run_dir: Path) -> list[int]:
@@ -138,7 +153,7 @@ def test_without_a_terminal_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
     """SIGINT (no terminal) saves at the next chunk boundary; resuming from that save gives
     the parameters of an uninterrupted run, bit for bit."""
     run_dir = tmp_path / "interrupted"
-    config = build_config("demo", {**TINY, "steps": LONG})
+    config = tiny(steps=LONG)
 
     def interrupt_when_running():
         deadline = time.time() + 300
@@ -161,7 +176,7 @@ def test_without_a_terminal_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
         train(config, run_dir, quiet=True, interactive=False)
 
     total = step + 128
-    config = build_config("demo", {**TINY, "steps": total})
+    config = tiny(steps=total)
     train(config, run_dir, quiet=True, interactive=False, resume=True)
     straight, _ = train(config, tmp_path / "straight", quiet=True)
     templates = Trainer(config, run_dir).templates()

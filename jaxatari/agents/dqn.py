@@ -76,6 +76,7 @@ class QAgentSettings:
     learning_rate: float = 1e-4
     momentum: float = 0.95
     grad_clip: float = 0.0
+    lr_decay_updates: int = 0      # > 0: learning rate annealed linearly to 0 over this many updates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +104,9 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
     td_error = resolve_td_error(s.loss)
     loss_fn = make_q_loss(network.apply, td_error, double_q=s.double_q, td_clip=s.td_clip,
                           pal_alpha=s.pal_alpha)
-    optimiser = make_optimiser(s.optimiser, learning_rate=s.learning_rate,
+    learning_rate = (optax.linear_schedule(s.learning_rate, 0.0, s.lr_decay_updates)
+                     if s.lr_decay_updates > 0 else s.learning_rate)
+    optimiser = make_optimiser(s.optimiser, learning_rate=learning_rate,
                                momentum=s.momentum, grad_clip=s.grad_clip)
     replay = make_replay(s.replay, capacity=s.capacity, num_envs=s.num_envs,
                          hist_len=s.hist_len, n_step=s.n_step, gamma=s.gamma, alpha=s.alpha)

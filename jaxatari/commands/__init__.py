@@ -7,7 +7,8 @@ status) with ``parser.set_defaults(run=...)``. Modules import JAX and friends in
 or ``ValueError`` with a one-line message; the CLI turns them into exit status 2.
 
   evaluate   eval (a saved agent: scores, video, saliency) and random (the baseline)
+  resume     resume (continue a run from its last checkpoint)
   export     export (params.msgpack, metadata, a jax.export policy)
   plot       plot (several runs' evaluation curves overlaid)
 """
-COMMAND_MODULES: tuple[str, ...] = ("evaluate", "export", "plot")
+COMMAND_MODULES: tuple[str, ...] = ("evaluate", "resume", "export", "plot")

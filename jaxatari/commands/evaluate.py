@@ -129,7 +129,7 @@ def _play(args, config, env, seed: int, agent=None, act=None, saliency=None,
     if writes:
         out = Path(args.out) if args.out else new_folder(
             out_base or Path("."), f"{'eval' if agent is not None else 'random'}-{stamp()}")
-        out.mkdir(parents=True, exist_ok=True)
+        # created by the first file written: a failure before that leaves nothing behind
     is_atari = config.env == "atari"
     fps = args.fps or (15.0 if is_atari else 10.0)
     recorder = None
@@ -149,6 +149,7 @@ def _play(args, config, env, seed: int, agent=None, act=None, saliency=None,
     if out is not None:
         record = {**(extra or {}), "episodes": args.episodes, "seed": seed,
                   **statistics(result)}
+        out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(record, indent=2, default=str))
         for path in (recorder.files if recorder else []):
             print(f"wrote {path}")

@@ -1,0 +1,66 @@
+"""``resume``: continue a run from its last checkpoint, with its own options.
+
+  jaxatari resume RUN_DIR [--steps N] [--option value ...] [--checkpoint-every]
+
+The options come from RUN_DIR/config.json; any given here override them (typically a
+larger --steps to train further). Options that shape the agent (network, memory, env,
+seeds) must stay as they were: a checkpoint that does not fit is refused with one line.
+See jaxatari.loop for what is restored and when the result equals an uninterrupted run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "resume", help="continue a run from its last checkpoint (options from its config.json)",
+        description="Continue a run from RUN_DIR/checkpoints/last with the options in "
+                    "RUN_DIR/config.json; options given here override them (e.g. --steps to "
+                    "train further).")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory to continue")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--checkpoint-every", action="store_true",
+                        help="keep every evaluation's checkpoint as checkpoints/step_<step> "
+                             "(the original's -checkpoint)")
+    parser.add_argument("--checkpoint-replay", choices=("auto", "true", "false"), default="auto",
+                        help="put the replay memory in checkpoints/last (auto: JAX-native envs "
+                             "up to 1 GiB, never host envs; default: auto)")
+    parser.add_argument("--val-size", type=int, default=500, metavar="N",
+                        help="held-out transitions for the average V and TD error (the "
+                             "original's -valSize; default: 500); a resumed run keeps its own")
+    from jaxatari.cli import _add_option_arguments
+    _add_option_arguments(parser)
+    parser.set_defaults(run=run_resume)
+
+
+def run_resume(args) -> int:
+    from jaxatari import checkpoint as ckpt
+    from jaxatari.cli import _overrides
+    from jaxatari.commands._common import run_config
+    from jaxatari.config import Config, ConfigError, coerce, validate
+    from jaxatari.loop import train
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"no run directory at {run_dir}")
+    ckpt.find(run_dir, "last")   # one line if there is nothing to resume
+    args.game = None
+    overrides = _overrides(args)
+    config = run_config(run_dir)
+    values = {**config.to_dict(), **{k: coerce(k, v) for k, v in overrides.items()}}
+    config = Config(**values)
+    validate(config)
+    replay = {"auto": None, "true": True, "false": False}[args.checkpoint_replay]
+    # In place, wherever the directory is now, unless --run-dir names a new one (a fork).
+    target = Path(overrides["run_dir"]) if overrides.get("run_dir") else run_dir
+    out_dir, summary = train(config, target, quiet=args.quiet, resume_from=run_dir,
+                             checkpoint_every=args.checkpoint_every,
+                             checkpoint_replay=replay, val_size=args.val_size)
+    print(f"\n{'seed':>4}  {'final greedy score':>18}  {'best greedy score':>17}")
+    for seed, (final, best) in enumerate(zip(summary["final_scores"], summary["best_scores"])):
+        print(f"{seed:>4}  {final:>18.3f}  {best:>17.3f}")
+    print(f"resumed at step {summary['resumed_from_step']:,}; trained to {summary['steps']:,} "
+          f"steps in {summary['wall_seconds']:.1f} s")
+    print(f"run directory: {out_dir}")
+    return 0
