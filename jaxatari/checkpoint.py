@@ -103,10 +103,23 @@ def _leaf_name(i: int) -> str:
 # ----------------------------------------------------------------------------- save/load
 
 
+_CHECKPOINTER = None
+
+
 def _orbax():
     import orbax.checkpoint as ocp
     logging.getLogger("absl").setLevel(logging.ERROR)   # orbax logs every save at INFO
     return ocp
+
+
+def _checkpointer():
+    """One synchronous orbax Checkpointer for the process (each one starts background
+    machinery; closing and recreating them leaves callbacks for closed event loops)."""
+    global _CHECKPOINTER
+    if _CHECKPOINTER is None:
+        ocp = _orbax()
+        _CHECKPOINTER = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    return _CHECKPOINTER
 
 
 def _fsync_dir(path: Path) -> None:
@@ -143,13 +156,11 @@ def save(path: Path, items: dict[str, Any], metadata: dict[str, Any]) -> Path:
             flat_items[name] = {_leaf_name(i): leaf for i, leaf in enumerate(leaves)}
             records[name] = {"signature": tree_signature(tree), "sha256": _digest(leaves),
                              "bytes": int(sum(leaf.nbytes for leaf in leaves))}
-        checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
         # An item without leaves would be an empty orbax item: record it, store nothing.
         stored = {name: ocp.args.StandardSave(flat) for name, flat in flat_items.items() if flat}
         tmp.mkdir()
         if stored:
-            checkpointer.save(tmp / STATE_DIR, args=ocp.args.Composite(**stored))
-        checkpointer.close()
+            _checkpointer().save(tmp / STATE_DIR, args=ocp.args.Composite(**stored))
         record = {**metadata, "format_version": FORMAT_VERSION, "items": records,
                   "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         text = json.dumps(record, indent=1, sort_keys=True, default=_json_default)
@@ -270,17 +281,14 @@ def load(path: Path, templates: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     arrays: dict[str, dict] = {name: {} for name in wanted_flat}
     if to_read:
         ocp = _orbax()
-        checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
         try:
-            out = checkpointer.restore(found / STATE_DIR, args=ocp.args.Composite(
+            out = _checkpointer().restore(found / STATE_DIR, args=ocp.args.Composite(
                 **{name: ocp.args.StandardRestore(flat) for name, flat in to_read.items()}))
             arrays.update({name: dict(out[name]) for name in to_read})
         except Exception as error:   # tensorstore / orbax errors of a damaged directory
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
             raise CheckpointError(f"checkpoint {found} cannot be read: it is corrupt or "
                                   f"truncated ({type(error).__name__}: {first})") from None
-        finally:
-            checkpointer.close()
     for name, flat in wanted_flat.items():
         leaves = [np.asarray(arrays[name][_leaf_name(i)]) for i in range(len(flat))]
         if _digest(leaves) != records[name]["sha256"]:

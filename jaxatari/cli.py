@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from jaxatari.commands import COMMAND_MODULES
@@ -68,6 +69,11 @@ def make_parser() -> OneLineParser:
                        help="Atari game (e.g. SpaceInvaders) or a MinAtar game "
                             "(e.g. SpaceInvaders-MinAtar) for presets that take one")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                       help="continue a saved run (RUN_DIR, or --run-dir) from its checkpoints/last")
+    train.add_argument("--no-resume", action="store_true",
+                       help="start again in a run directory holding a saved agent (old "
+                            "checkpoints moved to checkpoints-replaced-<time>)")
     _add_option_arguments(train)
     commands.add_parser("presets", help="list the presets")
     for module_name in COMMAND_MODULES:
@@ -94,8 +100,16 @@ def _print_presets() -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from jaxatari.loop import train   # heavy imports only when training
+    if args.resume is not None and args.no_resume:
+        raise UsageError("--resume and --no-resume exclude each other")
     config = build_config(args.preset, _overrides(args))
-    run_dir, summary = train(config, quiet=args.quiet)
+    run_dir, summary = train(
+        config, quiet=args.quiet,
+        resume_from=Path(args.resume) if isinstance(args.resume, str) else None,
+        resume=True if args.resume is not None else (False if args.no_resume else None),
+        checkpoint_every=config.checkpoint_every,
+        checkpoint_replay={"auto": None, "true": True, "false": False}[config.checkpoint_replay],
+        val_size=config.val_size)
     scores = summary["final_scores"]
     print(f"\n{'seed':>4}  {'final greedy score':>18}  {'best greedy score':>17}")
     for seed, (final, best) in enumerate(zip(scores, summary["best_scores"])):

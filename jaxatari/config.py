@@ -94,6 +94,9 @@ class Config:
     val_steps: int = option(125_000, "steps per evaluation (over --val-envs envs)", group="eval")
     val_envs: int = option(8, "environments per seed used by evaluation", group="eval")
     val_epsilon: float = option(0.001, "exploration rate during evaluation", group="eval")
+    val_size: int = option(500, "held-out transitions for the average V and TD error", group="eval")
+    checkpoint_every: bool = option(False, "keep every evaluation's checkpoint as checkpoints/step_<step> besides last and best", group="eval")
+    checkpoint_replay: str = option("auto", "put the replay memory in checkpoints/last: auto = JAX-native envs up to 1 GiB, never host envs", ("auto", "true", "false"), group="eval")
 
     # Actor-learners (Mnih et al. 2016)
     async_method: str = option("none", "actor-learner instead of the replay agent", ("none", "sarsa", "onestep", "nstep", "a3c"), group="async", flag="--async")
@@ -193,7 +196,7 @@ def validate(c: Config) -> None:
                               f"got {getattr(c, f.name)!r}")
     positive = ("seeds", "steps", "envs", "hist_len", "mem_size", "mem_sample_freq",
                 "mem_n_samples", "batch_size", "tau", "chunk_steps", "val_freq", "val_envs",
-                "size", "hidden_size", "mlp_hidden", "n_step")
+                "size", "hidden_size", "mlp_hidden", "n_step", "val_size")
     for name in positive:
         require(getattr(c, name) > 0, f"{flag_name(name)} must be positive, got {getattr(c, name)}")
     for name in ("learn_start", "epsilon_steps", "bootstraps", "val_steps", "reward_clip",

@@ -175,7 +175,7 @@ class InterruptGuard:
     (between chunks, or between steps for host envs) and asks ``confirm_save``: "Save agent
     (y/n)?" on an interactive terminal, yes without one. The first SIGINT also restores the
     default action, so a second one ends the process at once (even inside a jitted chunk),
-    without saving. Installed only in the main thread.
+    without saving. Installed only in the main thread, and not where SIGINT is ignored.
     """
 
     def __init__(self, interactive: bool):
@@ -184,7 +184,10 @@ class InterruptGuard:
         self._previous = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        # Not in a worker thread (signals go to the main one), and not where SIGINT is
+        # ignored (a background job of a shell script): there Ctrl+C is not for us.
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -605,8 +608,12 @@ def saved_agent(run_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         return ckpt.read_metadata(found)
-    except ckpt.CheckpointError:
-        return None
+    except ckpt.CheckpointError:   # damaged: still a saved agent, never silently replaced
+        return {"path": str(found), "step": None}
+
+
+def _at_step(saved: dict[str, Any]) -> str:
+    return f"step {saved['step']:,}" if saved.get("step") is not None else "unreadable"
 
 
 def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
@@ -655,9 +662,9 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
                 if not interactive:
                     raise ConfigError(
                         f"run directory {run_dir} holds a saved agent of an unfinished run "
-                        f"(step {saved['step']:,}): continue it with --resume (jaxatari resume "
+                        f"({_at_step(saved)}): continue it with --resume (jaxatari resume "
                         f"{run_dir}) or start again with --no-resume")
-                resume = ask(f"Saved agent found in {run_dir} (step {saved['step']:,}) - "
+                resume = ask(f"Saved agent found in {run_dir} ({_at_step(saved)}) - "
                              "resume (y/n)? ")
             if resume:
                 source = Path(saved["path"])

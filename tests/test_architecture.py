@@ -22,7 +22,7 @@ PURE = ("jaxatari.types", "jaxatari.networks", "jaxatari.losses", "jaxatari.expl
 EDGE = ("jaxatari.envs", "jaxatari.loop", "jaxatari.actor_loop", "jaxatari.host",
         "jaxatari.metrics", "jaxatari.cli", "jaxatari.commands", "jaxatari.__main__",
         "jaxatari.evaluation", "jaxatari.checkpoint", "jaxatari.saliency", "jaxatari.video",
-        "jaxatari.plots")
+        "jaxatari.plots", "jaxatari.export", "jaxatari.human_scores")
 # What a pure module may import from the package: the pure layer, the package root (for
 # ``from jaxatari import exploration``) and config (frozen dataclasses, no JAX, no I/O).
 PURE_MAY_IMPORT = (*PURE, "jaxatari.config")

@@ -66,7 +66,8 @@ class Terminal:
         with warnings.catch_warnings():   # the child execs at once: forking JAX is safe
             warnings.simplefilter("ignore", RuntimeWarning)
             self.pid, self.fd = pty.fork()
-        if self.pid == 0:   # the child
+        if self.pid == 0:   # the child: a foreground job, SIGINT not ignored
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.chdir(ROOT)
             os.execvpe(sys.executable, [sys.executable, "-m", "jaxatari", *args], env)
         self.output = ""
@@ -161,15 +162,22 @@ def test_without_a_terminal_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
+    # Python's own handler, as in a foreground process (a background job ignores SIGINT,
+    # and then so does training).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     thread = threading.Thread(target=interrupt_when_running, daemon=True)
     thread.start()
-    with pytest.raises(TrainingInterrupted) as stopped:
-        train(config, run_dir, quiet=True, interactive=False)
-    thread.join()
+    try:
+        with pytest.raises(TrainingInterrupted) as stopped:
+            train(config, run_dir, quiet=True, interactive=False)
+        thread.join()
+        handler_after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert stopped.value.saved is not None
     step = ckpt.read_metadata(run_dir / "checkpoints" / "last")["step"]
     assert step % 64 == 0 and step >= 192   # at a chunk boundary, after the 3rd chunk
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
+    assert handler_after is signal.default_int_handler   # restored after training
 
     # Without a terminal, a saved agent is never resumed or replaced unless asked.
     with pytest.raises(ConfigError, match="holds a saved agent .* --resume .* --no-resume"):

@@ -1,6 +1,6 @@
 """``resume``: continue a run from its last checkpoint, with its own options.
 
-  jaxatari resume RUN_DIR [--steps N] [--option value ...] [--checkpoint-every]
+  jaxatari resume RUN_DIR [--steps N] [--option value ...]
 
 The options come from RUN_DIR/config.json; any given here override them (typically a
 larger --steps to train further). Options that shape the agent (network, memory, env,
@@ -20,15 +20,6 @@ def register(subparsers) -> None:
                     "train further).")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory to continue")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--checkpoint-every", action="store_true",
-                        help="keep every evaluation's checkpoint as checkpoints/step_<step> "
-                             "(the original's -checkpoint)")
-    parser.add_argument("--checkpoint-replay", choices=("auto", "true", "false"), default="auto",
-                        help="put the replay memory in checkpoints/last (auto: JAX-native envs "
-                             "up to 1 GiB, never host envs; default: auto)")
-    parser.add_argument("--val-size", type=int, default=500, metavar="N",
-                        help="held-out transitions for the average V and TD error (the "
-                             "original's -valSize; default: 500); a resumed run keeps its own")
     from jaxatari.cli import _add_option_arguments
     _add_option_arguments(parser)
     parser.set_defaults(run=run_resume)
@@ -51,12 +42,12 @@ def run_resume(args) -> int:
     values = {**config.to_dict(), **{k: coerce(k, v) for k, v in overrides.items()}}
     config = Config(**values)
     validate(config)
-    replay = {"auto": None, "true": True, "false": False}[args.checkpoint_replay]
+    replay = {"auto": None, "true": True, "false": False}[config.checkpoint_replay]
     # In place, wherever the directory is now, unless --run-dir names a new one (a fork).
     target = Path(overrides["run_dir"]) if overrides.get("run_dir") else run_dir
     out_dir, summary = train(config, target, quiet=args.quiet, resume_from=run_dir,
-                             checkpoint_every=args.checkpoint_every,
-                             checkpoint_replay=replay, val_size=args.val_size)
+                             checkpoint_every=config.checkpoint_every,
+                             checkpoint_replay=replay, val_size=config.val_size)
     print(f"\n{'seed':>4}  {'final greedy score':>18}  {'best greedy score':>17}")
     for seed, (final, best) in enumerate(zip(summary["final_scores"], summary["best_scores"])):
         print(f"{seed:>4}  {final:>18.3f}  {best:>17.3f}")
