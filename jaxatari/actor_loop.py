@@ -277,7 +277,9 @@ def _eval_steps_per_env(config: Config) -> int:
     return max(math.ceil(config.val_steps / config.val_envs), 1)
 
 
-def _run_native(config: Config, env: JaxEnv, keys, logger) -> list[Evaluation]:
+def train_native(config: Config, env: JaxEnv, keys, logger
+                 ) -> tuple[list[Evaluation], NativeActorCarry, ActorLearner]:
+    """The JAX-native loop; returns the evaluations, the final carry [S] and the learner."""
     c = config
     learner = make_actor_learner(learner_settings(c, env.spec, c.envs, c.envs))
     steps_per_iteration = c.batch_size * c.envs
@@ -321,7 +323,7 @@ def _run_native(config: Config, env: JaxEnv, keys, logger) -> list[Evaluation]:
             evaluations.append(evaluation)
             logger.log_eval(step, evaluation.scores, evaluation.episodes)
             next_eval = (step // c.val_freq + 1) * c.val_freq
-    return evaluations
+    return evaluations, carry, learner
 
 
 # -------------------------------------------------------------------------- host envs
@@ -788,7 +790,7 @@ def run_actor_learner(config: Config, env, keys, logger) -> list[Evaluation]:
     evaluations (at least one, at the end)."""
     check_actor_learner(config, env.spec)
     if isinstance(env, JaxEnv):
-        return _run_native(config, env, keys, logger)
+        return train_native(config, env, keys, logger)[0]
     if config.async_mode == "async":
         return _run_host_async(config, env, keys, logger)
     return _run_host_sync(config, env, keys, logger)

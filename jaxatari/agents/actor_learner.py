@@ -94,6 +94,7 @@ class ActorLearnerSettings:
     rms_epsilon: float = 0.1
     grad_clip: float = 0.0
     total_updates: int = 0         # the learning rate reaches 0 after this many (0 = constant)
+    policy_init_scale: float = 0.01  # actor-critic: initial policy-logit weights scaled by this
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -155,6 +156,27 @@ def rollout_returns(r_t, discount_t, v_t, cut_t, *, multi_step: bool):
     return rlax.lambda_returns(r_t, discount_t, v_t, lambda_t)
 
 
+def scale_policy_head(params, num_actions: int, scale: float):
+    """Multiplies the initial weights of ``ActorCriticNetwork``'s policy-logit layer by
+    ``scale``, so every state starts from a near-uniform policy (Andrychowicz et al. 2021,
+    "What matters in on-policy RL", recommend 0.01). The original used Torch's default
+    initialisation; with it, an initial policy's small per-state preferences steer a random
+    walk away from GridWorld's goal for good on some seeds (see the demo-grid preset).
+
+    The network's top-level Dense layers are, in order, hidden, policy logits and value
+    (networks.ActorCriticNetwork); the logits layer is recognised by its shape.
+    """
+    if scale == 1.0:
+        return params
+    layer = params["params"].get("Dense_1")
+    if layer is None or layer["kernel"].shape[-1] != num_actions:
+        raise ValueError("cannot find the actor-critic network's policy layer (Dense_1 with "
+                         f"{num_actions} outputs) to scale its initial weights")
+    inner = dict(params["params"])
+    inner["Dense_1"] = {**layer, "kernel": layer["kernel"] * scale}
+    return {**params, "params": inner}
+
+
 @dataclasses.dataclass(frozen=True)
 class ActorLearner:
     """Pure functions of one seed; see ``make_actor_learner``."""
@@ -200,6 +222,8 @@ def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> Actor
     def init(key):
         net_key, learn_key, eps_key, act_key = jax.random.split(key, 4)
         params = network.init(net_key, jnp.zeros((1, *stack_shape), frame_dtype))
+        if not is_q:
+            params = scale_policy_head(params, s.num_actions, s.policy_init_scale)
         # Own buffers for the target (aliasing breaks donation); A3C has no target network.
         target = jax.tree.map(jnp.copy, params) if is_q else {}
         train = TrainState(params=params, target_params=target,
