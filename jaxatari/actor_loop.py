@@ -30,6 +30,18 @@ less than N evaluations of one state. So here the N actors are batched:
   like Hogwild a rollout may span a parameter update (its first steps acted with older
   parameters), which is the same mild off-policyness A3C accepted.
 
+Why batch at all: JAX arrays are immutable, so lock-free writes into one parameter buffer
+are impossible; and batching N actors into one network call (and one update) is what
+makes a CPU's vector units or a GPU efficient, where N threads each evaluating one state
+leave them idle. ``--async-mode async`` with a JAX-native env is refused: those envs have
+no async API, and inside one jitted scan nothing can be slow anyway.
+
+Life loss: the async mode builds envpool itself (``make_async_envpool``), with every
+option from the protocol recorded in the env spec (``envs.atari.envpool_kwargs``; raw game
+rewards from ``info["reward"]``, game overs from ``info["terminated"]``) and detects lost
+lives from ``info["lives"]``, as ``envs/atari.py`` does, instead of envpool's
+``episodic_life``; validation always plays whole games (life loss not terminal).
+
 Kept from the original: a shared global step (target network synced every ``--tau``
 global steps, the learning rate annealed to 0 over ``--steps``), per-actor epsilons, a
 validation that acts epsilon-greedily (Q methods) or samples from the policy (A3C) and
@@ -56,8 +68,6 @@ from jaxatari.config import Config
 from jaxatari.envs import EnvSpec, JaxEnv
 from jaxatari.metrics import Evaluation, mean_score
 from jaxatari.types import TrainState
-
-# Mnih et al. 2016 used t_max = 5 (the original's --batch-size for its async presets).
 
 
 # ------------------------------------------------------------------------ configuration

@@ -36,8 +36,10 @@ epsilon ``rms_epsilon`` inside the square root (``modules/sharedRmsProp.lua``); 
 clipped to +-``td_clip`` (a Huber loss); rewards clipped to +-``reward_clip``; the
 actor-critic value loss with factor 0.5 (the original's gradient -0.5 (R - V)) and an
 entropy bonus ``entropy_beta``. Log-probabilities come from ``jax.nn.log_softmax``, which
-is finite for any finite logits, where the original added 1e-20 to softmax
-probabilities (Kaixhin/Atari issues #21, #50, #67: NaNs from log 0).
+is finite for any finite logits, where the original added 1e-20 to softmax probabilities
+(Kaixhin/Atari issues #21, #50, #67: NaNs from log 0). Ours: the policy-logit layer
+starts 100 times smaller (``policy_init_scale``), so every state starts from a
+near-uniform policy.
 """
 from __future__ import annotations
 
