@@ -5,37 +5,17 @@ import gc
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-# Identical tiny programs recur across these tests (and the CLI ones): a persistent XLA
-# cache makes every compilation after the first a file read.
-jax.config.update("jax_compilation_cache_dir",
-                  str(Path(tempfile.gettempdir()) / "jaxatari-test-xla-cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 
-from jaxatari import checkpoint as ckpt  # noqa: E402
-from jaxatari.config import Config, ConfigError, validate  # noqa: E402
-from jaxatari.loop import Trainer, train  # noqa: E402
-
-# A tiny Catch run spelled out in full (no preset, so preset tuning cannot change it): an MLP,
-# 2 seeds x 4 envs, 16-iteration chunks, an evaluation every 128 steps.
-TINY = dict(env="catch", seeds=2, envs=4, model_body="mlp", mlp_hidden=16, hidden_size=16,
-            hist_len=2, duel=True, bootstraps=0, pal_alpha=0.0, double_q=True, mem_size=256,
-            mem_sample_freq=4, mem_n_samples=1, batch_size=32, learn_start=64,
-            epsilon_steps=256, epsilon_end=0.05, tau=8, optimiser="adam", eta=1e-3,
-            grad_clip=0.0, val_freq=128, val_steps=64, val_envs=4, val_epsilon=0.0,
-            chunk_steps=64)
-
-
-def tiny(**overrides) -> Config:
-    config = Config(**{**TINY, **overrides})
-    validate(config)
-    return config
+from jaxatari import checkpoint as ckpt
+from jaxatari.config import ConfigError
+from jaxatari.loop import Trainer, train
+from tests.tiny import tiny
 
 
 def leaves_equal(a, b) -> bool:
