@@ -111,11 +111,13 @@ class MLPBody(nn.Module):
 # Atari: the original's Nature body with padding 1 on conv1.  (models/Atari.lua)
 # Nature: Mnih et al. 2015, no padding.
 # Atari2013: Mnih et al. 2013 / the A3C paper's small body.    (models/Atari2013.lua)
+# MinAtar: Young and Tian 2019's one 16x3x3/1 convolution (no padding) on the 10x10 grid.
 CONV_BODIES: dict[str, tuple[tuple[int, int, int, int], ...]] = {
     "catch": ((32, 5, 2, 1), (32, 5, 2, 1)),
     "atari": ((32, 8, 4, 1), (64, 4, 2, 0), (64, 3, 1, 0)),
     "nature": ((32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0)),
     "atari2013": ((16, 8, 4, 1), (32, 4, 2, 0)),
+    "minatar": ((16, 3, 1, 0),),
 }
 # The seed blog's keras-rl model: Nature convolutions, then Dense 512 before the heads'
 # Dense 256 (its "dense 512 then 256").
