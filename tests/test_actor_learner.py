@@ -14,8 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxatari.actor_loop import (AsyncActors, async_batch_size,
-                                 run_actor_learner)
+from jaxatari.actor_loop import AsyncActors, async_batch_size
 from jaxatari.agents.actor_learner import (FINAL_EPSILON_PROBS, FINAL_EPSILONS,
                                            ActorLearnerSettings, Rollout, actor_epsilon,
                                            draw_final_epsilons, make_actor_learner,
