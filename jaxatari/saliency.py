@@ -34,38 +34,22 @@ from jaxatari.networks import to_float
 MODES = ("normal", "guided", "deconvnet")
 
 
-@jax.custom_vjp
-def guided_relu(x: jax.Array) -> jax.Array:
-    """ReLU whose backward pass is guided backpropagation's: g * [x > 0] * [g > 0]."""
-    return jnp.maximum(x, 0)
+def relu_with_backward(backward: Callable) -> Callable:
+    """A ReLU (forward unchanged) whose backward pass is ``backward(x, g)``: the one place
+    where the saliency modes differ."""
+
+    @jax.custom_vjp
+    def relu(x: jax.Array) -> jax.Array:
+        return jnp.maximum(x, 0)
+
+    relu.defvjp(lambda x: (jnp.maximum(x, 0), x), lambda x, g: (backward(x, g),))
+    return relu
 
 
-def _guided_fwd(x):
-    return jnp.maximum(x, 0), x
-
-
-def _guided_bwd(x, g):
-    return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
-
-
-guided_relu.defvjp(_guided_fwd, _guided_bwd)
-
-
-@jax.custom_vjp
-def deconvnet_relu(x: jax.Array) -> jax.Array:
-    """ReLU whose backward pass is the deconvnet's: max(g, 0), whatever x was."""
-    return jnp.maximum(x, 0)
-
-
-def _deconvnet_fwd(x):
-    return jnp.maximum(x, 0), None
-
-
-def _deconvnet_bwd(_, g):
-    return (jnp.maximum(g, 0),)
-
-
-deconvnet_relu.defvjp(_deconvnet_fwd, _deconvnet_bwd)
+# Guided backpropagation: g * [x > 0] * [g > 0].
+guided_relu = relu_with_backward(lambda x, g: jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)))
+# The deconvnet: max(g, 0), whatever x was.
+deconvnet_relu = relu_with_backward(lambda x, g: jnp.maximum(g, 0))
 
 ACTIVATIONS: dict[str, Callable] = {"normal": jax.nn.relu, "guided": guided_relu,
                                     "deconvnet": deconvnet_relu}
