@@ -42,6 +42,12 @@ rewards from ``info["reward"]``, game overs from ``info["terminated"]``) and det
 lives from ``info["lives"]``, as ``envs/atari.py`` does, instead of envpool's
 ``episodic_life``; validation always plays whole games (life loss not terminal).
 
+Runs, checkpoints, Ctrl+C and resume: the loops talk to a session (``loop.Trainer`` for a
+run, ``PlainSession`` for library use) that validates, saves ``last``/``best``/``step_N``
+after each evaluation, answers Ctrl+C at the loops' safe points (between chunks, updates or
+receives) with the same ``InterruptGuard`` as the replay agents, and hands back a
+restored checkpoint (``native_items``, ``async_items``, ``checkpoint_templates``).
+
 Kept from the original: a shared global step (target network synced every ``--tau``
 global steps, the learning rate annealed to 0 over ``--steps``), per-actor epsilons, a
 validation that acts epsilon-greedily (Q methods) or samples from the policy (A3C) and
