@@ -42,6 +42,12 @@ rewards from ``info["reward"]``, game overs from ``info["terminated"]``) and det
 lives from ``info["lives"]``, as ``envs/atari.py`` does, instead of envpool's
 ``episodic_life``; validation always plays whole games (life loss not terminal).
 
+Runs, checkpoints, Ctrl+C and resume: the loops talk to a session (``loop.Trainer`` for a
+run, ``PlainSession`` for library use) that validates, saves ``last``/``best``/``step_N``
+after each evaluation, answers Ctrl+C at the loops' safe points (between chunks, updates or
+receives) with the same ``InterruptGuard`` as the replay agents, and hands back a
+restored checkpoint (``native_items``, ``async_items``, ``checkpoint_templates``).
+
 Kept from the original: a shared global step (target network synced every ``--tau``
 global steps, the learning rate annealed to 0 over ``--steps``), per-actor epsilons, a
 validation that acts epsilon-greedily (Q methods) or samples from the policy (A3C) and
@@ -63,8 +69,8 @@ from flax import struct
 
 from jaxatari.agents.actor_learner import (Q_METHODS, ActorLearner, ActorLearnerSettings,
                                            Actors, Rollout, actor_epsilon, make_actor_learner)
-from jaxatari.agents.native import _reset_or_step, to_agent_frame
-from jaxatari.config import Config
+from jaxatari.agents.native import _reset_or_step, make_scored_play, to_agent_frame
+from jaxatari.config import Config, async_batch_size
 from jaxatari.envs import EnvSpec, JaxEnv
 from jaxatari.metrics import Evaluation, mean_score
 from jaxatari.types import TrainState
@@ -72,52 +78,8 @@ from jaxatari.types import TrainState
 
 # ------------------------------------------------------------------------ configuration
 
-def async_batch_size(num_envs: int) -> int:
-    """envpool's batch in async mode: the largest proper divisor of ``num_envs`` (half of an
-    even count), so the envs in flight always fill whole batches."""
-    for divisor in range(num_envs // 2, 0, -1):
-        if num_envs % divisor == 0:
-            return divisor
-    return 1
-
-
 def actors_per_update(config: Config) -> int:
     return async_batch_size(config.envs) if config.async_mode == "async" else config.envs
-
-
-def check_actor_learner(config: Config, spec: EnvSpec) -> None:
-    """Refuses settings the actor-learners cannot run, with a one-line ValueError.
-
-    The original's rules (Kaixhin/Atari Setup.lua validateOptions): no persistent advantage
-    learning, no bootstrap heads, and A3C with neither dueling heads nor Double Q.
-    """
-    def require(condition: bool, message: str) -> None:
-        if not condition:
-            raise ValueError(message)
-
-    method = config.async_method
-    require(method in ("sarsa", "onestep", "nstep", "a3c"),
-            f"--async must be one of sarsa, onestep, nstep, a3c, got {method!r}")
-    require(config.bootstraps == 0, "actor-learners have no bootstrap heads: set --bootstraps 0")
-    require(config.pal_alpha == 0, "actor-learners do not support persistent advantage "
-            "learning: set --pal-alpha 0")
-    if method == "a3c":
-        require(not config.duel, "A3C has no dueling heads: set --duel false")
-        require(not config.double_q, "A3C has no Double Q-learning: set --double-q false")
-    require(config.loss == "auto", "--loss chooses the replay agents' TD error; actor-learners "
-            "take their rule from --async")
-    require(config.n_step == 1, "--n-step is the replay agents' option; actor-learners use "
-            "--batch-size as t_max")
-    per_update = config.batch_size * actors_per_update(config)
-    require(config.steps >= per_update,
-            f"--steps ({config.steps}) must cover at least one rollout of --batch-size x "
-            f"actors per update ({per_update}) steps")
-    if config.async_mode == "async":
-        require(config.env == "atari" and config.backend == "envpool",
-                "--async-mode async needs envpool's async API (--env atari --backend envpool); "
-                f"use --async-mode sync for {spec.name}")
-        require(config.envs >= 2, "--async-mode async needs --envs of at least 2 so that some "
-                "envs step while others are acted for")
 
 
 def learner_settings(config: Config, spec: EnvSpec, num_actors: int,
@@ -137,6 +99,12 @@ def learner_settings(config: Config, spec: EnvSpec, num_actors: int,
         learning_rate=config.eta, momentum=config.momentum, rms_epsilon=config.rms_epsilon,
         grad_clip=config.grad_clip,
         total_updates=max(config.steps // (config.batch_size * actors_per_learn), 1))
+
+
+def build_learner(config: Config, spec: EnvSpec) -> ActorLearner:
+    """The run's actor-learner (N = --envs actors per seed)."""
+    return make_actor_learner(learner_settings(config, spec, config.envs,
+                                               actors_per_update(config)))
 
 
 def _crosses(before: int, after: int, period: int) -> bool:
@@ -244,96 +212,132 @@ def make_native_actor_chunk(learner: ActorLearner, env: JaxEnv, num_iterations: 
 
 def make_native_actor_evaluate(learner: ActorLearner, env: JaxEnv, *, num_envs: int,
                                num_steps: int, epsilon: float, greedy: bool = False) -> Callable:
-    """evaluate(params, key) -> (score_sum, episodes, partial) for one seed, pure: plays
-    ``num_steps`` steps in ``num_envs`` fresh envs with ``learner.evaluate_policy`` (A3C
-    samples its policy unless ``greedy``)."""
+    """The actor-learners' validation (``agents.native.make_scored_play``) with
+    ``learner.evaluate_policy``: epsilon-greedy (Q methods) or a sample of the policy (A3C;
+    its most probable action with ``greedy``)."""
 
-    def evaluate(params, key):
-        env_key, act_key = jax.random.split(key)
-        env_state, frame = jax.vmap(env.reset)(jax.random.split(env_key, num_envs))
-        actors = Actors(stack=jnp.zeros((num_envs, *learner.stack_shape), learner.frame_dtype),
-                        after_done=jnp.zeros((num_envs,), bool),
-                        steps=jnp.zeros((num_envs,), jnp.int32),
-                        final_epsilon=jnp.zeros((num_envs,), jnp.float32), key=act_key)
-        actors = learner.observe(actors, to_agent_frame(frame, learner.frame_dtype),
-                                 jnp.ones((num_envs,), bool))
+    def init_actor(key):
+        del key   # the scan draws every action's key
+        return Actors(stack=jnp.zeros((num_envs, *learner.stack_shape), learner.frame_dtype),
+                      after_done=jnp.zeros((num_envs,), bool),
+                      steps=jnp.zeros((num_envs,), jnp.int32),
+                      final_epsilon=jnp.zeros((num_envs,), jnp.float32),
+                      key=jax.random.PRNGKey(0))
 
-        def step(state, _):
-            actors, env_state, score, total, episodes = state
-            key, policy_key, env_key = jax.random.split(actors.key, 3)
-            actions = learner.evaluate_policy(params, actors.stack, policy_key, epsilon,
-                                              greedy)
-            env_state, frame, reward, terminated, truncated = _reset_or_step(
-                env, env_key, env_state, actions, actors.after_done)
-            done = terminated | truncated
-            score = score + reward
-            total = total + jnp.where(done, score, 0.0).sum()
-            episodes = episodes + done.sum()
-            is_first = actors.after_done
-            actors = learner.observe(actors.replace(after_done=done, key=key),
-                                     to_agent_frame(frame, learner.frame_dtype), is_first)
-            return (actors, env_state, jnp.where(done, 0.0, score), total, episodes), None
+    def act(params, actors, key):
+        return learner.evaluate_policy(params, actors.stack, key, epsilon, greedy), actors
 
-        initial = (actors, env_state, jnp.zeros((num_envs,), jnp.float32), jnp.float32(0),
-                   jnp.int32(0))
-        (_, _, running, total, episodes), _ = jax.lax.scan(step, initial, None,
-                                                           length=num_steps)
-        return total, episodes, running.mean()
+    def observe(actors, frame, is_first, done):
+        del done
+        return learner.observe(actors, frame, is_first)
 
-    return evaluate
+    return make_scored_play(env, num_envs=num_envs, num_steps=num_steps,
+                            frame_dtype=learner.frame_dtype, init_actor=init_actor, act=act,
+                            observe=observe)
 
 
 def _eval_steps_per_env(config: Config) -> int:
     return max(math.ceil(config.val_steps / config.val_envs), 1)
 
 
-def train_native(config: Config, env: JaxEnv, keys, logger
-                 ) -> tuple[list[Evaluation], NativeActorCarry, ActorLearner]:
-    """The JAX-native loop; returns the evaluations, the final carry [S] and the learner."""
+class PlainSession:
+    """The run around a loop without a run directory (library use, learning tests): logs to
+    ``logger``, draws evaluation keys from the same chain as a run, keeps the evaluations in
+    memory; no checkpoints, and Ctrl+C is Python's KeyboardInterrupt. ``loop.Trainer`` is the
+    full session: the same methods, plus checkpoints, resume and the Ctrl+C question."""
+
+    interrupt_requested = False
+
+    def __init__(self, config: Config, logger):
+        self.config = config
+        self.logger = logger
+        self.evaluations: list[Evaluation] = []
+        self.next_eval = config.val_freq
+        self.eval_key = jax.random.PRNGKey(config.seed + 10_007)
+
+    def next_eval_key(self):
+        self.eval_key, key = jax.random.split(self.eval_key)
+        return key
+
+    def record_evaluation(self, step: int, scores, episodes, items: Callable[[], dict],
+                          iteration: int) -> Evaluation:
+        del items, iteration   # nothing is saved
+        evaluation = Evaluation(step, np.asarray(scores, np.float64), np.asarray(episodes))
+        self.evaluations.append(evaluation)
+        self.logger.log_eval(step, evaluation.scores, evaluation.episodes)
+        self.next_eval = (step // self.config.val_freq + 1) * self.config.val_freq
+        return evaluation
+
+    def handle_interrupt(self, items, step: int, iteration: int) -> None:
+        raise KeyboardInterrupt
+
+
+def native_items(carry: NativeActorCarry) -> dict[str, Any]:
+    """A native run's checkpoint items: learner, actors (stacks, epsilon counters and final
+    epsilons, keys) and the envs themselves (JAX-native envs are plain state)."""
+    return {"train": carry.train, "actors": carry.actors,
+            "env": {"env_state": carry.env_state, "score": carry.score}}
+
+
+def train_native(config: Config, env: JaxEnv, keys, session, restored=None
+                 ) -> tuple[NativeActorCarry, ActorLearner]:
+    """The JAX-native loop; returns the final carry [S] and the learner.
+
+    ``session``: ``PlainSession`` or ``loop.Trainer`` (evaluations, checkpoints, Ctrl+C);
+    ``restored``: a ``loop.Restored`` to continue from. Saves happen only at chunk
+    boundaries and a resumed run continues with the same chunks from the saved iteration,
+    so with the same options it reproduces the uninterrupted run bit for bit on CPU.
+    """
     c = config
-    learner = make_actor_learner(learner_settings(c, env.spec, c.envs, c.envs))
+    learner = build_learner(c, env.spec)
     steps_per_iteration = c.batch_size * c.envs
     total_iterations = c.steps // steps_per_iteration
     per_chunk = max(min(c.chunk_steps, c.steps) // steps_per_iteration, 1)
+    chunks: dict[int, Callable] = {}
 
-    def compile_chunk(length):
-        return jax.jit(make_native_actor_chunk(learner, env, length, c.tau), donate_argnums=0)
+    def chunk_of(length):       # the last, shorter chunk compiles once more
+        if length not in chunks:
+            chunks[length] = jax.jit(make_native_actor_chunk(learner, env, length, c.tau),
+                                     donate_argnums=0)
+        return chunks[length]
 
-    chunk = compile_chunk(per_chunk)
     evaluate = jax.jit(jax.vmap(make_native_actor_evaluate(
         learner, env, num_envs=c.val_envs, num_steps=_eval_steps_per_env(c),
         epsilon=c.val_epsilon)))
-    carry = jax.jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))(keys)
-    eval_key = jax.random.PRNGKey(c.seed + 10_007)
-    evaluations: list[Evaluation] = []
-    next_eval = c.val_freq
-    iteration = 0
-    while iteration < total_iterations:
+    if restored is None:
+        carry = jax.jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))(keys)
+        iteration = 0
+    else:
+        items = restored.items
+        carry = NativeActorCarry(train=items["train"], actors=items["actors"], **items["env"])
+        iteration = restored.iteration
+    logger = session.logger
+    evaluated_at = session.evaluations[-1].step if session.evaluations else -1
+    while True:
+        step = iteration * steps_per_iteration
+        if session.interrupt_requested:
+            session.handle_interrupt(lambda: native_items(carry), step, iteration)
+        done = iteration >= total_iterations
+        if (step >= session.next_eval or done) and step != evaluated_at and iteration > 0:
+            total, episodes, partial = jax.device_get(
+                evaluate(carry.train.params, jax.random.split(session.next_eval_key(), c.seeds)))
+            session.record_evaluation(step, mean_score(total, episodes, partial), episodes,
+                                      lambda: native_items(carry), iteration)
+            evaluated_at = step
+        if done:
+            return carry, learner
         run = min(per_chunk, total_iterations - iteration)
-        if run != per_chunk:      # the last, shorter chunk compiles once more
-            chunk = compile_chunk(run)
         started = time.perf_counter()
-        carry, out = chunk(carry, jnp.int32(iteration))
+        carry, out = chunk_of(run)(carry, jnp.int32(iteration))
         out = jax.device_get(out)
         iteration += run
-        step = iteration * steps_per_iteration
         log = {name: np.asarray(out[name]).transpose(0, 2, 1, 3).reshape(
                    -1, c.seeds, c.envs) for name in ("scores", "finished")}
         log.update({name: np.asarray(out[name]) for name in ("loss", "td_error", "q_mean")})
         log["learned"] = np.ones(run, bool)
-        logger.log_chunk(step, log, _mean_epsilon(learner, carry.actors.steps,
-                                                  carry.actors.final_epsilon),
+        logger.log_chunk(iteration * steps_per_iteration, log,
+                         _mean_epsilon(learner, carry.actors.steps, carry.actors.final_epsilon),
                          time.perf_counter() - started, run * steps_per_iteration)
-        if step >= next_eval or iteration >= total_iterations:
-            eval_key, key = jax.random.split(eval_key)
-            total, episodes, partial = jax.device_get(
-                evaluate(carry.train.params, jax.random.split(key, c.seeds)))
-            evaluation = Evaluation(step, mean_score(total, episodes, partial),
-                                    np.asarray(episodes))
-            evaluations.append(evaluation)
-            logger.log_eval(step, evaluation.scores, evaluation.episodes)
-            next_eval = (step // c.val_freq + 1) * c.val_freq
-    return evaluations, carry, learner
 
 
 # -------------------------------------------------------------------------- host envs
@@ -421,11 +425,16 @@ class _ChunkLog:
         return out
 
 
-def _run_host_sync(config: Config, env_factory, keys, logger) -> list[Evaluation]:
-    """S * N host envs in one pool stepped together; one vmapped update per rollout."""
+def _run_host_sync(config: Config, env_factory, keys, session, restored=None):
+    """S * N host envs in one pool stepped together; one vmapped update per rollout.
+    Returns the final train state [S].
+
+    A resumed run restores learner, actor keys, epsilon counters and the update count; the
+    envs cannot be restored, so it starts new games (seeded ``--seed + step``) with empty
+    frame stacks, and the running episodes' scores are lost."""
     c = config
     seeds, envs, length = c.seeds, c.envs, c.batch_size
-    learner = make_actor_learner(learner_settings(c, env_factory.spec, envs, envs))
+    learner = build_learner(c, env_factory.spec)
     init = jax.jit(jax.vmap(learner.init))
     observe = jax.jit(jax.vmap(lambda a, f, first: learner.observe(
         a, to_agent_frame(f, learner.frame_dtype), first)))
@@ -435,18 +444,27 @@ def _run_host_sync(config: Config, env_factory, keys, logger) -> list[Evaluation
     evaluator = HostEvaluator(c, env_factory, learner)
     steps_per_update = length * envs
     total_updates = c.steps // steps_per_update
+    logger = session.logger
 
-    env = env_factory(seeds * envs, c.seed, mode="train")
     train, actors = init(keys)
-    actors = observe(actors, _to_seeds(env.reset(), seeds), np.ones((seeds, envs), bool))
+    start = 0
+    if restored is not None:
+        train, actors = restored.items["train"], restored.items["actors"]
+        start = restored.iteration
+    env = env_factory(seeds * envs, c.seed + start * steps_per_update, mode="train")
+    actors = observe(actors.replace(after_done=jnp.zeros((seeds, envs), bool)),
+                     _to_seeds(env.reset(), seeds), np.ones((seeds, envs), bool))
     after_done = np.zeros((seeds, envs), bool)
     score = np.zeros((seeds, envs))
-    evaluations: list[Evaluation] = []
-    eval_key = jax.random.PRNGKey(c.seed + 10_007)
-    next_eval = c.val_freq
     chunk = _ChunkLog(seeds)
+
+    def items():
+        return {"train": train, "actors": actors}
+
     try:
-        for index in range(total_updates):
+        for index in range(start, total_updates):
+            if session.interrupt_requested:
+                session.handle_interrupt(items, index * steps_per_update, index)
             record = {name: [] for name in ("obs", "action", "reward", "terminal", "cut",
                                             "valid", "epsilon")}
             for _ in range(length):
@@ -488,15 +506,12 @@ def _run_host_sync(config: Config, env_factory, keys, logger) -> list[Evaluation
                                  _mean_epsilon(learner, actors.steps, actors.final_epsilon),
                                  time.perf_counter() - chunk.started, chunk.steps)
                 chunk.reset()
-            if after >= next_eval or last:
-                eval_key, key = jax.random.split(eval_key)
-                scores, episodes = evaluator(train.params, after, key)
-                evaluations.append(Evaluation(after, scores, episodes))
-                logger.log_eval(after, scores, episodes)
-                next_eval = (after // c.val_freq + 1) * c.val_freq
+            if after >= session.next_eval or last:
+                scores, episodes = evaluator(train.params, after, session.next_eval_key())
+                session.record_evaluation(after, scores, episodes, items, index + 1)
     finally:
         env.close()
-    return evaluations
+    return train
 
 
 # ------------------------------------------------------------------ asynchronous mode
@@ -667,13 +682,20 @@ def make_async_envpool(spec: EnvSpec, num_envs: int, batch_size: int, seed: int)
                                   batch_size=batch_size, seed=seed, **envpool_kwargs(settings))
 
 
-def _run_host_async(config: Config, env_factory, keys, logger,
+def _run_host_async(config: Config, env_factory, keys, session, restored=None,
                     make_pool: Callable | None = None,
-                    on_rollout: Callable | None = None) -> list[Evaluation]:
-    """One async envpool per seed, served round robin; see the module docstring.
+                    on_rollout: Callable | None = None):
+    """One async envpool per seed, served round robin; see the module docstring. Returns
+    the final train state [S].
 
-    ``make_pool(seed)`` builds a seed's pool (default: envpool); ``on_rollout(seed,
-    rollout)`` sees every rollout the learner consumes (tests count transitions with it).
+    ``make_pool(seed, first_step)`` builds a seed's pool (default: envpool seeded from
+    both); ``on_rollout(seed, rollout)`` sees every rollout the learner consumes (tests
+    count transitions with it).
+
+    Checkpoints hold each seed's learner, its actors' epsilon counters and final epsilons,
+    its policy key and its step counters (``async_items``). A resumed run starts new games
+    (envpool cannot be restored) with empty stacks; the transitions of rollouts not yet
+    complete when the run stopped are not learned (at most T - 1 per env).
     """
     c = config
     seeds, envs, length = c.seeds, c.envs, c.batch_size
@@ -686,8 +708,8 @@ def _run_host_async(config: Config, env_factory, keys, logger,
     sync = jax.jit(learner.sync_target)
     policy_fn = jax.jit(learner.policy)
     evaluator = HostEvaluator(c, env_factory, learner)
-    make_pool = make_pool or (lambda seed: make_async_envpool(spec, envs, batch,
-                                                              c.seed + 1_000 * seed))
+    make_pool = make_pool or (lambda seed, first: make_async_envpool(
+        spec, envs, batch, c.seed + 1_000 * seed + first))
     life_loss = bool(spec.protocol.get("life_loss_terminal", False))
 
     def epsilon_fn(steps, final):
@@ -695,16 +717,32 @@ def _run_host_async(config: Config, env_factory, keys, logger,
                                         decay_steps=s.epsilon_steps), np.float32)
 
     trains, runners = [], []
+    saved = None if restored is None else jax.device_get(restored.items["actors"])
+    first = 0 if restored is None else restored.step
     for seed in range(seeds):
         train, actors = init(keys[seed])
+        final_epsilon = np.asarray(actors.final_epsilon)
+        if saved is not None:
+            train = jax.tree.map(lambda x: x[seed], restored.items["train"])
+            final_epsilon = np.asarray(saved["final_epsilon"][seed])
         trains.append(train)
-        runners.append(AsyncActors(make_pool(seed), num_envs=envs, batch_size=batch,
-                                   rollout_length=length, stack_shape=learner.stack_shape,
-                                   frame_dtype=learner.frame_dtype,
-                                   final_epsilon=np.asarray(actors.final_epsilon),
-                                   epsilon_fn=epsilon_fn, life_loss_terminal=life_loss))
+        runner = AsyncActors(make_pool(seed, first), num_envs=envs, batch_size=batch,
+                             rollout_length=length, stack_shape=learner.stack_shape,
+                             frame_dtype=learner.frame_dtype, final_epsilon=final_epsilon,
+                             epsilon_fn=epsilon_fn, life_loss_terminal=life_loss)
+        if saved is not None:
+            runner.steps[:] = saved["steps"][seed]
+            runner.received = int(saved["received"][seed])
+        runners.append(runner)
     policy_keys = [jax.random.fold_in(keys[seed], 17) for seed in range(seeds)]
     learned = [0] * seeds          # transitions the learner has consumed, per seed
+    if saved is not None:
+        policy_keys = [jnp.asarray(saved["policy_key"][seed]) for seed in range(seeds)]
+        learned = [int(n) for n in saved["learned"]]
+
+    def items():
+        return {"train": jax.tree.map(lambda *x: jnp.stack(x), *trains),
+                "actors": async_items(runners, policy_keys, learned)}
 
     def policy_for(seed):
         def policy(stacks, eps):
@@ -723,11 +761,9 @@ def _run_host_async(config: Config, env_factory, keys, logger,
         trains[seed] = train
         chunk.metrics[seed].append(jax.device_get(metrics))
 
-    evaluations: list[Evaluation] = []
-    eval_key = jax.random.PRNGKey(c.seed + 10_007)
-    next_eval = c.val_freq
+    logger = session.logger
     chunk = _ChunkLog(seeds)
-    logged = 0
+    logged = first
 
     def record_scores(per_seed: list[list[float]]):
         """Finished games' scores as rows [S, B] (a row holds at most one recv's games)."""
@@ -742,7 +778,7 @@ def _run_host_async(config: Config, env_factory, keys, logger,
             chunk.finished.append(finished)
 
     def log_and_evaluate(final: bool):
-        nonlocal logged, next_eval, eval_key
+        nonlocal logged
         step = min(r.received for r in runners)
         if chunk.steps >= c.chunk_steps or (final and chunk.scores):
             if not chunk.scores:
@@ -751,19 +787,19 @@ def _run_host_async(config: Config, env_factory, keys, logger,
                 [_mean_epsilon(learner, r.steps, r.final_epsilon) for r in runners])),
                 time.perf_counter() - chunk.started, chunk.steps)
             chunk.reset()
-        if step >= next_eval or final:
-            eval_key, key = jax.random.split(eval_key)
+        if step >= session.next_eval or final:
             params = jax.tree.map(lambda *x: jnp.stack(x), *[t.params for t in trains])
-            scores, episodes = evaluator(params, step, key)
-            evaluations.append(Evaluation(step, scores, episodes))
-            logger.log_eval(step, scores, episodes)
-            next_eval = (step // c.val_freq + 1) * c.val_freq
+            scores, episodes = evaluator(params, step, session.next_eval_key())
+            session.record_evaluation(step, scores, episodes, items, step)
         logged = step
 
     try:
         for runner in runners:
             runner.start()
         while min(r.received for r in runners) < c.steps:
+            if session.interrupt_requested:
+                step = min(r.received for r in runners)
+                session.handle_interrupt(items, step, step)
             before = min(r.received for r in runners)
             finished = []
             for seed, runner in enumerate(runners):
@@ -790,17 +826,44 @@ def _run_host_async(config: Config, env_factory, keys, logger,
             close = getattr(runner.pool, "close", None)
             if close is not None:
                 close()
-    return evaluations
+    return jax.tree.map(lambda *x: jnp.stack(x), *trains)
+
+
+def async_items(runners: list[AsyncActors], policy_keys, learned) -> dict[str, Any]:
+    """An async run's acting state per seed [S, ...]: epsilon counters and final epsilons
+    of the N actors, the policy key, and the transitions received and learned."""
+    return {"steps": np.stack([r.steps for r in runners]).astype(np.int32),
+            "final_epsilon": np.stack([r.final_epsilon for r in runners]).astype(np.float32),
+            "policy_key": np.stack([np.asarray(k) for k in policy_keys]).astype(np.uint32),
+            "received": np.asarray([r.received for r in runners], np.int32),
+            "learned": np.asarray(learned, np.int32)}
 
 
 # ---------------------------------------------------------------------------- entry
 
-def run_actor_learner(config: Config, env, keys, logger) -> list[Evaluation]:
-    """Trains ``config.seeds`` seeds of the actor-learner ``--async`` names; returns the
-    evaluations (at least one, at the end)."""
-    check_actor_learner(config, env.spec)
+def checkpoint_templates(config: Config, env, keys) -> dict[str, Any]:
+    """A run's checkpoint items as ShapeDtypeStructs (what ``loop.Trainer`` restores into)."""
+    learner = build_learner(config, env.spec)
     if isinstance(env, JaxEnv):
-        return train_native(config, env, keys, logger)[0]
+        return native_items(jax.eval_shape(
+            jax.vmap(lambda k: init_native_actor_carry(learner, env, k)), keys))
+    train, actors = jax.eval_shape(jax.vmap(learner.init), keys)
     if config.async_mode == "async":
-        return _run_host_async(config, env, keys, logger)
-    return _run_host_sync(config, env, keys, logger)
+        seeds, n = config.seeds, config.envs
+        shape = jax.ShapeDtypeStruct
+        actors = {"steps": shape((seeds, n), np.int32),
+                  "final_epsilon": shape((seeds, n), np.float32),
+                  "policy_key": shape((seeds, 2), np.uint32),
+                  "received": shape((seeds,), np.int32), "learned": shape((seeds,), np.int32)}
+    return {"train": train, "actors": actors}
+
+
+def run_actor_learner(config: Config, env, keys, session, restored=None):
+    """Trains ``config.seeds`` seeds of the actor-learner ``--async`` names with ``session``
+    (``PlainSession`` or ``loop.Trainer``), from scratch or from ``restored``; returns the
+    final train state [S]."""
+    if isinstance(env, JaxEnv):
+        return train_native(config, env, keys, session, restored)[0].train
+    if config.async_mode == "async":
+        return _run_host_async(config, env, keys, session, restored)
+    return _run_host_sync(config, env, keys, session, restored)

@@ -208,6 +208,17 @@ def validate(c: Config) -> None:
                 f"{flag_name(name)} must be in [0, 1], got {getattr(c, name)}")
     require(0.0 < c.gamma <= 1.0, f"--gamma must be in (0, 1], got {c.gamma}")
     require(c.eta > 0, f"--eta must be positive, got {c.eta}")
+    require(c.steps % c.envs == 0, f"--steps ({c.steps}) must be a multiple of --envs ({c.envs})")
+    if c.async_method == "none":
+        _validate_replay(c, require)
+    else:
+        _validate_actor_learner(c, require)
+    if c.env == "atari":
+        require(bool(c.game), "--env atari needs --game (e.g. --game SpaceInvaders)")
+
+
+def _validate_replay(c: Config, require) -> None:
+    """The replay agents' memory and cadence rules (the actor-learners have no memory)."""
     require(c.mem_size > c.batch_size,
             f"--mem-size ({c.mem_size}) must be larger than --batch-size ({c.batch_size})")
     require(c.mem_size % c.envs == 0,
@@ -219,12 +230,45 @@ def validate(c: Config) -> None:
             "so the first batch can be drawn")
     require(c.learn_start <= c.mem_size,
             f"--learn-start ({c.learn_start}) must not exceed --mem-size ({c.mem_size})")
-    require(c.steps % c.envs == 0, f"--steps ({c.steps}) must be a multiple of --envs ({c.envs})")
     cadence_ok = c.mem_sample_freq % c.envs == 0 or c.envs % c.mem_sample_freq == 0
     require(cadence_ok, f"--mem-sample-freq ({c.mem_sample_freq}) and --envs ({c.envs}) must "
             "divide one another (learning happens on whole iterations of all envs)")
-    if c.env == "atari":
-        require(bool(c.game), "--env atari needs --game (e.g. --game SpaceInvaders)")
+
+
+def async_batch_size(num_envs: int) -> int:
+    """envpool's batch in ``--async-mode async``: the largest proper divisor of ``num_envs``
+    (half of an even count), so the envs in flight always fill whole batches."""
+    for divisor in range(num_envs // 2, 0, -1):
+        if num_envs % divisor == 0:
+            return divisor
+    return 1
+
+
+def _validate_actor_learner(c: Config, require) -> None:
+    """The original's rules for -async (Kaixhin/Atari Setup.lua validateOptions): no
+    persistent advantage learning, no bootstrap heads, A3C with neither dueling heads nor
+    Double Q; plus ours. The original also refused saliency maps; we compute them (of the
+    chosen action's Q value or policy logit)."""
+    require(c.bootstraps == 0, "actor-learners have no bootstrap heads: set --bootstraps 0")
+    require(c.pal_alpha == 0, "actor-learners do not support persistent advantage learning: "
+            "set --pal-alpha 0")
+    if c.async_method == "a3c":
+        require(not c.duel, "A3C has no dueling heads: set --duel false")
+        require(not c.double_q, "A3C has no Double Q-learning: set --double-q false")
+    require(c.loss == "auto", "--loss chooses the replay agents' TD error; actor-learners take "
+            "their rule from --async")
+    require(c.n_step == 1, "--n-step is the replay agents' option; actor-learners use "
+            "--batch-size as t_max")
+    actors = async_batch_size(c.envs) if c.async_mode == "async" else c.envs
+    per_update = c.batch_size * actors
+    require(c.steps >= per_update, f"--steps ({c.steps}) must cover at least one rollout of "
+            f"--batch-size x actors per update ({per_update}) steps")
+    if c.async_mode == "async":
+        require(c.env == "atari" and c.backend == "envpool",
+                "--async-mode async needs envpool's async API (--env atari --backend envpool); "
+                f"use --async-mode sync for --env {c.env}")
+        require(c.envs >= 2, "--async-mode async needs --envs of at least 2 so that some envs "
+                "step while others are acted for")
 
 
 def config_json(config: Config, extra: dict[str, Any]) -> str:

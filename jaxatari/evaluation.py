@@ -88,25 +88,26 @@ class EpisodeResult:
     cut: np.ndarray             # [N] bool: stopped at max_steps before the game ended
 
 
-def greedy_policy(agent: QAgent, params, epsilon: float) -> Callable:
-    """act(actor) -> (actions [N], actor) at ``epsilon`` (the actor carries the key);
-    bootstrap heads vote, as in validation."""
-    vote = agent.settings.num_heads > 1
+def greedy_policy(agent, params, epsilon: float, sample: bool = True) -> Callable:
+    """act(actor) -> (actions [N], actor) of a ``export.LoadedAgent`` (the actor carries the
+    key): Q agents epsilon-greedy at ``epsilon``, bootstrap heads voting, as in validation;
+    A3C samples its policy (as its validation) or, with ``sample=False``, takes its most
+    probable action."""
 
     def act(actor: ActorState):
-        return agent.act(params, actor, epsilon, vote)
+        return agent.act(params, actor, epsilon, sample)
 
     return jax.jit(act)
 
 
 def play_episodes(*, env, num_episodes: int, seed: int, act: Callable | None,
-                  agent: QAgent | None, max_steps: int = 108_000,
+                  agent, max_steps: int = 108_000,
                   on_frame: Callable | None = None,
                   saliency: Callable | None = None) -> EpisodeResult:
     """Plays ``num_episodes`` whole episodes, one in each of as many envs, in evaluation mode.
 
-    ``env`` is a JaxEnv or a host-env factory (``make_env``'s result). ``agent`` and
-    ``act`` (``greedy_policy``) give the agent; with ``agent=None`` actions are uniformly
+    ``env`` is a JaxEnv or a host-env factory (``make_env``'s result). ``agent`` (an
+    ``export.LoadedAgent``) and ``act`` (``greedy_policy``) give the agent; with ``agent=None`` actions are uniformly
     random (the random agent). ``on_frame(index, step, rgb, saliency_map)`` gets each
     running env's full-colour screen before every step, with the saliency map of the
     action taken on it where ``saliency`` is given

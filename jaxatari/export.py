@@ -14,12 +14,15 @@
 
 The greedy policy is argmax_a Q(s, a) (ties: the lowest action index); with bootstrap heads
 each head votes for its argmax and the most voted action wins (ties: the lowest index),
-deterministic counterparts of the agent's randomly tie-broken choices. Stacks are
+deterministic counterparts of the agent's randomly tie-broken choices. For A3C it is the
+policy's most probable action, argmax of the logits (its training and validation sampled
+from the policy; metadata.json says so). Stacks are
 channels last with the oldest frame first, as the agent builds them: frame t of an
 [H, W, C] observation occupies channels [t*C, (t+1)*C).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,17 +31,19 @@ import time
 import uuid
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxatari import checkpoint as ckpt
-from jaxatari.agents.dqn import QAgent, QAgentSettings, make_q_agent
+from jaxatari.agents.actor_learner import Q_METHODS, ActorLearnerSettings, make_actor_learner
+from jaxatari.agents.dqn import QAgentSettings, make_q_agent
 from jaxatari.config import ConfigError
 
 POLICY_FILE = "policy.jax_export"
+KINDS = {"q-agent": QAgentSettings, "actor-learner": ActorLearnerSettings}
 RUNNER = '''"""Runs the exported greedy policy with jax and numpy only (no jaxatari, no flax)."""
 import json, sys
 import numpy as np
@@ -54,28 +59,88 @@ VERSION_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint
                     "envpool", "ale-py", "gymnax", "gymnasium")
 
 
-def settings_from_metadata(meta: dict[str, Any]) -> QAgentSettings:
-    """QAgentSettings back from a checkpoint's JSON (lists -> tuples)."""
-    fields = QAgentSettings.__dataclass_fields__
+@dataclasses.dataclass(frozen=True)
+class LoadedAgent:
+    """A saved agent of either kind, as evaluation, saliency and export use it.
+
+    ``scores(params, obs [B, ...]) -> [B, K, A]`` are the values the agent acts on: Q values
+    (K bootstrap heads) or, for A3C, the policy logits (K = 1). ``observe`` pushes frames
+    into an ``ActorState``'s stacks; ``act(params, actor, epsilon, sample)`` plays: Q agents
+    epsilon-greedy (bootstrap heads voting), A3C a sample of its policy with ``sample``, else
+    its most probable action.
+    """
+
+    kind: str                 # "q-agent" or "actor-learner"
+    settings: Any             # QAgentSettings or ActorLearnerSettings
+    stack_shape: tuple[int, ...]
+    frame_dtype: Any
+    num_heads: int
+    samples_policy: bool      # A3C: actions are drawn from a policy, not epsilon-greedy
+    scores: Callable
+    observe: Callable
+    act: Callable
+    init: Callable            # key -> (train, ...): the train state's layout
+
+
+def _settings_from_metadata(cls, meta: dict[str, Any]):
+    """A settings dataclass back from a checkpoint's JSON (lists -> tuples)."""
+    fields = cls.__dataclass_fields__
     values = {name: tuple(value) if isinstance(value, list) else value
               for name, value in meta.get("agent", {}).items() if name in fields}
     try:
-        return QAgentSettings(**values)
-    except TypeError as error:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
         raise ckpt.CheckpointError(f"checkpoint {meta.get('path')} has unusable agent settings "
                                    f"({error})") from None
 
 
-def load_agent(checkpoint: Path, activation=None) -> tuple[QAgent, Any, dict[str, Any]]:
-    """(agent, train state of all seeds [S, ...], metadata) of a Q-agent checkpoint."""
+def settings_from_metadata(meta: dict[str, Any]) -> QAgentSettings:
+    """QAgentSettings back from a Q-agent checkpoint's JSON."""
+    return _settings_from_metadata(QAgentSettings, meta)
+
+
+def make_loaded_agent(kind: str, settings, activation=jax.nn.relu) -> LoadedAgent:
+    """The ``LoadedAgent`` of ``settings`` (its ReLUs replaced by ``activation``)."""
+    if kind == "q-agent":
+        agent = make_q_agent(settings, activation=activation)
+
+        def act(params, actor, epsilon, sample=True):
+            del sample
+            return agent.act(params, actor, epsilon, settings.num_heads > 1)
+
+        return LoadedAgent(kind=kind, settings=settings, stack_shape=agent.stack_shape,
+                           frame_dtype=agent.frame_dtype, num_heads=settings.num_heads,
+                           samples_policy=False, scores=agent.network.apply,
+                           observe=agent.observe, act=act, init=agent.init)
+    learner = make_actor_learner(settings, activation=activation)
+    is_q = settings.method in Q_METHODS
+
+    def scores(params, obs):
+        out = learner.network.apply(params, obs)
+        return out if is_q else out[0][:, None, :]               # [B, K, A]
+
+    def act(params, actor, epsilon, sample=True):
+        key, policy_key = jax.random.split(actor.key)
+        actions = learner.evaluate_policy(params, actor.stack, policy_key, epsilon,
+                                          not sample)
+        return actions, actor.replace(key=key)
+
+    return LoadedAgent(kind=kind, settings=settings, stack_shape=learner.stack_shape,
+                       frame_dtype=learner.frame_dtype, num_heads=1, samples_policy=not is_q,
+                       scores=scores, observe=learner.observe, act=act, init=learner.init)
+
+
+def load_agent(checkpoint: Path, activation=None) -> tuple[LoadedAgent, Any, dict[str, Any]]:
+    """(agent, train state of all seeds [S, ...], metadata) of a Q-agent or actor-learner
+    checkpoint."""
     meta = ckpt.read_metadata(checkpoint)
-    if meta.get("kind") != "q-agent":
-        raise ckpt.CheckpointError(f"checkpoint {meta.get('path')} holds a {meta.get('kind')!r} "
-                                   "agent; only replay (Q) agents can be loaded here")
-    settings = settings_from_metadata(meta)
+    kind = meta.get("kind")
+    if kind not in KINDS:
+        raise ckpt.CheckpointError(f"checkpoint {meta.get('path')} holds a {kind!r} agent; "
+                                   f"this jaxatari loads {' and '.join(KINDS)} agents")
+    settings = _settings_from_metadata(KINDS[kind], meta)
     try:
-        agent = make_q_agent(settings) if activation is None else make_q_agent(
-            settings, activation=activation)
+        agent = make_loaded_agent(kind, settings, activation or jax.nn.relu)
     except ValueError as error:
         raise ckpt.CheckpointError(f"checkpoint {meta.get('path')}: {error}") from None
     keys = jax.random.split(jax.random.PRNGKey(0), int(meta["seeds"]))
@@ -102,12 +167,12 @@ def seed_params(train, index: int):
     return jax.tree.map(lambda x: x[index], train.params)
 
 
-def make_greedy_policy(agent: QAgent, params):
+def make_greedy_policy(agent: LoadedAgent, params):
     """obs [B, *stack] -> actions [B] int32, deterministic (see the module docstring)."""
     num_actions = agent.settings.num_actions
 
     def policy(obs):
-        q = agent.network.apply(params, obs)                      # [B, K, A]
+        q = agent.scores(params, obs)                             # [B, K, A]
         if q.shape[1] == 1:
             return jnp.argmax(q[:, 0], axis=-1).astype(jnp.int32)
         votes = jax.nn.one_hot(jnp.argmax(q, -1), num_actions).sum(1)
@@ -172,10 +237,14 @@ def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) ->
         "action_meanings": list(env_spec.get("action_meanings") or []),
         "policy": {"file": POLICY_FILE, "input_shape": list(stack_shape), "input_dtype": dtype,
                    "output": "actions [B] int32", "batch": "any size (symbolic)",
-                   "rule": "greedy argmax (bootstrap heads: majority vote), ties to the "
+                   "rule": ("argmax of the policy logits (the most probable action; "
+                            "training and validation sampled from the policy)"
+                            if agent.samples_policy else
+                            "greedy argmax (bootstrap heads: majority vote)") + ", ties to the "
                            "lowest action", "platforms": list(exported.platforms)},
         "network": {"body": agent.settings.body, "hidden_size": agent.settings.hidden_size,
-                    "dueling": agent.settings.dueling, "heads": agent.settings.num_heads},
+                    "dueling": agent.settings.dueling, "heads": agent.num_heads,
+                    "agent": agent.kind, "async": getattr(agent.settings, "method", None)},
         "step": meta.get("step"),
         "seed_index": index, "seeds": meta.get("seeds"),
         "validation_score": None if not scores else scores[index],

@@ -28,7 +28,6 @@ steps while it refills.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -60,12 +59,16 @@ from jaxatari.metrics import Evaluation, RunLogger, mean_score
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "rlax", "gymnasium", "ale-py", "envpool",
             "gymnax", "numpy", "orbax-checkpoint")
 CHECKPOINT_KIND = "q-agent"
+ACTOR_LEARNER_KIND = "actor-learner"
 # JAX-native runs checkpoint their replay memory by default up to this size (all seeds).
 REPLAY_AUTO_LIMIT = 1 << 30
 # Options that must match a checkpoint to resume from it (they shape the state).
 STRUCTURAL_SETTINGS = ("num_actions", "obs_shape", "obs_dtype", "hist_len", "body",
                        "mlp_features", "hidden_size", "dueling", "num_heads", "replay",
                        "capacity", "num_envs", "optimiser", "grad_clip")
+ACTOR_LEARNER_STRUCTURE = ("method", "num_actions", "obs_shape", "obs_dtype", "num_actors",
+                           "hist_len", "body", "mlp_features", "hidden_size", "dueling",
+                           "optimiser", "grad_clip")
 
 
 def agent_settings(config: Config, spec: EnvSpec) -> QAgentSettings:
@@ -256,11 +259,13 @@ class Trainer:
         self.spec: EnvSpec = self.env.spec
         self.cadence = cadence_of(config)
         self.native = isinstance(self.env, JaxEnv)
+        self.agent: QAgent | None = None
+        self.learner = None
         if config.async_method == "none":
-            self.agent: QAgent = make_q_agent(agent_settings(config, self.spec))
-        else:   # refuse bad actor-learner settings before the run directory exists
-            from jaxatari.actor_loop import check_actor_learner
-            check_actor_learner(config, self.spec)
+            self.agent = make_q_agent(agent_settings(config, self.spec))
+        else:
+            from jaxatari.actor_loop import build_learner
+            self.learner = build_learner(config, self.spec)
         self.keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
         self.eval_key = jax.random.PRNGKey(config.seed + 10_007)
         self.heldout_key = jax.random.PRNGKey(config.seed + 31_337)
@@ -278,23 +283,46 @@ class Trainer:
         self.logger: RunLogger | None = None
 
     # ------------------------------------------------------------------ state layout
+    @property
+    def kind(self) -> str:
+        return CHECKPOINT_KIND if self.agent is not None else ACTOR_LEARNER_KIND
+
+    @property
+    def settings(self):
+        """The agent's or the actor-learner's static settings."""
+        return (self.agent or self.learner).settings
+
+    @property
+    def path_kind(self) -> str:
+        if self.native:
+            return "native"
+        return "host-async" if self.learner is not None and \
+            self.config.async_mode == "async" else "host"
+
     def _init_example(self):
         """(train, replay, actor) of all seeds as ShapeDtypeStructs, replay counters shared."""
         return jax.eval_shape(jax.vmap(self.agent.init, out_axes=(0, self._replay_axes(), 0)),
                               self.keys)
 
     def _replay_bytes(self) -> int:
+        if self.agent is None:
+            return 0
         if not hasattr(self, "_replay_bytes_cached"):
             self._replay_bytes_cached = ckpt.nbytes(self._init_example()[1])
         return self._replay_bytes_cached
 
     def _include_replay(self) -> bool:
+        if self.agent is None:
+            return False
         if self.checkpoint_replay is not None:
             return self.checkpoint_replay
         return self.native and self._replay_bytes() <= REPLAY_AUTO_LIMIT
 
     def templates(self) -> dict[str, Any]:
         """The checkpoint items of this run as ShapeDtypeStructs (for restoring)."""
+        if self.agent is None:
+            from jaxatari.actor_loop import checkpoint_templates
+            return checkpoint_templates(self.config, self.env, self.keys)
         train, replay, actor = self._init_example()
         heldout = jax.eval_shape(self._sample_heldout_fn(self._replay_axes()), replay, self.keys)
         if self.native:
@@ -317,15 +345,16 @@ class Trainer:
 
     def base_metadata(self) -> dict[str, Any]:
         c = self.config
-        return {"kind": CHECKPOINT_KIND, "path_kind": "native" if self.native else "host",
-                "config": c.to_dict(), "agent": _jsonable(dataclasses.asdict(self.agent.settings)),
+        return {"kind": self.kind, "path_kind": self.path_kind,
+                "config": c.to_dict(), "agent": _jsonable(dataclasses.asdict(self.settings)),
                 "env_spec": _jsonable(dataclasses.asdict(self.spec)), "seeds": c.seeds,
                 "iterations_per_chunk": self._iterations_per_chunk(),
                 "val_size": self.val_size}
 
     def _iterations_per_chunk(self) -> int:
         c = self.config
-        return max(min(c.chunk_steps, c.steps) // c.envs, 1)
+        per_iteration = c.envs * (c.batch_size if self.agent is None else 1)
+        return max(min(c.chunk_steps, c.steps) // per_iteration, 1)
 
     # ------------------------------------------------------------------ resume
     def restore(self, path: Path) -> Restored:
@@ -340,10 +369,10 @@ class Trainer:
 
     def check_compatible(self, meta: dict[str, Any]) -> None:
         path = meta.get("path")
-        if meta.get("kind") != CHECKPOINT_KIND:
+        if meta.get("kind") != self.kind:
             raise ckpt.CheckpointError(f"checkpoint {path} holds a {meta.get('kind')!r} agent; "
-                                       f"this run trains a {CHECKPOINT_KIND!r}")
-        ours = _jsonable(dataclasses.asdict(self.agent.settings))
+                                       f"this run trains a {self.kind!r}")
+        ours = _jsonable(dataclasses.asdict(self.settings))
         saved = meta.get("agent", {})
         spec = meta.get("env_spec", {})
         if spec.get("name") != self.spec.name:
@@ -352,12 +381,13 @@ class Trainer:
         if meta.get("seeds") != self.config.seeds:
             raise ckpt.CheckpointError(f"checkpoint {path} holds {meta.get('seeds')} seeds; this "
                                        f"run has --seeds {self.config.seeds}")
-        for name in STRUCTURAL_SETTINGS:
+        structure = STRUCTURAL_SETTINGS if self.agent is not None else ACTOR_LEARNER_STRUCTURE
+        for name in structure:
             if saved.get(name) != ours.get(name):
                 raise ckpt.CheckpointError(
                     f"checkpoint {path} was saved by another network or memory ({name} "
                     f"{saved.get(name)!r} there, {ours.get(name)!r} here)")
-        if meta.get("path_kind") != ("native" if self.native else "host"):
+        if meta.get("path_kind") != self.path_kind:
             raise ckpt.CheckpointError(f"checkpoint {path} was saved by a "
                                        f"{meta.get('path_kind')} run; this run is not")
         if self.config.steps <= int(meta.get("step", 0)):
@@ -381,7 +411,7 @@ class Trainer:
         self.heldout = restored.items.get("heldout")
         if restored.metadata.get("eval_key") is not None:
             self.eval_key = jnp.asarray(restored.metadata["eval_key"], jnp.uint32)
-        if restored.items.get("replay") is None:
+        if self.agent is not None and restored.items.get("replay") is None:
             envs = self.config.envs
             self.cadence = dataclasses.replace(
                 self.cadence, learn_from=restored.iteration + math.ceil(self.config.learn_start / envs))
@@ -400,7 +430,7 @@ class Trainer:
     def validate(self, step: int, scores, episodes, train, replay_state) -> Evaluation:
         """Completes an evaluation's statistics (normalised score, V, TD error) and logs it."""
         c = self.config
-        if self.heldout is None and step >= c.learn_start:
+        if self.agent is not None and self.heldout is None and step >= c.learn_start:
             keys = jax.random.split(self.heldout_key, c.seeds)
             self.heldout = self._sample_heldout(replay_state, keys)
         v = td = None
@@ -438,6 +468,18 @@ class Trainer:
         meta["replay_bytes"] = self._replay_bytes()
         return self.checkpoints.save(name, {**items, "heldout": self.heldout}, meta)
 
+    @property
+    def interrupt_requested(self) -> bool:
+        return self.guard.requested
+
+    def record_evaluation(self, step: int, scores, episodes, items: Callable[[], dict],
+                          iteration: int) -> Evaluation:
+        """An actor-learner loop's evaluation: completed, logged and checkpointed (the
+        actor-learners keep no held-out transitions, so no V or TD error here)."""
+        evaluation = self.validate(step, scores, episodes, None, None)
+        self.save_after_eval(evaluation, items(), iteration)
+        return evaluation
+
     def save_after_eval(self, evaluation: Evaluation, items: dict[str, Any], iteration: int) -> None:
         """``last`` after every evaluation, ``best`` when the mean score over seeds beats the
         best so far (as the original: strictly greater), ``step_<step>`` with keep_every."""
@@ -447,6 +489,7 @@ class Trainer:
         if improved:
             self.best_score = mean
         self.save("last", items, step, iteration, "evaluation", self._include_replay())
+        self._plot_filters(items["train"].params)
         if improved:
             self.save("best", items, step, iteration, "best validation score", False)
         if self.checkpoints.keep_every:
@@ -454,6 +497,19 @@ class Trainer:
             meta = {**self.metadata(step, iteration, "evaluation"), "name": path.name,
                     "replay_included": False, "replay_bytes": self._replay_bytes()}
             ckpt.save(path, {**items, "replay": None, "heldout": self.heldout}, meta)
+
+    def _plot_filters(self, params) -> None:
+        """conv_filters.png of seed 0 at every validation (networks without convolutions
+        return before drawing anything)."""
+        from jaxatari.metrics import plot_filters
+        plot_filters(self.run_dir / "conv_filters.png",
+                     jax.tree.map(lambda x: np.asarray(x[0]), params),
+                     self.settings_stack_channels(),
+                     title=f"{self.config.preset or 'run'} on {self.spec.name}, step "
+                           f"{self.evaluations[-1].step:,}" if self.evaluations else "")
+
+    def settings_stack_channels(self) -> int:
+        return (self.agent or self.learner).stack_shape[-1]
 
     def handle_interrupt(self, items_fn: Callable[[], dict], step: int, iteration: int) -> None:
         """At a safe point after Ctrl+C: ask (or not), save ``last``, stop the run."""
@@ -548,27 +604,26 @@ class Trainer:
         started = time.time()
         self._apply_restored(restored)
         resume_step = restored.step if restored is not None else None
-        # Ctrl+C is answered at the Q-agent loops' safe points; the actor-learners keep
-        # Python's KeyboardInterrupt until they check InterruptGuard.requested themselves.
-        guard = self.guard if c.async_method == "none" else contextlib.nullcontext()
         with RunLogger(self.run_dir, c, quiet=self.quiet, resume_step=resume_step) as logger, \
-                guard:
+                self.guard:
             self.logger = logger
-            train_state = None
-            if c.async_method != "none":
+            if restored is not None:
+                logger.note(f"resuming from {restored.path} at step {restored.step:,}")
+                changed = self.changed_options(restored.metadata)
+                if changed:
+                    logger.note("options changed since the checkpoint: " + ", ".join(changed))
+                saved_chunk = restored.metadata.get("iterations_per_chunk")
+                if saved_chunk not in (None, self._iterations_per_chunk()):
+                    logger.note("--chunk-steps differs from the checkpoint's run: chunk "
+                                "boundaries move, so results may differ from an "
+                                "uninterrupted run in the last bits")
+            if self.learner is not None:
                 from jaxatari.actor_loop import run_actor_learner
-                self.evaluations = run_actor_learner(c, self.env, self.keys, logger)
+                if restored is not None and not self.native:
+                    logger.note("host envs cannot be restored: the resumed run starts new "
+                                "games with empty frame stacks")
+                train_state = run_actor_learner(c, self.env, self.keys, self, restored)
             else:
-                if restored is not None:
-                    logger.note(f"resuming from {restored.path} at step {restored.step:,}")
-                    changed = self.changed_options(restored.metadata)
-                    if changed:
-                        logger.note("options changed since the checkpoint: " + ", ".join(changed))
-                    saved_chunk = restored.metadata.get("iterations_per_chunk")
-                    if saved_chunk not in (None, self._iterations_per_chunk()):
-                        logger.note("--chunk-steps differs from the checkpoint's run: chunk "
-                                    "boundaries move, so results may differ from an "
-                                    "uninterrupted run in the last bits")
                 self._note_replay()
                 if self.native:
                     train_state = self._run_native(restored)
@@ -593,11 +648,8 @@ class Trainer:
                 summary["normalised_score_source"] = human_scores.SOURCE
             if restored is not None:
                 summary["resumed_from_step"] = restored.step
-            params = None
-            if train_state is not None:
-                params = jax.tree.map(lambda x: np.asarray(x[0]), train_state.params)
-            logger.finish(summary, params=params,
-                          in_channels=self.agent.stack_shape[-1] if train_state is not None else 0)
+            params = jax.tree.map(lambda x: np.asarray(x[0]), train_state.params)
+            logger.finish(summary, params=params, in_channels=self.settings_stack_channels())
         return summary
 
 
@@ -670,8 +722,6 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
                 source = Path(saved["path"])
         elif resume:
             raise ConfigError(f"--resume: {run_dir} holds no saved agent to continue")
-    if source is not None and config.async_method != "none":
-        raise ConfigError("resuming actor-learner runs is not supported yet")
     restored = trainer.restore(source) if source is not None else None
     # ------------------------------------------------ nothing above touched the disk
     if source is None and resume is False and ckpt.checkpoint_dir(run_dir).exists():
@@ -681,9 +731,8 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
     for marker in ("summary.json", "INCOMPLETE"):
         if restored is not None and (run_dir / marker).exists():
             (run_dir / marker).unlink()
-    agent = getattr(trainer, "agent", None)
     record = {"env_spec": dataclasses.asdict(trainer.spec),
-              "agent": dataclasses.asdict(agent.settings) if agent else None,
+              "agent": dataclasses.asdict(trainer.settings),
               "environment": environment_record()}
     if restored is not None:
         record["resumed_from"] = {"checkpoint": str(restored.path), "step": restored.step,

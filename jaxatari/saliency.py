@@ -1,4 +1,4 @@
-"""Saliency maps of a saved Q network, three ways, without retraining.
+"""Saliency maps of a saved network (Q agent or actor-learner), three ways, without retraining.
 
 * ``normal``: the vanilla gradient (Simonyan, Vedaldi and Zisserman 2013, "Deep Inside
   Convolutional Networks"): ReLU's usual backward pass, grad * [x > 0].
@@ -9,7 +9,7 @@
   activation was.
 
 Each mode is a ReLU with a custom VJP (forward unchanged) passed as ``activation`` to
-``make_q_agent``, so it reaches every ReLU of the body and heads of any saved model, as the
+the network's factory, so it reaches every ReLU of the body and heads of any saved model, as the
 original swapped its GuidedReLU / DeconvnetReLU modules in at run time (Kaixhin/Atari
 ``Model.lua setSaliency``).
 
@@ -29,44 +29,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxatari.agents.dqn import QAgentSettings, make_q_agent
 from jaxatari.networks import to_float
 
 MODES = ("normal", "guided", "deconvnet")
 
 
-@jax.custom_vjp
-def guided_relu(x: jax.Array) -> jax.Array:
-    """ReLU whose backward pass is guided backpropagation's: g * [x > 0] * [g > 0]."""
-    return jnp.maximum(x, 0)
+def relu_with_backward(backward: Callable) -> Callable:
+    """A ReLU (forward unchanged) whose backward pass is ``backward(x, g)``: the one place
+    where the saliency modes differ."""
+
+    @jax.custom_vjp
+    def relu(x: jax.Array) -> jax.Array:
+        return jnp.maximum(x, 0)
+
+    relu.defvjp(lambda x: (jnp.maximum(x, 0), x), lambda x, g: (backward(x, g),))
+    return relu
 
 
-def _guided_fwd(x):
-    return jnp.maximum(x, 0), x
-
-
-def _guided_bwd(x, g):
-    return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
-
-
-guided_relu.defvjp(_guided_fwd, _guided_bwd)
-
-
-@jax.custom_vjp
-def deconvnet_relu(x: jax.Array) -> jax.Array:
-    """ReLU whose backward pass is the deconvnet's: max(g, 0), whatever x was."""
-    return jnp.maximum(x, 0)
-
-
-def _deconvnet_fwd(x):
-    return jnp.maximum(x, 0), None
-
-
-def _deconvnet_bwd(_, g):
-    return (jnp.maximum(g, 0),)
-
-
-deconvnet_relu.defvjp(_deconvnet_fwd, _deconvnet_bwd)
+# Guided backpropagation: g * [x > 0] * [g > 0].
+guided_relu = relu_with_backward(lambda x, g: jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)))
+# The deconvnet: max(g, 0), whatever x was.
+deconvnet_relu = relu_with_backward(lambda x, g: jnp.maximum(g, 0))
 
 ACTIVATIONS: dict[str, Callable] = {"normal": jax.nn.relu, "guided": guided_relu,
                                     "deconvnet": deconvnet_relu}
@@ -78,16 +61,24 @@ def activation_for(mode: str) -> Callable:
     return ACTIVATIONS[mode]
 
 
-def make_saliency(settings: QAgentSettings, mode: str) -> Callable:
+def make_saliency(settings, mode: str) -> Callable:
     """saliency(params, stack [N, ...], actions [N], heads [N] or None) -> maps [N, H, W].
 
+    ``settings``: a Q agent's ``QAgentSettings`` or an actor-learner's
+    ``ActorLearnerSettings`` (the original refused saliency for its async agents; here the
+    map is of the chosen action's Q value, or of its policy logit for A3C).
     ``heads=None`` targets the chosen action on every head (the bootstrap ensemble, as the
-    original in evaluation mode); otherwise the acting head only. Maps are zero where
-    ``actions`` is not the greedy choice of that head (or of the heads' vote)."""
+    original in evaluation mode); otherwise the acting head only. For Q values, maps are zero
+    where ``actions`` is not the greedy choice of that head (or of the heads' vote), as the
+    original's; A3C's actions are its policy's own samples, so every one has its map."""
+    from jaxatari.agents.actor_learner import ActorLearnerSettings
+    from jaxatari.export import make_loaded_agent
+
     if len(settings.obs_shape) != 3:
         raise ValueError(f"saliency maps need image observations; this env's observations "
                          f"have shape {tuple(settings.obs_shape)}")
-    agent = make_q_agent(settings, activation=activation_for(mode))
+    kind = "actor-learner" if isinstance(settings, ActorLearnerSettings) else "q-agent"
+    agent = make_loaded_agent(kind, settings, activation=activation_for(mode))
     channels = settings.obs_shape[-1]
     num_actions = settings.num_actions
 
@@ -96,7 +87,7 @@ def make_saliency(settings: QAgentSettings, mode: str) -> Callable:
         chosen = jax.nn.one_hot(actions, num_actions)                      # [N, A]
 
         def chosen_value(x):
-            q = agent.network.apply(params, x)                              # [N, K, A]
+            q = agent.scores(params, x)                                     # [N, K, A]
             if heads is None:
                 target = jnp.broadcast_to(chosen[:, None, :], q.shape)
             else:
@@ -105,6 +96,8 @@ def make_saliency(settings: QAgentSettings, mode: str) -> Callable:
 
         grads, q = jax.grad(chosen_value, has_aux=True)(x)
         newest = jnp.abs(grads[..., -channels:]).max(axis=-1)              # [N, H, W]
+        if agent.samples_policy:
+            return newest
         if heads is None:   # greedy for the ensemble: the most voted action
             votes = jax.nn.one_hot(jnp.argmax(q, -1), num_actions).sum(1)  # [N, A]
             greedy = jnp.take_along_axis(votes, actions[:, None], 1)[:, 0] >= votes.max(-1)

@@ -30,7 +30,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxatari.actor_loop import run_actor_learner
+from jaxatari.actor_loop import PlainSession, run_actor_learner
 from jaxatari.config import build_config
 from jaxatari.envs import make_env
 
@@ -80,7 +80,8 @@ def one_run(envs: int, mode: str, steps: int, chunk_steps: int, warmup: int, see
         "val_envs": 1, "val_steps": 1})
     env = make_env(config)
     timer = ChunkTimer()
-    run_actor_learner(config, env, jax.random.split(jax.random.PRNGKey(seed), 1), timer)
+    run_actor_learner(config, env, jax.random.split(jax.random.PRNGKey(seed), 1),
+                      PlainSession(config, timer))
     timed = timer.chunks[warmup:]
     if not timed:
         raise SystemExit(f"--steps {steps} leaves no chunk to time after {warmup} warm-up chunks")

@@ -14,13 +14,12 @@ import numpy as np
 import optax
 import pytest
 
-from jaxatari.actor_loop import (AsyncActors, async_batch_size, check_actor_learner,
-                                 run_actor_learner)
+from jaxatari.actor_loop import AsyncActors, async_batch_size
 from jaxatari.agents.actor_learner import (FINAL_EPSILON_PROBS, FINAL_EPSILONS,
                                            ActorLearnerSettings, Rollout, actor_epsilon,
                                            draw_final_epsilons, make_actor_learner,
                                            rollout_returns)
-from jaxatari.config import build_config
+from jaxatari.config import ConfigError, build_config
 from jaxatari.envs import make_env
 
 PRESETS = ("async-sarsa", "async-onestep", "async-nstep", "async-a3c", "demo-async",
@@ -272,9 +271,8 @@ def test_learning_rate_is_annealed_linearly_to_zero():
     ({"async_mode": "async"}, "--async-mode sync"),
 ])
 def test_settings_the_original_refused_are_one_line_errors(overrides, message):
-    config = build_config("demo-async", overrides)
-    with pytest.raises(ValueError, match=message) as error:
-        check_actor_learner(config, make_env(config).spec)
+    with pytest.raises(ConfigError, match=message) as error:
+        build_config("demo-async", overrides)
     assert "\n" not in str(error.value)
 
 
@@ -475,9 +473,8 @@ def test_async_life_loss_starts_a_new_stack_and_terminates():
 
 
 def test_async_with_a_jax_env_is_refused():
-    config = build_config("demo-async-a3c", {"async_mode": "async"})
-    with pytest.raises(ValueError, match="envpool"):
-        check_actor_learner(config, make_env(config).spec)
+    with pytest.raises(ConfigError, match="envpool"):
+        build_config("demo-async-a3c", {"async_mode": "async"})
 
 
 @pytest.mark.slow
@@ -520,12 +517,14 @@ class EvalRecorder:
 
 
 def train_and_evaluate(preset: str, overrides: dict, greedy_episodes_per_env: int = 4):
-    from jaxatari.actor_loop import make_native_actor_evaluate, train_native
+    from jaxatari.actor_loop import PlainSession, make_native_actor_evaluate, train_native
     config = build_config(preset, overrides)
     env = make_env(config)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
     recorder = EvalRecorder()
-    evaluations, carry, learner = train_native(config, env, keys, recorder)
+    session = PlainSession(config, recorder)
+    carry, learner = train_native(config, env, keys, session)
+    evaluations = session.evaluations
     wall = time.perf_counter() - recorder.started
     # Greedy play (argmax for A3C as well), 128 envs per seed.
     evaluate = jax.jit(jax.vmap(make_native_actor_evaluate(
@@ -568,12 +567,13 @@ def test_learns_catch_on_every_seed(preset, overrides):
 
 @pytest.mark.slow
 def test_a3c_finds_the_shortest_path_in_gridworld():
-    from jaxatari.actor_loop import train_native
+    from jaxatari.actor_loop import PlainSession, train_native
     config = build_config("demo-grid", {})
     env = make_env(config)
-    recorder = EvalRecorder()
-    evaluations, _, _ = train_native(
-        config, env, jax.random.split(jax.random.PRNGKey(config.seed), config.seeds), recorder)
+    session = PlainSession(config, EvalRecorder())
+    train_native(config, env, jax.random.split(jax.random.PRNGKey(config.seed), config.seeds),
+                 session)
+    recorder, evaluations = session.logger, session.evaluations
     final = evaluations[-1]
     print(f"\nGridWorld A3C: average return per seed {np.round(final.scores, 2)} "
           f"({final.episodes} episodes, actions sampled from the policy); every seed >= -15 "

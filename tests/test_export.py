@@ -77,7 +77,7 @@ def test_export_matches_the_agent_and_records_its_metadata(run_dir, tmp_path):
                                                     jax.tree.leaves(restored)))
     policy = jax.export.deserialize((out / "policy.jax_export").read_bytes())
     obs = jax.random.randint(jax.random.PRNGKey(0), (5, 24, 24, 2), 0, 256).astype(jnp.uint8)
-    expected = jnp.argmax(jax.jit(agent.q_values)(params, obs)[:, 0], -1)
+    expected = jnp.argmax(jax.jit(agent.scores)(params, obs)[:, 0], -1)
     np.testing.assert_array_equal(policy.call(obs), expected)   # any batch size: 5 here
 
 

@@ -185,48 +185,68 @@ def make_native_chunk(agent: QAgent, env, cadence: Cadence, num_iterations: int)
     return chunk
 
 
-def make_native_evaluate(agent: QAgent, env, *, num_envs: int, num_steps: int,
-                         epsilon: float) -> Callable:
-    """Builds evaluate(params, key) -> (score_sum, episodes, partial) for one seed, pure.
+def make_scored_play(env, *, num_envs: int, num_steps: int, frame_dtype, init_actor: Callable,
+                     act: Callable, observe: Callable) -> Callable:
+    """Builds evaluate(params, key) -> (score_sum, episodes, partial) for one seed, pure: the
+    episode-scoring scan of every agent's validation (the agents differ only in how they act).
 
-    Plays ``num_steps`` steps in each of ``num_envs`` fresh envs at ``epsilon`` (the
-    original's validation: 0.001), bootstrap heads voting, and sums the raw scores of the
-    episodes that finished. ``partial`` is the mean score of the episodes still running at
-    the end: the original reports it when no episode finished.
+    Plays ``num_steps`` steps in each of ``num_envs`` fresh envs (next-step resets) and sums
+    the raw scores of the episodes that finished; ``partial`` is the mean score of the
+    episodes still running at the end (the original reports it when none finished).
+    ``init_actor(key)`` gives the acting state with empty frame stacks,
+    ``act(params, actor, key) -> (actions [E], actor)`` chooses, and
+    ``observe(actor, frame [E, ...], is_first [E], done [E]) -> actor`` pushes a frame.
     """
-    vote = agent.settings.num_heads > 1
 
     def evaluate(params, key):
-        env_key, act_key = jax.random.split(key)
-        stack = jnp.zeros((num_envs, *agent.stack_shape), agent.frame_dtype)
-        actor = ActorState(stack=stack, head=jnp.zeros((num_envs,), jnp.int32),
-                           after_done=jnp.zeros((num_envs,), bool), key=act_key)
+        env_key, actor_key, play_key = jax.random.split(key, 3)
         env_state, frame = jax.vmap(env.reset)(jax.random.split(env_key, num_envs))
-        actor = agent.observe(actor, to_agent_frame(frame, stack.dtype),
-                              jnp.ones((num_envs,), bool))
+        no = jnp.zeros((num_envs,), bool)
+        actor = observe(init_actor(actor_key), to_agent_frame(frame, frame_dtype), ~no, no)
 
-        def step(state, _):
-            actor, env_state, score, total, episodes = state
-            actions, actor = agent.act(params, actor, epsilon, vote)
-            key, env_key = jax.random.split(actor.key)
-            actor = actor.replace(key=key)
+        def step(state, key):
+            actor, env_state, after_done, score, total, episodes = state
+            act_key, env_key = jax.random.split(key)
+            actions, actor = act(params, actor, act_key)
             env_state, frame, reward, terminated, truncated = _reset_or_step(
-                env, env_key, env_state, actions, actor.after_done)
+                env, env_key, env_state, actions, after_done)
             done = terminated | truncated
             score = score + reward
             total = total + jnp.where(done, score, 0.0).sum()
             episodes = episodes + done.sum()
-            is_first = actor.after_done
-            actor = agent.observe(actor.replace(after_done=done),
-                                  to_agent_frame(frame, stack.dtype), is_first)
-            return (actor, env_state, jnp.where(done, 0.0, score), total, episodes), None
+            actor = observe(actor, to_agent_frame(frame, frame_dtype), after_done, done)
+            return (actor, env_state, done, jnp.where(done, 0.0, score), total, episodes), None
 
-        initial = (actor, env_state, jnp.zeros((num_envs,), jnp.float32), jnp.float32(0),
+        initial = (actor, env_state, no, jnp.zeros((num_envs,), jnp.float32), jnp.float32(0),
                    jnp.int32(0))
-        (_, _, running, total, episodes), _ = jax.lax.scan(step, initial, None, length=num_steps)
+        (*_, running, total, episodes), _ = jax.lax.scan(
+            step, initial, jax.random.split(play_key, num_steps))
         return total, episodes, running.mean()
 
     return evaluate
+
+
+def make_native_evaluate(agent: QAgent, env, *, num_envs: int, num_steps: int,
+                         epsilon: float) -> Callable:
+    """The Q agent's validation (``make_scored_play``): epsilon-greedy at ``epsilon`` (the
+    original's 0.001), bootstrap heads voting."""
+    vote = agent.settings.num_heads > 1
+
+    def init_actor(key):
+        return ActorState(stack=jnp.zeros((num_envs, *agent.stack_shape), agent.frame_dtype),
+                          head=jnp.zeros((num_envs,), jnp.int32),
+                          after_done=jnp.zeros((num_envs,), bool), key=key)
+
+    def act(params, actor, key):
+        del key   # the actor carries its own
+        return agent.act(params, actor, epsilon, vote)
+
+    def observe(actor, frame, is_first, done):
+        return agent.observe(actor.replace(after_done=done), frame, is_first)
+
+    return make_scored_play(env, num_envs=num_envs, num_steps=num_steps,
+                            frame_dtype=agent.frame_dtype, init_actor=init_actor, act=act,
+                            observe=observe)
 
 
 def init_native_seeds(agent: QAgent, env, keys: jax.Array) -> NativeCarry:

@@ -38,7 +38,11 @@ def register(subparsers) -> None:
     parser.add_argument("--seed-index", type=int, default=None, metavar="I",
                         help="which of the run's seeds plays (default: best last validation score)")
     parser.add_argument("--epsilon", type=float, default=None,
-                        help="exploration rate (default: the run's --val-epsilon)")
+                        help="exploration rate of Q agents (default: the run's --val-epsilon)")
+    parser.add_argument("--greedy", action="store_true",
+                        help="A3C: play the policy's most probable action (argmax of the "
+                             "logits) instead of sampling from the policy, which is the "
+                             "default, as the run's validation did")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the evaluation envs and actions (default: the run's "
                              "--seed + 99991)")
@@ -185,26 +189,31 @@ def run_eval(args) -> int:
     index = pick_seed(meta, args.seed_index)
     params = jax.tree.map(lambda x: x[index], train.params)
     epsilon = config.val_epsilon if args.epsilon is None else args.epsilon
-    act = greedy_policy(agent, params, epsilon)
+    act = greedy_policy(agent, params, epsilon, sample=not args.greedy)
     saliency = None
     if args.saliency is not None:
         from jaxatari.saliency import make_saliency
         salient = jax.jit(make_saliency(agent.settings, args.saliency))
-        ensemble = agent.settings.num_heads > 1
+        ensemble = agent.num_heads > 1
 
         def saliency(stack, actions, actor):
             return salient(params, stack, actions, None if ensemble else actor.head)
+    if agent.samples_policy:
+        policy = ("A3C, most probable action" if args.greedy
+                  else "A3C, actions sampled from the policy")
+    else:
+        policy = f"epsilon {epsilon:g}" + (", bootstrap heads voting"
+                                           if agent.num_heads > 1 else "")
     run_dir = ckpt.run_dir_of(path)
     scores = meta.get("validation_scores")
     header = [f"checkpoint {path} (step {meta.get('step'):,}, seed {index} of "
               f"{meta.get('seeds')}"
               + (f", validation score {scores[index]:.4g})" if scores else ")"),
               f"env {env.spec.name}, protocol {json.dumps(env.spec.protocol, default=str)}, "
-              f"evaluation mode, epsilon {epsilon:g}"
-              + (", bootstrap heads voting" if agent.settings.num_heads > 1 else "")]
+              f"evaluation mode, " + policy]
     extra = {"checkpoint": str(path), "step": meta.get("step"), "seed_index": index,
-             "epsilon": epsilon, "env": env.spec.name, "protocol": env.spec.protocol,
-             "saliency": args.saliency}
+             "epsilon": epsilon, "policy": policy, "env": env.spec.name,
+             "protocol": env.spec.protocol, "saliency": args.saliency}
     seed = args.seed if args.seed is not None else config.seed + 99_991
     return _play(args, config, env, seed, agent=agent, act=act, saliency=saliency,
                  out_base=run_dir or Path("."), header=header, extra=extra)
