@@ -177,3 +177,20 @@ def test_without_a_terminal_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
     for name in ("train", "actor", "env", "replay"):
         a, b = jax.tree.leaves(resumed_items[name]), jax.tree.leaves(straight_items[name])
         assert all(np.array_equal(x, y) for x, y in zip(a, b)), name
+
+
+def test_ctrl_c_on_a_terminal_saves_an_actor_learner(tmp_path):
+    """The actor-learners share the guard: the same question, and a checkpoint they resume from."""
+    run_dir = tmp_path / "async"
+    args = ["train", "demo-async", "--steps", str(LONG), "--seeds", "1", "--envs", "4",
+            "--hidden-size", "16", "--chunk-steps", "200", "--val-freq", str(LONG),
+            "--run-dir", str(run_dir)]
+    term = Terminal(args)
+    term.wait_for(lambda: len(progress_steps(run_dir)) >= 2, what="training progress")
+    term.interrupt()
+    term.wait_for(lambda: "Save agent (y/n)?" in term.output, what="the save question")
+    term.send("y\n")
+    assert term.wait() == 130, term.output[-2000:]
+    meta = ckpt.read_metadata(run_dir / "checkpoints" / "last")
+    assert meta["reason"] == "interrupt" and meta["step"] > 0
+    assert meta.get("kind") == "actor-learner", meta
