@@ -90,5 +90,43 @@ class StepResult:
     game_over: np.ndarray   # bool, the real end of a game: close the game-score tally here
 
 
+class CustomEnvHooks(Protocol):
+    """Optional methods a custom environment (``--env package.module:Class``) may define,
+    the original's custom-env API (Kaixhin/Atari ``Setup.lua`` ``augmentEnv``):
+
+    training(): switch to training behaviour; called before training and after each
+        validation. Default: nothing.
+    evaluate(): switch to evaluation behaviour (validation, the ``eval`` and ``random``
+        commands, their videos, saliency maps and live display). Default: nothing.
+    get_display() -> [H, W, 3] uint8 RGB screen shown in videos, saliency overlays and the
+        live display (the original's getDisplay; ``getDisplay`` is accepted too). Default:
+        gymnasium's ``render()`` when the env renders ``rgb_array``, else no screen.
+    """
+
+    def training(self) -> None: ...
+    def evaluate(self) -> None: ...
+    def get_display(self) -> np.ndarray: ...
+
+
+def _nothing() -> None:
+    return None
+
+
+def mode_hook(env: Any, mode: str) -> Callable[[], None]:
+    """The env's ``training`` or ``evaluate`` method for ``mode`` ("train" | "eval"), or a
+    no-op where it has none (the default the original's augmentEnv supplied)."""
+    hook = getattr(env, "training" if mode == "train" else "evaluate", None)
+    return hook if callable(hook) else _nothing
+
+
+def display_hook(env: Any) -> Callable[[], np.ndarray] | None:
+    """The env's ``get_display`` (or ``getDisplay``) method, or None."""
+    for name in ("get_display", "getDisplay"):
+        hook = getattr(env, name, None)
+        if callable(hook):
+            return hook
+    return None
+
+
 class EnvError(ValueError):
     """A user asked for an environment that cannot be built; the message is one line."""
