@@ -331,7 +331,8 @@ def train_native(config: Config, env: JaxEnv, keys, logger
             evaluation = Evaluation(step, mean_score(total, episodes, partial),
                                     np.asarray(episodes))
             evaluations.append(evaluation)
-            logger.log_eval(step, evaluation.scores, evaluation.episodes)
+            logger.log_eval(step, evaluation.scores, evaluation.episodes,
+                            params=carry.train.params)
             next_eval = (step // c.val_freq + 1) * c.val_freq
     return evaluations, carry, learner
 
@@ -492,7 +493,7 @@ def _run_host_sync(config: Config, env_factory, keys, logger) -> list[Evaluation
                 eval_key, key = jax.random.split(eval_key)
                 scores, episodes = evaluator(train.params, after, key)
                 evaluations.append(Evaluation(after, scores, episodes))
-                logger.log_eval(after, scores, episodes)
+                logger.log_eval(after, scores, episodes, params=train.params)
                 next_eval = (after // c.val_freq + 1) * c.val_freq
     finally:
         env.close()
@@ -756,7 +757,7 @@ def _run_host_async(config: Config, env_factory, keys, logger,
             params = jax.tree.map(lambda *x: jnp.stack(x), *[t.params for t in trains])
             scores, episodes = evaluator(params, step, key)
             evaluations.append(Evaluation(step, scores, episodes))
-            logger.log_eval(step, scores, episodes)
+            logger.log_eval(step, scores, episodes, params=params)
             next_eval = (step // c.val_freq + 1) * c.val_freq
         logged = step
 

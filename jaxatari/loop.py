@@ -412,7 +412,7 @@ class Trainer:
                                 normalised=normalised, v=v, td_error=td)
         self.evaluations.append(evaluation)
         self.logger.log_eval(step, evaluation.scores, evaluation.episodes, normalised=normalised,
-                             v=v, td_error=td)
+                             v=v, td_error=td, params=train.params)
         self.next_eval = (step // c.val_freq + 1) * c.val_freq
         return evaluation
 
