@@ -3,17 +3,12 @@ opens and every step's screens are drawn and read back; without a screen, one li
 suggests --record."""
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from jaxatari.cli import main
 from jaxatari.display import LiveDisplay, tile
+from tests import xvfb
 
 
 def test_tile_lays_out_episodes_in_a_zoomed_grid():
@@ -37,38 +32,14 @@ def test_headless_display_is_one_line_suggesting_record(monkeypatch, capsys):
     assert "add --display" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def virtual_screen():
-    """An Xvfb server for this module, or a skip saying why there is none."""
-    xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        pytest.skip("Xvfb is not installed (.ci/run installs it with apt-get where it can)")
-    try:
-        import tkinter  # noqa: F401
-    except ImportError:
-        pytest.skip("Python's tkinter is not installed")
-    for number in range(99, 140):
-        if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(
-                f"/tmp/.X{number}-lock").exists():
-            break
-    server = subprocess.Popen([xvfb, f":{number}", "-screen", "0", "800x600x24", "-nolisten",
-                               "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    socket = Path(f"/tmp/.X11-unix/X{number}")
-    deadline = time.monotonic() + 10
-    while not socket.exists() and server.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not socket.exists():
-        server.kill()
-        pytest.skip("Xvfb did not start")
-    previous = os.environ.get("DISPLAY")
-    os.environ["DISPLAY"] = f":{number}"
-    yield f":{number}"
-    if previous is None:
-        os.environ.pop("DISPLAY", None)
-    else:
-        os.environ["DISPLAY"] = previous
-    server.terminate()
-    server.wait(timeout=10)
+@pytest.fixture
+def virtual_screen(monkeypatch):
+    """The session's Xvfb screen as DISPLAY, or a skip saying why there is none."""
+    display, why = xvfb.start()
+    if display is None:
+        pytest.skip(why)
+    monkeypatch.setenv("DISPLAY", display)
+    return display
 
 
 def test_window_opens_and_draws_every_step(virtual_screen):

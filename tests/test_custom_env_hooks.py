@@ -1,0 +1,87 @@
+"""Custom environments' optional hooks (training(), evaluate(), get_display()) reach training,
+validation, the eval and random commands, their videos and saliency maps; defaults where an
+env has none."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from jaxatari.cli import main
+from jaxatari.envs.base import display_hook, mode_hook
+from jaxatari.loop import train
+from jaxatari.video import read_video
+from tests.custom_env import DISPLAY_COLOUR
+from tests.test_display import virtual_screen  # noqa: F401  (the Xvfb fixture)
+from tests.tiny import tiny
+
+ROOM = "tests.custom_env:ColourRoom"
+
+
+def test_defaults_are_supplied_where_an_env_has_no_hooks():
+    class Bare:
+        pass
+
+    assert mode_hook(Bare(), "train")() is None and mode_hook(Bare(), "eval")() is None
+    assert display_hook(Bare()) is None
+
+    class Original:   # the original's spelling
+        def getDisplay(self):
+            return np.zeros((2, 2, 3), np.uint8)
+
+    assert display_hook(Original()).__name__ == "getDisplay"
+
+
+def test_random_agent_plays_in_evaluation_mode_and_records_the_display(tmp_path, capsys):
+    out = tmp_path / "random"
+    assert main(["random", "demo", "--env", ROOM, "--episodes", "2", "--record",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["scores"] == [30.0, 30.0]   # evaluate(): 3 steps paying 10
+    frames = read_video(out / "episode_001.mp4")
+    # get_display()'s 16 x 16 screen (not the 8 x 8 observation), zoomed x10: 3 steps + final
+    assert frames.shape == (4, 160, 160, 3)
+    centre = frames[:, 80, 80].astype(int)
+    assert np.abs(centre - DISPLAY_COLOUR).max() < 12
+
+
+@pytest.fixture(scope="module")
+def room_run(tmp_path_factory):
+    # No learning update (steps == learn_start): the hooks need an agent, not a good one,
+    # and one compilation fewer keeps this cheap.
+    config = tiny(env=ROOM, seeds=1, steps=40, learn_start=40, batch_size=8, mem_size=64,
+                  val_freq=40, val_steps=12, val_envs=2, verbose=True)
+    run_dir, summary = train(config, tmp_path_factory.mktemp("room") / "run", quiet=True)
+    return run_dir, summary
+
+
+def test_training_uses_training_and_validation_uses_evaluate(room_run):
+    run_dir, summary = room_run
+    with (run_dir / "episodes.csv").open(newline="") as f:
+        scores = {float(row["score"]) for row in csv.DictReader(f)}
+    assert scores == {5.0}                      # training(): 5 steps paying 1
+    assert summary["final_scores"] == [30.0]    # validation in evaluate() mode
+
+
+def test_eval_saliency_video_uses_the_display(room_run, tmp_path, capsys):
+    run_dir, _ = room_run
+    out = tmp_path / "eval"
+    assert main(["eval", str(run_dir), "--episodes", "1", "--record", "--saliency", "normal",
+                 "--epsilon", "0", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["scores"] == [30.0]
+    frames = read_video(out / "episode_001.mp4").astype(int)
+    assert frames.shape == (4, 160, 160, 3)
+    # the display's green stays in the green channel; the red channel carries the map
+    assert np.abs(frames[..., 1] - DISPLAY_COLOUR[1]).mean() < 12
+    assert frames[:3, ..., 0].max() > 200     # greedy steps: a map scaled to 255 in red
+
+
+def test_eval_live_display_with_saliency(room_run, virtual_screen, capsys):
+    run_dir, _ = room_run
+    assert main(["eval", str(run_dir), "--episodes", "1", "--display", "--saliency", "guided",
+                 "--epsilon", "0", "--fps", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "display: 4 frames shown at zoom 20" in out   # 16 x 16 display -> 320 pixels
+    assert not list(run_dir.glob("eval-*"))   # a display writes no files
