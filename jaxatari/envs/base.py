@@ -94,10 +94,11 @@ class CustomEnvHooks(Protocol):
     """Optional methods a custom environment (``--env package.module:Class``) may define,
     the original's custom-env API (Kaixhin/Atari ``Setup.lua`` ``augmentEnv``):
 
-    training(): switch to training behaviour; called before training and after each
-        validation. Default: nothing.
-    evaluate(): switch to evaluation behaviour (validation, the ``eval`` and ``random``
-        commands, their videos, saliency maps and live display). Default: nothing.
+    training(): switch to training behaviour; called on the training envs when they are
+        built. Default: nothing.
+    evaluate(): switch to evaluation behaviour; called on the envs built for validation and
+        for the ``eval`` and ``random`` commands (their videos, saliency maps and live
+        display). Default: nothing.
     get_display() -> [H, W, 3] uint8 RGB screen shown in videos, saliency overlays and the
         live display (the original's getDisplay; ``getDisplay`` is accepted too). Default:
         gymnasium's ``render()`` when the env renders ``rgb_array``, else no screen.
