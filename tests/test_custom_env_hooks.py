@@ -51,8 +51,10 @@ def test_random_agent_plays_in_evaluation_mode_and_records_the_display(tmp_path,
 def room_run(tmp_path_factory):
     # No learning update (steps == learn_start): the hooks need an agent, not a good one,
     # and one compilation fewer keeps this cheap.
+    # Preprocessed observations (grey 6 x 6) also check that eval rebuilds the same env.
     config = tiny(env=ROOM, seeds=1, steps=40, learn_start=40, batch_size=8, mem_size=64,
-                  val_freq=40, val_steps=12, val_envs=2, verbose=True)
+                  val_freq=40, val_steps=12, val_envs=2, verbose=True, height=6, width=6,
+                  color_space="y")
     run_dir, summary = train(config, tmp_path_factory.mktemp("room") / "run", quiet=True)
     return run_dir, summary
 
@@ -63,6 +65,9 @@ def test_training_uses_training_and_validation_uses_evaluate(room_run):
         scores = {float(row["score"]) for row in csv.DictReader(f)}
     assert scores == {5.0}                      # training(): 5 steps paying 1
     assert summary["final_scores"] == [30.0]    # validation in evaluate() mode
+    spec = json.loads((run_dir / "config.json").read_text())["env_spec"]
+    assert spec["obs_shape"] == [6, 6, 1]
+    assert spec["protocol"]["preprocessing"] == {"height": 6, "width": 6, "color_space": "y"}
 
 
 def test_eval_saliency_video_uses_the_display(room_run, tmp_path, capsys):
