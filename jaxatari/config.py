@@ -253,7 +253,8 @@ def validate(c: Config) -> None:
             f"--sticky-prob must be -1 (the protocol's) or in [0, 1], got {c.sticky_prob}")
     if c.env != "atari":
         knobs = [flag_name(name) for name in atari_overrides(c)]
-        require(not knobs, f"{', '.join(knobs)} only apply to --env atari (this run plays {c.env})")
+        verb = "applies" if len(knobs) == 1 else "apply"
+        require(not knobs, f"{', '.join(knobs)} only {verb} to --env atari (this run plays {c.env})")
     if c.env in ("catch", "gridworld") and c.color_space != "none":
         require(False, f"--color-space {c.color_space} needs an RGB source; {c.env} gives grey frames "
                 "with 1 channel")

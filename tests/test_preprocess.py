@@ -98,7 +98,7 @@ def test_resize_of_a_constant_image_keeps_its_value_and_blends_when_shrinking():
 def test_non_rgb_sources_are_one_line_config_errors():
     with pytest.raises(ConfigError, match="needs an RGB source; fake gives frames with 1 channel"):
         make_preprocess(Preprocessing(color_space="hsv"), _spec((8, 8, 1)))
-    with pytest.raises(ConfigError, match="need image observations"):
+    with pytest.raises(ConfigError, match="--height needs image observations"):
         make_preprocess(Preprocessing(height=4), _spec((6,), "float32"))
     with pytest.raises(ConfigError, match="needs an RGB source; catch"):
         validate(Config(color_space="y"))

@@ -114,7 +114,8 @@ def check_source(pre: Preprocessing, spec: EnvSpec) -> tuple[int, ...]:
     if len(shape) != 3:
         flags = [f for f, on in (("--height", pre.height), ("--width", pre.width),
                                  ("--color-space", pre.color_space != "none")) if on]
-        raise ConfigError(f"{', '.join(flags)} need image observations; {spec.name} gives "
+        verb = "needs" if len(flags) == 1 else "need"
+        raise ConfigError(f"{', '.join(flags)} {verb} image observations; {spec.name} gives "
                           f"vectors of shape {shape}")
     height, width, channels = shape
     if pre.color_space != "none" and channels != 3:
