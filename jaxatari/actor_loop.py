@@ -301,7 +301,7 @@ def train_native(config: Config, env: JaxEnv, keys, logger
 
     chunk = compile_chunk(per_chunk)
     evaluate = jax.jit(jax.vmap(make_native_actor_evaluate(
-        learner, env, num_envs=c.val_envs, num_steps=_eval_steps_per_env(c),
+        learner, env.for_mode("eval"), num_envs=c.val_envs, num_steps=_eval_steps_per_env(c),
         epsilon=c.val_epsilon)))
     carry = jax.jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))(keys)
     eval_key = jax.random.PRNGKey(c.seed + 10_007)

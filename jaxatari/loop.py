@@ -492,7 +492,7 @@ class Trainer:
             return chunks[run]
 
         evaluate = jax.jit(jax.vmap(make_native_evaluate(
-            agent, env, num_envs=c.val_envs, num_steps=max(math.ceil(c.val_steps / c.val_envs), 1),
+            agent, env.for_mode("eval"), num_envs=c.val_envs, num_steps=max(math.ceil(c.val_steps / c.val_envs), 1),
             epsilon=c.val_epsilon)))
         init = jax.jit(lambda keys: init_native_seeds(agent, env, keys))
         if restored is None:

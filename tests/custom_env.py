@@ -62,3 +62,34 @@ class GreyRoom(ColourRoom):
 
     def _obs(self) -> np.ndarray:
         return super()._obs()[..., :1]
+
+
+def make_countdown(length: int = 5, pay: float = 1.0):
+    """A pure JAX custom env (``--env tests.custom_env:make_countdown``): a 4 x 4 grey screen
+    whose lit pixel walks along the top row; reward ``pay`` per step for ``length`` steps.
+    Its evaluation variant pays 10 for 3 steps, as ColourRoom's evaluate()."""
+    import jax.numpy as jnp
+
+    from jaxatari.envs.base import EnvSpec, JaxEnv
+
+    def draw(t):
+        return (jnp.zeros((4, 4, 1), jnp.uint8).at[0, t % 4, 0].set(255))
+
+    def reset(key):
+        del key
+        return jnp.int32(0), draw(0)
+
+    def step(key, t, action):
+        del key, action
+        t = t + 1
+        return t, draw(t), jnp.float32(pay), t >= length, jnp.bool_(False)
+
+    def render(t):
+        return jnp.repeat(draw(t), 3, axis=-1)
+
+    spec = EnvSpec(name="countdown", obs_shape=(4, 4, 1), obs_dtype="uint8", num_actions=2,
+                   protocol={"env": "countdown", "length": length, "pay": pay})
+    evaluation = None
+    if (length, pay) == (5, 1.0):
+        evaluation = make_countdown(3, 10.0)
+    return JaxEnv(spec=spec, reset=reset, step=step, render=render, evaluation=evaluation)

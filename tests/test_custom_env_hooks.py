@@ -90,3 +90,39 @@ def test_eval_live_display_with_saliency(room_run, virtual_screen, capsys):
     out = capsys.readouterr().out
     assert "display: 4 frames shown at zoom 20" in out   # 16 x 16 display -> 320 pixels
     assert not list(run_dir.glob("eval-*"))   # a display writes no files
+
+
+COUNTDOWN = "tests.custom_env:make_countdown"
+
+
+def test_pure_jax_custom_env_by_import_path_has_an_evaluation_variant(tmp_path, capsys):
+    from jaxatari.config import Config
+    from jaxatari.envs import JaxEnv, make_env
+    env = make_env(Config(env=COUNTDOWN, height=2, width=2))
+    assert isinstance(env, JaxEnv) and env.spec.obs_shape == (2, 2, 1)
+    assert env.for_mode("eval").spec.obs_shape == (2, 2, 1)   # preprocessed too
+    assert env.for_mode("train") is env
+    out = tmp_path / "random"
+    assert main(["random", "demo", "--env", COUNTDOWN, "--episodes", "2", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["scores"] == [30.0, 30.0]
+
+
+def test_pure_jax_custom_env_trains_in_its_mode_and_validates_in_the_other(tmp_path):
+    config = tiny(env=COUNTDOWN, seeds=1, steps=64, learn_start=64, batch_size=8, mem_size=64,
+                  val_freq=64, val_steps=12, val_envs=2, verbose=True, chunk_steps=32)
+    run_dir, summary = train(config, tmp_path / "run", quiet=True)
+    with (run_dir / "episodes.csv").open(newline="") as f:
+        assert {float(row["score"]) for row in csv.DictReader(f)} == {5.0}
+    assert summary["final_scores"] == [30.0]
+
+
+def test_an_evaluation_env_must_share_the_spec():
+    import dataclasses
+
+    from jaxatari.envs import EnvError
+    from tests.custom_env import make_countdown
+    env = make_countdown()
+    other = dataclasses.replace(env.evaluation,
+                                spec=dataclasses.replace(env.spec, num_actions=3))
+    with pytest.raises(EnvError, match="must agree"):
+        dataclasses.replace(env, evaluation=other)

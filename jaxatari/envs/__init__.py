@@ -87,6 +87,10 @@ def _make_raw_env(config) -> Union[JaxEnv, "HostEnvFactoryWithSpec"]:
     if _is_minatar(name):
         from jaxatari.envs.minatar import make_minatar
         return make_minatar(name)
+    if ":" in name:
+        custom = _custom_jax_env(name)
+        if custom is not None:
+            return custom
     if ":" in name or "-v" in name or "/" in name:
         from jaxatari.envs.gym_env import make_gym
 
@@ -98,6 +102,28 @@ def _make_raw_env(config) -> Union[JaxEnv, "HostEnvFactoryWithSpec"]:
     raise EnvError(f"unknown environment {name!r}: use catch, gridworld, <Game>-MinAtar "
                    "(e.g. SpaceInvaders-MinAtar), atari with --game, a gymnasium id such as "
                    "CartPole-v1, or an import path package.module:Class")
+
+
+def _custom_jax_env(path: str) -> JaxEnv | None:
+    """``package.module:name`` naming a JaxEnv, or a function of no arguments returning one;
+    None for anything else (the gymnasium loader then takes the path and reports problems)."""
+    import importlib
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:   # reported in one line by the gymnasium loader
+        return None
+    found = getattr(module, attribute, None)
+    if isinstance(found, JaxEnv):
+        return found
+    if callable(found) and not isinstance(found, type):
+        try:
+            built = found()
+        except Exception:
+            return None
+        if isinstance(built, JaxEnv):
+            return built
+    return None
 
 
 class HostEnvFactoryWithSpec:

@@ -158,7 +158,8 @@ def preprocess_jax_env(env: JaxEnv, pre: Preprocessing) -> JaxEnv:
         state, obs, reward, terminated, truncated = env.step(key, state, action)
         return state, preprocess(obs), reward, terminated, truncated
 
-    return dataclasses.replace(env, spec=spec, reset=reset, step=step)
+    evaluation = None if env.evaluation is None else preprocess_jax_env(env.evaluation, pre)
+    return dataclasses.replace(env, spec=spec, reset=reset, step=step, evaluation=evaluation)
 
 
 class PreprocessedHostEnv:
