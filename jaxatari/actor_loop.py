@@ -261,10 +261,11 @@ class PlainSession:
 
     def record_evaluation(self, step: int, scores, episodes, items: Callable[[], dict],
                           iteration: int) -> Evaluation:
-        del items, iteration   # nothing is saved
+        del iteration   # nothing is saved
         evaluation = Evaluation(step, np.asarray(scores, np.float64), np.asarray(episodes))
         self.evaluations.append(evaluation)
-        self.logger.log_eval(step, evaluation.scores, evaluation.episodes)
+        self.logger.log_eval(step, evaluation.scores, evaluation.episodes,
+                             params=items()["train"].params)
         self.next_eval = (step // self.config.val_freq + 1) * self.config.val_freq
         return evaluation
 
@@ -302,7 +303,7 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
         return chunks[length]
 
     evaluate = jax.jit(jax.vmap(make_native_actor_evaluate(
-        learner, env, num_envs=c.val_envs, num_steps=_eval_steps_per_env(c),
+        learner, env.for_mode("eval"), num_envs=c.val_envs, num_steps=_eval_steps_per_env(c),
         epsilon=c.val_epsilon)))
     if restored is None:
         carry = jax.jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))(keys)

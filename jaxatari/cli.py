@@ -23,6 +23,8 @@ GROUP_TITLES = {
     "experiment": "experiment", "env": "environment", "model": "model",
     "replay": "experience replay", "rl": "reinforcement learning", "training": "training",
     "eval": "evaluation", "async": "actor-learners",
+    "preprocessing": "visual preprocessing", "atari": "Atari knobs (override --protocol)",
+    "logging": "logging",
 }
 
 

@@ -17,6 +17,9 @@ from typing import Any
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+COLOR_SPACES = ("none", "y", "lab", "yuv", "hsl", "hsv", "nrgb")
+
+
 class ConfigError(ValueError):
     """A user mistake in a preset or an option; the message is one line."""
 
@@ -103,6 +106,24 @@ class Config:
     async_mode: str = option("sync", "sync: N envs stepped together; async: envpool's async API, acting on whichever envs are ready", ("sync", "async"), group="async")
     entropy_beta: float = option(0.01, "A3C entropy regularisation", group="async")
     rms_epsilon: float = option(0.1, "epsilon of the actor-learners' RMSProp", group="async")
+
+    # Visual preprocessing of image observations (the original's -height -width -colorSpace)
+    height: int = option(0, "resize image observations to this height (0 = the env's own; Atari: the protocol's 84)", group="preprocessing")
+    width: int = option(0, "resize image observations to this width (0 = the env's own; Atari: the protocol's 84)", group="preprocessing")
+    color_space: str = option("none", "convert RGB observations (y gives one channel; none keeps the env's frames, grey on Atari)", COLOR_SPACES, group="preprocessing")
+
+    # Atari knobs: each overrides the --protocol's value; the default keeps the protocol's
+    full_actions: str = option("auto", "the full 18-action set instead of the game's minimal set", ("auto", "true", "false"), group="atari")
+    act_rep: int = option(0, "frames each action is repeated for (0 = the protocol's, 4)", group="atari")
+    random_starts: int = option(-1, "at most this many no-op actions at the start of a game (-1 = the protocol's)", group="atari")
+    pool_frms_type: str = option("auto", "how the last --pool-frms-size frames of a step are pooled", ("auto", "max", "mean"), group="atari")
+    pool_frms_size: int = option(0, "frames pooled into one observation (0 = the protocol's, 2)", group="atari")
+    life_loss_terminal: str = option("auto", "a lost life ends the bootstrap in training (never in evaluation)", ("auto", "true", "false"), group="atari")
+    sticky_prob: float = option(-1.0, "sticky actions: probability that the previous action repeats (-1 = the protocol's)", group="atari")
+
+    # Logging (the original's -progFreq and -reportWeights; --verbose is above)
+    prog_freq: int = option(0, "a progress line at the first host sync after every N steps (0 = every --chunk-steps with no progress bar, none beside the bar)", group="logging")
+    report_weights: bool = option(False, "at each validation, log mean and max |w| and |change of w since the last report| per layer", group="logging")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,6 +236,18 @@ def validate(c: Config) -> None:
         _validate_actor_learner(c, require)
     if c.env == "atari":
         require(bool(c.game), "--env atari needs --game (e.g. --game SpaceInvaders)")
+    for name in ("height", "width", "act_rep", "pool_frms_size", "prog_freq"):
+        require(getattr(c, name) >= 0, f"{flag_name(name)} must not be negative, got {getattr(c, name)}")
+    require(c.random_starts >= -1, f"--random-starts must be -1 (the protocol's) or at least 0, got {c.random_starts}")
+    require(c.sticky_prob == -1.0 or 0.0 <= c.sticky_prob <= 1.0,
+            f"--sticky-prob must be -1 (the protocol's) or in [0, 1], got {c.sticky_prob}")
+    if c.env != "atari":
+        knobs = [flag_name(name) for name in atari_overrides(c)]
+        verb = "applies" if len(knobs) == 1 else "apply"
+        require(not knobs, f"{', '.join(knobs)} only {verb} to --env atari (this run plays {c.env})")
+    if c.env in ("catch", "gridworld") and c.color_space != "none":
+        require(False, f"--color-space {c.color_space} needs an RGB source; {c.env} gives grey frames "
+                "with 1 channel")
 
 
 def _validate_replay(c: Config, require) -> None:
@@ -269,6 +302,21 @@ def _validate_actor_learner(c: Config, require) -> None:
                 f"use --async-mode sync for --env {c.env}")
         require(c.envs >= 2, "--async-mode async needs --envs of at least 2 so that some envs "
                 "step while others are acted for")
+
+
+def atari_overrides(c: Config) -> dict[str, Any]:
+    """The Atari knobs set on the command line or in a preset, as protocol overrides."""
+    overrides: dict[str, Any] = {}
+    for name in ("full_actions", "life_loss_terminal"):
+        if getattr(c, name) != "auto":
+            overrides[name] = getattr(c, name) == "true"
+    for name, unset in (("act_rep", 0), ("random_starts", -1), ("pool_frms_size", 0),
+                        ("sticky_prob", -1.0)):
+        if getattr(c, name) != unset:
+            overrides[name] = getattr(c, name)
+    if c.pool_frms_type != "auto":
+        overrides["pool_frms_type"] = c.pool_frms_type
+    return overrides
 
 
 def config_json(config: Config, extra: dict[str, Any]) -> str:

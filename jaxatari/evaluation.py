@@ -119,8 +119,8 @@ def play_episodes(*, env, num_episodes: int, seed: int, act: Callable | None,
     rng = np.random.default_rng(seed)
     env_key, actor_key = jax.random.split(jax.random.PRNGKey(seed))
     spec = env.spec
-    runner = _JaxEpisodes(env, n, env_key) if isinstance(env, JaxEnv) else _HostEpisodes(
-        env, n, seed)
+    runner = _JaxEpisodes(env.for_mode("eval"), n, env_key) if isinstance(env, JaxEnv) else (
+        _HostEpisodes(env, n, seed))
     frame = runner.reset()
     actor = observe = None
     if agent is not None:

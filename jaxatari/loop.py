@@ -442,7 +442,7 @@ class Trainer:
                                 normalised=normalised, v=v, td_error=td)
         self.evaluations.append(evaluation)
         self.logger.log_eval(step, evaluation.scores, evaluation.episodes, normalised=normalised,
-                             v=v, td_error=td)
+                             v=v, td_error=td, params=train.params)
         self.next_eval = (step // c.val_freq + 1) * c.val_freq
         return evaluation
 
@@ -476,8 +476,9 @@ class Trainer:
                           iteration: int) -> Evaluation:
         """An actor-learner loop's evaluation: completed, logged and checkpointed (the
         actor-learners keep no held-out transitions, so no V or TD error here)."""
-        evaluation = self.validate(step, scores, episodes, None, None)
-        self.save_after_eval(evaluation, items(), iteration)
+        saved = items()
+        evaluation = self.validate(step, scores, episodes, saved["train"], None)
+        self.save_after_eval(evaluation, saved, iteration)
         return evaluation
 
     def save_after_eval(self, evaluation: Evaluation, items: dict[str, Any], iteration: int) -> None:
@@ -548,7 +549,7 @@ class Trainer:
             return chunks[run]
 
         evaluate = jax.jit(jax.vmap(make_native_evaluate(
-            agent, env, num_envs=c.val_envs, num_steps=max(math.ceil(c.val_steps / c.val_envs), 1),
+            agent, env.for_mode("eval"), num_envs=c.val_envs, num_steps=max(math.ceil(c.val_steps / c.val_envs), 1),
             epsilon=c.val_epsilon)))
         init = jax.jit(lambda keys: init_native_seeds(agent, env, keys))
         if restored is None:

@@ -7,6 +7,9 @@ Files in RUN_DIR:
                  number, the human-normalised score (Atari only, jaxatari.human_scores), and
                  the average V and |TD error| on the held-out transitions
   episodes.csv   (--verbose) every finished training episode's raw game score
+  weights.csv    (--report-weights) at each validation, per seed and parameter tensor: mean
+                 and max |w|, and mean and max |w - w at the previous report| (the original's
+                 -reportWeights logged |dw| of the last update instead)
   tb/            TensorBoard event files (tensorboardX)
   curves.png     evaluation score and training score against steps: mean over seeds
                  with a min-max band, and each seed
@@ -71,6 +74,39 @@ PROGRESS_HEADER = ["step", "seed", "episodes", "score", "loss", "td_error", "q_m
                    "steps_per_second"]
 EVAL_HEADER = ["step", "seed", "score", "episodes", "normalised_score", "v", "td_error"]
 EPISODE_HEADER = ["step", "seed", "score"]
+WEIGHTS_HEADER = ["step", "seed", "layer", "mean_abs_w", "max_abs_w", "mean_abs_dw",
+                  "max_abs_dw"]
+
+
+def layer_arrays(params) -> dict[str, np.ndarray]:
+    """Flat {"body/Conv_0/kernel": array} of a (seed-stacked) parameter tree, in tree order."""
+    import jax
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    names = {}
+    for path, leaf in flat:
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        if keys and keys[0] == "params":
+            keys = keys[1:]
+        names["/".join(keys)] = np.asarray(leaf)
+    return names
+
+
+def weight_stats(layers: dict[str, np.ndarray], previous: dict[str, np.ndarray] | None,
+                 seeds: int) -> list[tuple[int, str, float, float, float, float]]:
+    """(seed, layer, mean |w|, max |w|, mean |dw|, max |dw|) for seed-stacked ``layers``
+    (``layer_arrays``); dw is the change since ``previous`` (NaN without one)."""
+    rows = []
+    for layer, w in layers.items():
+        w = w.reshape(seeds, -1).astype(np.float64)
+        dw = None
+        if previous is not None and layer in previous:
+            dw = np.abs(w - previous[layer].reshape(seeds, -1).astype(np.float64))
+        for seed in range(seeds):
+            d_mean = float(dw[seed].mean()) if dw is not None else math.nan
+            d_max = float(dw[seed].max()) if dw is not None else math.nan
+            rows.append((seed, layer, float(np.abs(w[seed]).mean()),
+                         float(np.abs(w[seed]).max()), d_mean, d_max))
+    return rows
 
 
 def _kept_rows(path: Path, header: list[str], resume_step: int | None) -> list[list[str]]:
@@ -110,6 +146,11 @@ class RunLogger:
         self.steps_done = resume_step or 0
         self.train_rows: list[tuple[int, int, float]] = []   # (step, seed, mean score)
         self.eval_rows: list[tuple[int, int, float]] = []
+        self.prog_freq = getattr(config, "prog_freq", 0)
+        self.next_line = ((self.steps_done // self.prog_freq + 1) * self.prog_freq
+                          if self.prog_freq else 0)
+        self.report_weights = getattr(config, "report_weights", False)
+        self.previous_weights: dict[str, np.ndarray] | None = None
 
     def _open(self, name: str, header: list[str]):
         """Opens a CSV for writing: the header, then the rows kept from before a resume."""
@@ -130,6 +171,9 @@ class RunLogger:
         self.episode_file = None
         if self.config.verbose:
             self.episode_file, self.episodes, _ = self._open("episodes.csv", EPISODE_HEADER)
+        self.weights_file = None
+        if self.report_weights:
+            self.weights_file, self.weights, _ = self._open("weights.csv", WEIGHTS_HEADER)
         try:
             from tensorboardX import SummaryWriter
             purge = None if self.resume_step is None else self.resume_step + 1
@@ -186,21 +230,51 @@ class RunLogger:
         self.progress_file.flush()
         recent = [row[2] for row in self.train_rows[-self.seeds:]]
         score = f"{np.mean(recent):.3g}" if recent else "-"
+        # --prog-freq N: a line at the first chunk at or after every N steps, beside the bar
+        # too; without it, a line per chunk where there is no bar.
+        due = step >= self.next_line if self.prog_freq else self.plain
+        if self.prog_freq and due:
+            self.next_line = (step // self.prog_freq + 1) * self.prog_freq
+        elapsed = time.perf_counter() - self.started
+        remaining = elapsed / max(step, 1) * (self.config.steps - step)
+        line = (f"step {step:>10,}/{self.config.steps:,}  training score {score}  "
+                f"epsilon {float(epsilon):.3f}  {speed * self.seeds:,.0f} steps/s  "
+                f"elapsed {elapsed:.0f}s  eta {remaining:.0f}s")
         if self.bar is not None:
             self.bar.update(step - self.steps_done)
             self.bar.set_postfix(score=score, eps=f"{float(epsilon):.3f}",
                                  sps=f"{speed * self.seeds:,.0f}")
-        elif self.plain:
-            elapsed = time.perf_counter() - self.started
-            remaining = elapsed / max(step, 1) * (self.config.steps - step)
-            print(f"step {step:>10,}/{self.config.steps:,}  training score {score}  "
-                  f"epsilon {float(epsilon):.3f}  {speed * self.seeds:,.0f} steps/s  "
-                  f"elapsed {elapsed:.0f}s  eta {remaining:.0f}s", file=sys.stderr, flush=True)
+            if due:
+                self.bar.write(line, file=sys.stderr)
+        elif due and not self.quiet:
+            print(line, file=sys.stderr, flush=True)
         self.steps_done = step
+
+    def log_weights(self, step: int, params) -> None:
+        """--report-weights: mean and max |w| and |change since the last report| per
+        parameter tensor and seed, to weights.csv, TensorBoard and (seed 0) the log."""
+        if not self.report_weights or params is None:
+            return
+        layers = layer_arrays(params)
+        rows = weight_stats(layers, self.previous_weights, self.seeds)
+        self.previous_weights = layers
+        for seed, layer, w_mean, w_max, dw_mean, dw_max in rows:
+            self.weights.writerow([step, seed, layer, w_mean, w_max, dw_mean, dw_max])
+            if self.tb is not None:
+                for name, x in (("mean_abs_w", w_mean), ("max_abs_w", w_max),
+                                ("mean_abs_dw", dw_mean), ("max_abs_dw", dw_max)):
+                    if np.isfinite(x):
+                        self.tb.add_scalar(f"seed{seed}/weights/{layer}/{name}", x, step)
+            if seed == 0:
+                self.note(f"  weights {layer}: |w| mean {w_mean:.3g} max {w_max:.3g}"
+                          f"  |dw| mean {dw_mean:.3g} max {dw_max:.3g}")
+        self.weights_file.flush()
 
     def log_eval(self, step: int, scores: np.ndarray, episodes: np.ndarray,
                  normalised: np.ndarray | None = None, v: np.ndarray | None = None,
-                 td_error: np.ndarray | None = None) -> None:
+                 td_error: np.ndarray | None = None, params=None) -> None:
+        """Logs one evaluation; with ``params`` (seed-stacked) and --report-weights, the
+        weight statistics too."""
         def value(x, seed):
             return "" if x is None else float(np.asarray(x)[seed])
 
@@ -229,6 +303,7 @@ class RunLogger:
             self.bar.write(line)
         elif self.plain:
             print(line, file=sys.stderr, flush=True)
+        self.log_weights(step, params)
 
     def finish(self, summary: dict[str, Any], params=None, in_channels: int = 0) -> None:
         """Writes the plots (and the first conv layer's filters from ``params``, one seed's
@@ -243,14 +318,14 @@ class RunLogger:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
     def flush(self) -> None:
-        for f in (self.progress_file, self.eval_file, self.episode_file):
+        for f in (self.progress_file, self.eval_file, self.episode_file, self.weights_file):
             if f is not None and not f.closed:
                 f.flush()
 
     def __exit__(self, *exc_info):
         if self.bar is not None:
             self.bar.close()
-        for f in (self.progress_file, self.eval_file, self.episode_file):
+        for f in (self.progress_file, self.eval_file, self.episode_file, self.weights_file):
             if f is not None:
                 f.close()
         if self.tb is not None:

@@ -1,15 +1,19 @@
 """``eval``: play episodes with a saved agent; ``random``: the random agent, same protocol.
 
   jaxatari eval RUN_DIR_OR_CHECKPOINT [--episodes N] [--record] [--saliency MODE] [--out DIR]
-                [--checkpoint best|last] [--seed-index I] [--epsilon E] [--seed S]
-  jaxatari random PRESET_OR_RUN_DIR [game] [--episodes N] [--record] [--out DIR] [options]
+                [--display [--zoom N]] [--checkpoint best|last] [--seed-index I]
+                [--epsilon E] [--seed S]
+  jaxatari random PRESET_OR_RUN_DIR [game] [--episodes N] [--record] [--display] [--out DIR]
+                [options]
 
 Both play N whole episodes side by side with the run's env protocol in evaluation mode
 (Atari: no life-loss terminals), print each episode's raw game score and the mean with its
 standard deviation, and write ``results.json`` to the output folder when they write
 anything. ``--record`` writes one MP4 of the full-colour screen per episode; ``--saliency``
 puts the saliency map of each greedy action into the red channel of that video, or,
-without ``--record``, saves the overlaid screens as PNG frames.
+without ``--record`` or ``--display``, saves the overlaid screens as PNG frames.
+``--display`` shows the games in a window as they are played (``jaxatari.display``), with
+the saliency overlay when asked.
 """
 from __future__ import annotations
 
@@ -73,8 +77,14 @@ def _add_play_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=108_000, metavar="N",
                         help="stop an episode after this many agent steps (default: 108000)")
     parser.add_argument("--fps", type=float, default=None,
-                        help="video frame rate (default: 15 for Atari, i.e. real time at "
-                             "action repeat 4; 10 otherwise)")
+                        help="video and display frame rate (default: 15 for Atari, i.e. real "
+                             "time at action repeat 4; 10 otherwise)")
+    parser.add_argument("--display", action="store_true",
+                        help="show the games in a window as they are played (needs a screen; "
+                             "on a headless machine use --record)")
+    parser.add_argument("--zoom", type=int, default=None, metavar="N",
+                        help="display zoom, in whole pixels (default: screens shown at least "
+                             "320 pixels wide or high)")
 
 
 def _check_play_arguments(args) -> None:
@@ -85,6 +95,15 @@ def _check_play_arguments(args) -> None:
         raise ConfigError(f"--max-steps must be positive, got {args.max_steps}")
     if args.fps is not None and args.fps <= 0:
         raise ConfigError(f"--fps must be positive, got {args.fps}")
+    if args.zoom is not None and args.zoom < 1:
+        raise ConfigError(f"--zoom must be at least 1, got {args.zoom}")
+    if args.zoom is not None and not args.display:
+        raise ConfigError("--zoom sets the live display's zoom; add --display")
+    if args.display:   # before loading anything: a headless machine is told at once
+        from jaxatari.display import HEADLESS, DisplayError, screen_available
+        ok, why = screen_available()
+        if not ok:
+            raise DisplayError(HEADLESS.format(why=why))
 
 
 class _Recorder:
@@ -128,7 +147,7 @@ def _play(args, config, env, seed: int, agent=None, act=None, saliency=None,
     from jaxatari.commands._common import new_folder, stamp
     from jaxatari.evaluation import play_episodes, score_lines, statistics
 
-    writes = args.record or saliency is not None or args.out is not None
+    writes = args.record or (saliency is not None and not args.display) or args.out is not None
     out = None
     if writes:
         out = Path(args.out) if args.out else new_folder(
@@ -136,20 +155,31 @@ def _play(args, config, env, seed: int, agent=None, act=None, saliency=None,
         # created by the first file written: a failure before that leaves nothing behind
     is_atari = config.env == "atari"
     fps = args.fps or (15.0 if is_atari else 10.0)
-    recorder = None
-    if args.record or saliency is not None:
+    recorder = display = None
+    if args.record or (saliency is not None and not args.display):
         recorder = _Recorder(out, args.record, saliency is not None, fps)
+    if args.display:
+        from jaxatari.display import LiveDisplay
+        display = LiveDisplay(args.episodes, title=f"jaxatari {env.spec.name}", zoom=args.zoom,
+                              fps=fps, saliency=saliency is not None)
+    watchers = [w for w in (recorder, display) if w is not None]
+
+    def on_frame(index, step, rgb, saliency_map):
+        for watcher in watchers:
+            watcher(index, step, rgb, saliency_map)
     for line in header or []:
         print(line)
     try:
         result = play_episodes(env=env, num_episodes=args.episodes, seed=seed, act=act,
-                               agent=agent, max_steps=args.max_steps, on_frame=recorder,
-                               saliency=saliency)
+                               agent=agent, max_steps=args.max_steps,
+                               on_frame=on_frame if watchers else None, saliency=saliency)
     finally:
-        if recorder is not None:
-            recorder.close()
+        for watcher in watchers:
+            watcher.close()
     for line in score_lines(result):
         print(line)
+    if display is not None:
+        print(f"display: {display.frames} frames shown at zoom {display.zoom}")
     if out is not None:
         record = {**(extra or {}), "episodes": args.episodes, "seed": seed,
                   **statistics(result)}

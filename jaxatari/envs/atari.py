@@ -92,6 +92,8 @@ OVERRIDES: dict[str, tuple[Any, str]] = {
               "an int >= 1"),
     "max_episode_steps": (lambda v: isinstance(v, _INT) and not isinstance(v, bool)
                           and v >= 1, "an int >= 1"),
+    # RGB frames [H, W, 3] instead of ALE's grey palette, for a --color-space conversion
+    "grayscale": (lambda v: isinstance(v, bool), "a bool"),
 }
 
 BACKENDS = ("envpool", "ale")
@@ -114,7 +116,8 @@ def make_atari(game: str, num_envs: int, seed: int, protocol: str = "kaixhin",
     ``game`` is any spelling of an ALE game ("SpaceInvaders", "space_invaders",
     "ALE/SpaceInvaders-v5"); ``protocol`` names a dict of ``PROTOCOLS``; ``overrides``
     replaces individual knobs of it (keys of ``OVERRIDES``). Observations are single
-    grey frames, channels last, uint8 ``[N, height, width, 1]``: the agent stacks them.
+    frames, channels last, uint8 ``[N, height, width, 1]`` (grey) or ``[N, height, width, 3]``
+    with ``grayscale=False``: the agent stacks them.
     """
     if backend not in BACKENDS:
         raise EnvError(f"unknown Atari backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -311,7 +314,7 @@ class _EnvpoolAtari(_AtariBatch):
             **envpool_kwargs(settings))
         spec = EnvSpec(
             name=_camel(rom),
-            obs_shape=(settings["height"], settings["width"], 1),
+            obs_shape=(settings["height"], settings["width"], 1 if settings["grayscale"] else 3),
             obs_dtype="uint8",
             num_actions=int(self._pool.action_space.n),
             action_meanings=_action_meanings(
@@ -370,6 +373,9 @@ class _AleGame:
         self._needs_reset = True
         self._elapsed = 0
 
+    def _screen(self) -> np.ndarray:
+        return self.ale.getScreenGrayscale() if self._s["grayscale"] else self.ale.getScreenRGB()
+
     def reset(self) -> tuple[np.ndarray, int]:
         self.ale.reset_game()
         starts = self._s["random_starts"]
@@ -379,7 +385,7 @@ class _AleGame:
                 self.ale.reset_game()
         self._needs_reset = False
         self._elapsed = 0
-        return self._resize(self.ale.getScreenGrayscale()), self.ale.lives()
+        return self._resize(self._screen()), self.ale.lives()
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, int]:
         if self._needs_reset:
@@ -389,7 +395,7 @@ class _AleGame:
         self._frames.clear()
         for _ in range(self._s["act_rep"]):
             reward += self.ale.act(self.actions[action])
-            self._frames.append(self.ale.getScreenGrayscale())
+            self._frames.append(self._screen())
             if self.ale.game_over(with_truncation=False):
                 break
         frames = np.stack(self._frames)
@@ -405,7 +411,7 @@ class _AleGame:
 
 
 class _AreaResize:
-    """OpenCV's INTER_AREA resize of a grey frame, the one envpool applies.
+    """OpenCV's INTER_AREA resize of a grey [H, W] or colour [H, W, C] frame, envpool's.
 
     Output pixel i averages the input interval [i * s, (i + 1) * s), s = size_in / size_out,
     each input pixel weighted by how much of it the interval covers. Columns first, then
@@ -429,15 +435,17 @@ class _AreaResize:
         idx = np.argsort(overlap <= 0, axis=1, kind="stable")[:, :taps]  # covered, in order
         return idx, np.take_along_axis(overlap, idx, axis=1).astype(np.float32)
 
-    def __call__(self, grey: np.ndarray) -> np.ndarray:
-        frame = grey.astype(np.float32)
-        cols = np.zeros((frame.shape[0], self._col_idx.shape[0]), np.float32)
+    def __call__(self, screen: np.ndarray) -> np.ndarray:
+        frame = screen.astype(np.float32)
+        if frame.ndim == 2:
+            frame = frame[..., None]
+        cols = np.zeros((frame.shape[0], self._col_idx.shape[0], frame.shape[2]), np.float32)
         for k in range(self._col_idx.shape[1]):
-            cols += frame[:, self._col_idx[:, k]] * self._col_w[:, k]
-        out = np.zeros((self._row_idx.shape[0], cols.shape[1]), np.float32)
+            cols += frame[:, self._col_idx[:, k]] * self._col_w[:, k, None]
+        out = np.zeros((self._row_idx.shape[0], *cols.shape[1:]), np.float32)
         for k in range(self._row_idx.shape[1]):
-            out += cols[self._row_idx[:, k]] * self._row_w[:, k, None]
-        return np.rint(out).astype(np.uint8)[..., None]
+            out += cols[self._row_idx[:, k]] * self._row_w[:, k, None, None]
+        return np.rint(out).astype(np.uint8)
 
 
 class _AleAtari(_AtariBatch):
@@ -450,7 +458,7 @@ class _AleAtari(_AtariBatch):
         self._games = [_AleGame(rom_path, seed + i, settings) for i in range(num_envs)]
         spec = EnvSpec(
             name=_camel(rom),
-            obs_shape=(settings["height"], settings["width"], 1),
+            obs_shape=(settings["height"], settings["width"], 1 if settings["grayscale"] else 3),
             obs_dtype="uint8",
             num_actions=len(self._games[0].actions),
             action_meanings=tuple(a.name for a in self._games[0].actions),

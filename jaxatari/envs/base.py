@@ -45,7 +45,12 @@ class JaxEnv:
 
     reset(key) -> (env_state, obs)
     step(key, env_state, action) -> (env_state, obs, reward, terminated, truncated)
-    render(env_state) -> [H', W', 3] uint8 RGB screen (for video and saliency overlays)
+    render(env_state) -> [H', W', 3] uint8 RGB screen (for video, saliency overlays and the
+        live display: the original's getDisplay)
+    evaluation: optionally another JaxEnv with the same spec, played in evaluation mode
+        (the original's training() / evaluate() switch, as pure functions); by default the
+        same env plays both modes. A custom one is loaded with ``--env package.module:name``
+        where ``name`` is a JaxEnv or a function of no arguments returning one.
 
     ``step`` never resets by itself: the training loop calls ``reset`` on the step after
     a done (see the module docstring). All outputs are JAX arrays; ``reward`` float32,
@@ -56,6 +61,23 @@ class JaxEnv:
     reset: Callable
     step: Callable
     render: Callable
+    # Optional evaluation behaviour (the original's env:evaluate()): the env played by
+    # validation and the eval / random commands; None plays this one in both modes.
+    evaluation: "JaxEnv | None" = None
+
+    def __post_init__(self):
+        if self.evaluation is not None:
+            for name in ("obs_shape", "obs_dtype", "num_actions"):
+                ours, theirs = getattr(self.spec, name), getattr(self.evaluation.spec, name)
+                if tuple(np.atleast_1d(ours)) != tuple(np.atleast_1d(theirs)):
+                    raise EnvError(f"the evaluation env of {self.spec.name!r} has {name} "
+                                   f"{theirs!r}, the training env {ours!r}: they must agree")
+
+    def for_mode(self, mode: str) -> "JaxEnv":
+        """The env to play in ``mode`` ("train" | "eval")."""
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode must be train or eval, got {mode!r}")
+        return self.evaluation if mode == "eval" and self.evaluation is not None else self
 
 
 class HostEnv(Protocol):
@@ -88,6 +110,45 @@ class StepResult:
     terminated: np.ndarray  # bool, cut the bootstrap (life loss in train mode if the protocol says so)
     truncated: np.ndarray   # bool, time limit
     game_over: np.ndarray   # bool, the real end of a game: close the game-score tally here
+
+
+class CustomEnvHooks(Protocol):
+    """Optional methods a custom environment (``--env package.module:Class``) may define,
+    the original's custom-env API (Kaixhin/Atari ``Setup.lua`` ``augmentEnv``):
+
+    training(): switch to training behaviour; called on the training envs when they are
+        built. Default: nothing.
+    evaluate(): switch to evaluation behaviour; called on the envs built for validation and
+        for the ``eval`` and ``random`` commands (their videos, saliency maps and live
+        display). Default: nothing.
+    get_display() -> [H, W, 3] uint8 RGB screen shown in videos, saliency overlays and the
+        live display (the original's getDisplay; ``getDisplay`` is accepted too). Default:
+        gymnasium's ``render()`` when the env renders ``rgb_array``, else no screen.
+    """
+
+    def training(self) -> None: ...
+    def evaluate(self) -> None: ...
+    def get_display(self) -> np.ndarray: ...
+
+
+def _nothing() -> None:
+    return None
+
+
+def mode_hook(env: Any, mode: str) -> Callable[[], None]:
+    """The env's ``training`` or ``evaluate`` method for ``mode`` ("train" | "eval"), or a
+    no-op where it has none (the default the original's augmentEnv supplied)."""
+    hook = getattr(env, "training" if mode == "train" else "evaluate", None)
+    return hook if callable(hook) else _nothing
+
+
+def display_hook(env: Any) -> Callable[[], np.ndarray] | None:
+    """The env's ``get_display`` (or ``getDisplay``) method, or None."""
+    for name in ("get_display", "getDisplay"):
+        hook = getattr(env, name, None)
+        if callable(hook):
+            return hook
+    return None
 
 
 class EnvError(ValueError):

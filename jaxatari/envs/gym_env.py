@@ -17,7 +17,8 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from jaxatari.envs.base import EnvError, EnvSpec, HostEnv, StepResult
+from jaxatari.envs.base import (EnvError, EnvSpec, HostEnv, StepResult, display_hook,
+                                mode_hook)
 
 _ACCEPTED = "a registered gymnasium id (e.g. 'CartPole-v1') or 'package.module:ClassName'"
 _MODES = ("train", "eval")
@@ -168,15 +169,19 @@ class _GymBatch:
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         for env in self._envs:
-            switch = getattr(env.unwrapped, "training" if mode == "train" else "evaluate", None)
-            if callable(switch):
-                switch()
+            mode_hook(env.unwrapped, mode)()
 
     def render(self, index: int = 0) -> np.ndarray | None:
+        """The env's ``get_display()`` where it has one (the original's getDisplay), else
+        gymnasium's rgb_array render, else None."""
         env = self._envs[index]
-        if env.render_mode != "rgb_array":
+        display = display_hook(env.unwrapped)
+        if display is not None:
+            frame = display()
+        elif env.render_mode == "rgb_array":
+            frame = env.render()
+        else:
             return None
-        frame = env.render()
         if isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[-1] == 3:
             return frame.astype(np.uint8, copy=False)
         return None
