@@ -198,11 +198,9 @@ def make_native_evaluate(agent: QAgent, env, *, num_envs: int, num_steps: int,
 
     def evaluate(params, key):
         env_key, act_key = jax.random.split(key)
-        stack = jnp.zeros((num_envs, *agent.stack_shape), agent.frame_dtype)
-        actor = ActorState(stack=stack, head=jnp.zeros((num_envs,), jnp.int32),
-                           after_done=jnp.zeros((num_envs,), bool), key=act_key)
+        actor = agent.init_actor(num_envs, act_key)
         env_state, frame = jax.vmap(env.reset)(jax.random.split(env_key, num_envs))
-        actor = agent.observe(actor, to_agent_frame(frame, stack.dtype),
+        actor = agent.observe(actor, to_agent_frame(frame, agent.frame_dtype),
                               jnp.ones((num_envs,), bool))
 
         def step(state, _):
@@ -218,7 +216,7 @@ def make_native_evaluate(agent: QAgent, env, *, num_envs: int, num_steps: int,
             episodes = episodes + done.sum()
             is_first = actor.after_done
             actor = agent.observe(actor.replace(after_done=done),
-                                  to_agent_frame(frame, stack.dtype), is_first)
+                                  to_agent_frame(frame, agent.frame_dtype), is_first)
             return (actor, env_state, jnp.where(done, 0.0, score), total, episodes), None
 
         initial = (actor, env_state, jnp.zeros((num_envs,), jnp.float32), jnp.float32(0),
