@@ -127,6 +127,14 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+def check_exportable(settings: QAgentSettings) -> None:
+    """The exported policy maps one observation to one action; a recurrent agent would also
+    need its LSTM state in and out, which the export format does not carry yet."""
+    if settings.recurrent:
+        raise ConfigError("export does not support recurrent agents (--recurrent true) yet: "
+                          "the exported policy has no LSTM state; use `jaxatari eval` instead")
+
+
 def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) -> Path:
     """Writes the export folder ``out`` (which must not exist) from a checkpoint directory."""
     from flax import serialization
@@ -140,6 +148,7 @@ def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) ->
         raise ConfigError(f"--out {out} already exists; choose a new folder (nothing was "
                           "overwritten)")
     agent, train, meta = load_agent(checkpoint)
+    check_exportable(agent.settings)
     index = pick_seed(meta, seed_index)
     params = jax.tree.map(np.asarray, seed_params(train, index))
     policy = make_greedy_policy(agent, params)

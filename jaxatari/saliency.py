@@ -84,6 +84,9 @@ def make_saliency(settings: QAgentSettings, mode: str) -> Callable:
     ``heads=None`` targets the chosen action on every head (the bootstrap ensemble, as the
     original in evaluation mode); otherwise the acting head only. Maps are zero where
     ``actions`` is not the greedy choice of that head (or of the heads' vote)."""
+    if settings.recurrent:
+        raise ValueError("saliency maps are not implemented for recurrent agents "
+                         "(--recurrent true) yet; run eval without --saliency")
     if len(settings.obs_shape) != 3:
         raise ValueError(f"saliency maps need image observations; this env's observations "
                          f"have shape {tuple(settings.obs_shape)}")
