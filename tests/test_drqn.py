@@ -264,3 +264,34 @@ def test_saliency_and_export_refuse_a_recurrent_agent():
         make_saliency(s, "normal")
     with pytest.raises(ConfigError, match="recurrent"):
         check_exportable(s)
+
+
+# ----------------------------------------------------------------------------- runs
+
+def test_recurrent_run_resumes_exactly_evaluates_and_refuses_saliency_and_export(tmp_path,
+                                                                                  capsys):
+    from jaxatari import checkpoint as ckpt
+    from jaxatari.cli import main
+    from jaxatari.loop import Trainer, train
+    from tests.tiny import tiny
+
+    def config(steps):
+        return tiny(steps=steps, recurrent=True, hist_len=4, burn_in=1, flickering=0.5)
+
+    whole, _ = train(config(256), tmp_path / "whole", quiet=True)
+    part, _ = train(config(128), tmp_path / "part", quiet=True)
+    train(config(256), None, quiet=True, resume_from=part)
+    templates = Trainer(config(256), whole).templates()
+    a, _ = ckpt.load(whole / "checkpoints" / "last", templates)
+    b, _ = ckpt.load(part / "checkpoints" / "last", templates)
+    for name in ("train", "actor", "replay"):
+        for x, y in zip(jax.tree.leaves(a[name]), jax.tree.leaves(b[name])):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+    assert a["actor"].core[0].shape == (2, 4, 16)          # [S, E, hidden] LSTM state saved
+    assert main(["eval", str(whole), "--episodes", "3"]) == 0
+    assert "mean score" in capsys.readouterr().out
+    for args in (["eval", str(whole), "--episodes", "1", "--saliency", "normal"],
+                 ["export", str(whole), "--out", str(tmp_path / "export")]):
+        assert main(args) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and "recurrent" in err[0], err
