@@ -295,3 +295,14 @@ def test_recurrent_run_resumes_exactly_evaluates_and_refuses_saliency_and_export
         assert main(args) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and "recurrent" in err[0], err
+
+
+def test_recurrent_agent_on_the_host_env_path(tmp_path):
+    from jaxatari.loop import train
+    config = build_config("demo", {
+        "env": "tests.test_loop_host:CountdownEnv", "model_body": "mlp", "recurrent": True,
+        "hist_len": 3, "hidden_size": 16, "steps": 240, "seeds": 2, "envs": 2,
+        "learn_start": 64, "mem_size": 200, "val_freq": 120, "val_steps": 60, "val_envs": 2,
+        "chunk_steps": 60})
+    _, summary = train(config, tmp_path / "fake", quiet=True)
+    assert summary["final_scores"] == [5.0, 5.0]   # whole 5-step episodes, acting carried state

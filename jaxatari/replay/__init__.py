@@ -6,6 +6,10 @@
     add(state, row) -> state                                   row fields [E, ...]
     sample(state, key, batch_size) -> (Transition, indices [B], probabilities [B])
     update_priorities(state, indices [B], priorities [B]) -> state
+    gather(storage, indices [B]) -> (Transition, valid [B])    no sampling (held-out sets)
+
+With ``recurrent=True`` the samples are time-major ``Sequence`` windows instead of
+transitions (``storage.gather_windows``), read from the same single-frame storage.
 
 Every buffer returns the same sample triple, so importance weights are computed in one
 place (the agent) for uniform and prioritised replay alike. A sample whose transition is
