@@ -17,6 +17,9 @@ from jaxatari.types import Sequence
 
 FRAME = (3, 3, 1)
 HIDDEN = 8
+# The learning test's budget (steps per seed) and the margin it holds DRQN to.
+LEARNING_STEPS = 30_000
+LEARNING_MARGIN = 0.05
 
 
 def small_network(num_heads: int = 1, dueling: bool = False) -> tuple[RecurrentQNetwork, dict]:
@@ -306,3 +309,22 @@ def test_recurrent_agent_on_the_host_env_path(tmp_path):
         "chunk_steps": 60})
     _, summary = train(config, tmp_path / "fake", quiet=True)
     assert summary["final_scores"] == [5.0, 5.0]   # whole 5-step episodes, acting carried state
+
+
+@pytest.mark.slow
+def test_drqn_beats_one_frame_dqn_on_flickering_catch(tmp_path):
+    """The demo-recurrent preset on a short budget, 2 seeds vmapped per agent: a DRQN fed one
+    frame per step against the same network with a fully connected layer fed one frame.
+    Blank screens leave a memoryless agent guessing half the time (scripts/exp_flicker.py
+    has the full experiment and results/flicker-catch.md its numbers)."""
+    from jaxatari.loop import train
+    short = {"seeds": 2, "steps": LEARNING_STEPS, "val_freq": LEARNING_STEPS,
+             "chunk_steps": LEARNING_STEPS, "val_steps": 3200}
+    scores = {}
+    for name, overrides in (("drqn", {}),
+                            ("dqn1", {"recurrent": False, "hist_len": 1, "batch_size": 32})):
+        _, summary = train(build_config("demo-recurrent", {**short, **overrides}),
+                           tmp_path / name, quiet=True)
+        scores[name] = np.asarray(summary["final_scores"])
+    assert scores["drqn"].mean() >= scores["dqn1"].mean() + LEARNING_MARGIN, scores
+    assert scores["drqn"].min() > scores["dqn1"].mean(), scores
