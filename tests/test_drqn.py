@@ -19,7 +19,7 @@ FRAME = (3, 3, 1)
 HIDDEN = 8
 # The learning test's budget (steps per seed) and the margin it holds DRQN to.
 LEARNING_STEPS = 30_000
-LEARNING_MARGIN = 0.05
+LEARNING_MARGIN = 0.1
 
 
 def small_network(num_heads: int = 1, dueling: bool = False) -> tuple[RecurrentQNetwork, dict]:
@@ -83,7 +83,7 @@ def fill(replay, num_steps: int, num_envs: int, episode_length: int = 5):
 
 
 @pytest.mark.parametrize("kind", ["uniform", "proportional"])
-@pytest.mark.parametrize("num_steps", [12, 40, 61])   # part filled, wrapped, wrapped again
+@pytest.mark.parametrize("num_steps", [12, 61])   # part filled, wrapped twice
 def test_windows_never_overlap_the_write_head(kind, num_steps):
     length, burn_in = 4, 2
     replay = make_replay(kind, capacity=2 * 24, num_envs=2, hist_len=length, n_step=1,
@@ -259,6 +259,25 @@ def test_configuration_rules():
             build_config("demo-recurrent", overrides)
 
 
+def test_the_recurrent_preset_builds_on_atari_frames():
+    """The original's recurrent preset (LSTM 512, sequences of 10, adadelta) traced on 84x84
+    grey frames (shapes only, nothing allocated or run)."""
+    from jaxatari.envs.base import EnvSpec
+    from jaxatari.loop import agent_settings
+    config = build_config("recurrent", {})
+    spec = EnvSpec(name="atari", obs_shape=(84, 84, 1), obs_dtype="uint8", num_actions=6,
+                   action_meanings=("NOOP",) * 6, protocol={})
+    agent = make_q_agent(agent_settings(config, spec))
+    train, replay_state, actor = jax.eval_shape(agent.init, jax.random.PRNGKey(0))
+    assert actor.core[0].shape == (1, 512) and agent.stack_shape == (84, 84, 1)
+    assert replay_state.storage.rows.frame.shape == (400_000, 1, 84, 84, 1)
+    batch = jax.eval_shape(lambda r: agent.replay.sample(r, jax.random.PRNGKey(1), 32)[0],
+                           replay_state)
+    assert batch.obs.shape == (11, 32, 84, 84, 1) and batch.mask.shape == (10, 32, 1)
+    _, _, metrics = jax.eval_shape(agent.update, train, replay_state, 0.0)
+    assert metrics["loss"].shape == ()
+
+
 def test_saliency_and_export_refuse_a_recurrent_agent():
     from jaxatari.export import check_exportable
     from jaxatari.saliency import make_saliency
@@ -313,13 +332,15 @@ def test_recurrent_agent_on_the_host_env_path(tmp_path):
 
 @pytest.mark.slow
 def test_drqn_beats_one_frame_dqn_on_flickering_catch(tmp_path):
-    """The demo-recurrent preset on a short budget, 2 seeds vmapped per agent: a DRQN fed one
-    frame per step against the same network with a fully connected layer fed one frame.
-    Blank screens leave a memoryless agent guessing half the time (scripts/exp_flicker.py
-    has the full experiment and results/flicker-catch.md its numbers)."""
+    """The demo-recurrent preset on a short budget (Adam 3e-3 without annealing so that it is
+    short), 2 seeds vmapped per agent: a DRQN fed one frame per step against the same
+    network with a fully connected layer fed one frame. Blank screens leave a memoryless
+    agent guessing; at this budget one-frame DQN is still near chance (about 0.07) while DRQN
+    catches about a quarter of the balls (scripts/exp_flicker.py is the full experiment)."""
     from jaxatari.loop import train
     short = {"seeds": 2, "steps": LEARNING_STEPS, "val_freq": LEARNING_STEPS,
-             "chunk_steps": LEARNING_STEPS, "val_steps": 3200}
+             "chunk_steps": LEARNING_STEPS, "val_steps": 3200, "eta": 0.003,
+             "eta_anneal": False}
     scores = {}
     for name, overrides in (("drqn", {}),
                             ("dqn1", {"recurrent": False, "hist_len": 1, "batch_size": 32})):
@@ -327,4 +348,4 @@ def test_drqn_beats_one_frame_dqn_on_flickering_catch(tmp_path):
                            tmp_path / name, quiet=True)
         scores[name] = np.asarray(summary["final_scores"])
     assert scores["drqn"].mean() >= scores["dqn1"].mean() + LEARNING_MARGIN, scores
-    assert scores["drqn"].min() > scores["dqn1"].mean(), scores
+    assert scores["drqn"].min() > scores["dqn1"].max(), scores
