@@ -60,6 +60,10 @@ class Config:
     duel: bool = option(True, "dueling heads (Wang et al. 2016)", group="model")
     bootstraps: int = option(10, "bootstrap heads (Osband et al. 2016); 0 = off", group="model")
     bootstrap_prob: float = option(0.5, "probability that a head trains on a transition", group="model")
+    # Recurrent DQN (Hausknecht and Stone 2015): --hist-len becomes the sequence length.
+    recurrent: bool = option(False, "LSTM of --hidden-size units instead of the fully connected layer (DRQN); one frame per step, --hist-len steps per replayed sequence", group="model")
+    burn_in: int = option(0, "recurrent: steps before each replayed sequence that only warm the LSTM state, no loss (R2D2); 0 = zero state", group="model")
+    loss_steps: str = option("last", "recurrent: steps of each sequence in the loss: last (the original's) or all", ("last", "all"), group="model")
 
     # Experience replay
     discretise_mem: bool = option(True, "store observations as bytes (reals in [0,1] -> 0..255)", group="replay")
@@ -236,6 +240,13 @@ def validate(c: Config) -> None:
         _validate_actor_learner(c, require)
     if c.env == "atari":
         require(bool(c.game), "--env atari needs --game (e.g. --game SpaceInvaders)")
+    require(c.burn_in >= 0, f"--burn-in must not be negative, got {c.burn_in}")
+    if c.recurrent:
+        require(c.n_step == 1, "--recurrent learns one-step targets along its sequences: use --n-step 1")
+        require(c.async_method == "none", "--recurrent works with the replay agent only "
+                "(the original's recurrent one-step Q actor-learner is not implemented)")
+        require(c.mem_size // c.envs > c.burn_in + c.hist_len + 1,
+                f"--mem-size per env ({c.mem_size // c.envs}) must exceed --burn-in + --hist-len + 1")
     for name in ("height", "width", "act_rep", "pool_frms_size", "prog_freq"):
         require(getattr(c, name) >= 0, f"{flag_name(name)} must not be negative, got {getattr(c, name)}")
     require(c.random_starts >= -1, f"--random-starts must be -1 (the protocol's) or at least 0, got {c.random_starts}")

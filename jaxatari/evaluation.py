@@ -30,8 +30,6 @@ import numpy as np
 
 from jaxatari.agents.dqn import QAgent
 from jaxatari.agents.native import to_agent_frame
-from jaxatari.losses import make_q_loss, resolve_td_error
-from jaxatari.replay.storage import gather_batch
 from jaxatari.types import ActorState, Transition
 
 DEFAULT_VAL_SIZE = 500   # the original's -valSize
@@ -41,16 +39,16 @@ DEFAULT_VAL_SIZE = 500   # the original's -valSize
 
 
 def make_heldout_sampler(agent: QAgent, size: int) -> Callable:
-    """sample(replay_state, key) -> {"batch": Transition [V], "valid": [V]} for one seed:
-    ``size`` transitions drawn uniformly (whatever the replay's priorities) from the memory."""
+    """sample(replay_state, key) -> {"batch": [V] samples, "valid": [V]} for one seed:
+    ``size`` transitions (windows for a recurrent agent) drawn uniformly, whatever the
+    replay's priorities, from the memory."""
     s = agent.settings
 
     def sample(replay_state, key):
         storage = replay_state.storage
         count = storage.size * s.num_envs
         indices = jax.random.randint(key, (size,), 0, jnp.maximum(count, 1))
-        batch, valid = gather_batch(storage, indices, hist_len=s.hist_len, n_step=s.n_step,
-                                    gamma=s.gamma)
+        batch, valid = agent.replay.gather(storage, indices)
         return {"batch": batch, "valid": valid}
 
     return sample
@@ -58,21 +56,21 @@ def make_heldout_sampler(agent: QAgent, size: int) -> Callable:
 
 def make_value_stats(agent: QAgent) -> Callable:
     """stats(train, heldout) -> (average V, average |TD error|) for one seed (NaN when the
-    held-out set has no valid transition)."""
-    s = agent.settings
-    loss_fn = make_q_loss(agent.network.apply, resolve_td_error(s.loss), double_q=s.double_q,
-                          td_clip=s.td_clip, pal_alpha=s.pal_alpha)
+    held-out set has no valid transition). A recurrent agent's window counts the steps its
+    loss learns from (``--loss-steps``), bootstrap masks kept."""
 
     def stats(train, heldout):
-        batch: Transition = heldout["batch"]
-        valid = heldout["valid"].astype(jnp.float32)                      # [V]
-        batch = batch.replace(mask=jnp.broadcast_to(valid[:, None], batch.mask.shape))
-        q_t = agent.network.apply(train.target_params, batch.obs_t)       # [V, K, A]
-        v = q_t.max(-1).mean(-1) * (batch.discount_t > 0)
-        count = valid.sum()
-        _, aux = loss_fn(train.params, train.target_params, batch, jnp.ones_like(valid))
+        batch = heldout["batch"]
+        valid = heldout["valid"]                                          # [V]
+        if isinstance(batch, Transition):   # every head, on every valid transition
+            batch = batch.replace(mask=jnp.broadcast_to(
+                valid[:, None].astype(jnp.float32), batch.mask.shape))
+        _, aux = agent.loss(train.params, train.target_params, batch,
+                            jnp.ones(valid.shape, jnp.float32))
+        counted = aux["valid"].astype(jnp.float32)
+        count = counted.sum()
         nan = jnp.float32(jnp.nan)
-        return (jnp.where(count > 0, (v * valid).sum() / jnp.maximum(count, 1.0), nan),
+        return (jnp.where(count > 0, (aux["value"] * counted).sum() / jnp.maximum(count, 1.0), nan),
                 jnp.where(count > 0, aux["td_error"], nan))
 
     return stats
@@ -125,9 +123,7 @@ def play_episodes(*, env, num_episodes: int, seed: int, act: Callable | None,
     actor = observe = None
     if agent is not None:
         frame_dtype = agent.frame_dtype
-        actor = ActorState(stack=jnp.zeros((n, *agent.stack_shape), frame_dtype),
-                           head=jnp.zeros((n,), jnp.int32), after_done=jnp.zeros((n,), bool),
-                           key=actor_key)
+        actor = agent.init_actor(n, actor_key)
         observe = jax.jit(agent.observe)
         actor = observe(actor, to_agent_frame(jnp.asarray(frame), frame_dtype),
                         jnp.ones((n,), bool))

@@ -41,6 +41,7 @@ from jaxatari import checkpoint as ckpt
 from jaxatari.agents.actor_learner import Q_METHODS, ActorLearnerSettings, make_actor_learner
 from jaxatari.agents.dqn import QAgentSettings, make_q_agent
 from jaxatari.config import ConfigError
+from jaxatari.types import ActorState
 
 POLICY_FILE = "policy.jax_export"
 KINDS = {"q-agent": QAgentSettings, "actor-learner": ActorLearnerSettings}
@@ -80,6 +81,7 @@ class LoadedAgent:
     observe: Callable
     act: Callable
     init: Callable            # key -> (train, ...): the train state's layout
+    init_actor: Callable      # (num_envs, key) -> ActorState with empty stacks
 
 
 def _settings_from_metadata(cls, meta: dict[str, Any]):
@@ -111,7 +113,8 @@ def make_loaded_agent(kind: str, settings, activation=jax.nn.relu) -> LoadedAgen
         return LoadedAgent(kind=kind, settings=settings, stack_shape=agent.stack_shape,
                            frame_dtype=agent.frame_dtype, num_heads=settings.num_heads,
                            samples_policy=False, scores=agent.network.apply,
-                           observe=agent.observe, act=act, init=agent.init)
+                           observe=agent.observe, act=act, init=agent.init,
+                           init_actor=agent.init_actor)
     learner = make_actor_learner(settings, activation=activation)
     is_q = settings.method in Q_METHODS
 
@@ -125,9 +128,15 @@ def make_loaded_agent(kind: str, settings, activation=jax.nn.relu) -> LoadedAgen
                                           not sample)
         return actions, actor.replace(key=key)
 
+    def init_actor(num_envs, key):
+        return ActorState(stack=jnp.zeros((num_envs, *learner.stack_shape), learner.frame_dtype),
+                          head=jnp.zeros((num_envs,), jnp.int32),
+                          after_done=jnp.zeros((num_envs,), bool), key=key)
+
     return LoadedAgent(kind=kind, settings=settings, stack_shape=learner.stack_shape,
                        frame_dtype=learner.frame_dtype, num_heads=1, samples_policy=not is_q,
-                       scores=scores, observe=learner.observe, act=act, init=learner.init)
+                       scores=scores, observe=learner.observe, act=act, init=learner.init,
+                       init_actor=init_actor)
 
 
 def load_agent(checkpoint: Path, activation=None) -> tuple[LoadedAgent, Any, dict[str, Any]]:
@@ -192,6 +201,14 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+def check_exportable(settings: QAgentSettings) -> None:
+    """The exported policy maps one observation to one action; a recurrent agent would also
+    need its LSTM state in and out, which the export format does not carry yet."""
+    if getattr(settings, "recurrent", False):
+        raise ConfigError("export does not support recurrent agents (--recurrent true) yet: "
+                          "the exported policy has no LSTM state; use `jaxatari eval` instead")
+
+
 def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) -> Path:
     """Writes the export folder ``out`` (which must not exist) from a checkpoint directory."""
     from flax import serialization
@@ -205,6 +222,7 @@ def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) ->
         raise ConfigError(f"--out {out} already exists; choose a new folder (nothing was "
                           "overwritten)")
     agent, train, meta = load_agent(checkpoint)
+    check_exportable(agent.settings)
     index = pick_seed(meta, seed_index)
     params = jax.tree.map(np.asarray, seed_params(train, index))
     policy = make_greedy_policy(agent, params)

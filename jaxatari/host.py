@@ -19,7 +19,6 @@ from jaxatari.agents.dqn import QAgent
 from jaxatari.agents.native import Cadence, to_agent_frame
 from jaxatari.config import Config
 from jaxatari.metrics import mean_score
-from jaxatari.types import ActorState
 
 
 def _to_seeds(x: np.ndarray, seeds: int) -> np.ndarray:
@@ -69,10 +68,8 @@ class HostRunner:
         c = self.config
         env = self.env_factory(c.seeds * c.val_envs, c.seed + 7919 + step, mode="eval")
         try:
-            stack = jnp.zeros((c.seeds, c.val_envs, *self.agent.stack_shape), self.agent.frame_dtype)
-            actor = ActorState(stack=stack, head=jnp.zeros((c.seeds, c.val_envs), jnp.int32),
-                               after_done=jnp.zeros((c.seeds, c.val_envs), bool),
-                               key=jax.random.split(key, c.seeds))
+            actor = jax.vmap(lambda k: self.agent.init_actor(c.val_envs, k))(
+                jax.random.split(key, c.seeds))
             frame = _to_seeds(env.reset(), c.seeds)
             actor = self.observe(actor, frame, np.ones((c.seeds, c.val_envs), bool))
             score = np.zeros((c.seeds, c.val_envs))

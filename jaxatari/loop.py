@@ -65,7 +65,7 @@ REPLAY_AUTO_LIMIT = 1 << 30
 # Options that must match a checkpoint to resume from it (they shape the state).
 STRUCTURAL_SETTINGS = ("num_actions", "obs_shape", "obs_dtype", "hist_len", "body",
                        "mlp_features", "hidden_size", "dueling", "num_heads", "replay",
-                       "capacity", "num_envs", "optimiser", "grad_clip")
+                       "capacity", "num_envs", "optimiser", "grad_clip", "recurrent")
 ACTOR_LEARNER_STRUCTURE = ("method", "num_actions", "obs_shape", "obs_dtype", "num_actors",
                            "hist_len", "body", "mlp_features", "hidden_size", "dueling",
                            "optimiser", "grad_clip")
@@ -87,7 +87,8 @@ def agent_settings(config: Config, spec: EnvSpec) -> QAgentSettings:
         capacity=config.mem_size, num_envs=config.envs, alpha=config.alpha,
         batch_size=config.batch_size, optimiser=config.optimiser, learning_rate=config.eta,
         momentum=config.momentum, grad_clip=config.grad_clip,
-        lr_decay_updates=total_updates(config) if config.eta_anneal else 0)
+        lr_decay_updates=total_updates(config) if config.eta_anneal else 0,
+        recurrent=config.recurrent, burn_in=config.burn_in, loss_steps=config.loss_steps)
 
 
 def total_updates(config: Config) -> int:
@@ -382,8 +383,11 @@ class Trainer:
             raise ckpt.CheckpointError(f"checkpoint {path} holds {meta.get('seeds')} seeds; this "
                                        f"run has --seeds {self.config.seeds}")
         structure = STRUCTURAL_SETTINGS if self.agent is not None else ACTOR_LEARNER_STRUCTURE
+        # A checkpoint older than a setting was saved with that setting's default.
+        defaults = ({f.name: f.default for f in dataclasses.fields(QAgentSettings)}
+                    if self.agent is not None else {})
         for name in structure:
-            if saved.get(name) != ours.get(name):
+            if saved.get(name, defaults.get(name)) != ours.get(name):
                 raise ckpt.CheckpointError(
                     f"checkpoint {path} was saved by another network or memory ({name} "
                     f"{saved.get(name)!r} there, {ours.get(name)!r} here)")

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxatari.types import Transition
+from jaxatari.types import Sequence, Transition
 
 
 @struct.dataclass
@@ -151,6 +151,81 @@ def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_cli
             "q_mean": (online_tm1.max(-1) * batch.mask).sum() / jnp.maximum(batch.mask.sum(), 1.0),
             # Priority of each sample: mean |delta| over the heads trained on it, unclipped.
             "priority": abs_td.sum(-1) / heads_per_sample,           # [B]
+            "valid": batch.mask.sum(-1) > 0,                         # [B]
+            # The validation's V: max_a Q_target(s', a) over heads, 0 at a terminal s'.
+            "value": target_t.max(-1).mean(-1) * (batch.discount_t > 0),   # [B]
+        }
+        return loss, aux
+
+    return loss_fn
+
+
+SEQUENCE_LOSS_STEPS = ("last", "all")
+# R2D2 (Kapturowski et al. 2019, section 2.3): a window's priority mixes the max and the mean
+# of its steps' |TD errors| with eta = 0.9.
+SEQUENCE_PRIORITY_ETA = 0.9
+
+
+def make_sequence_q_loss(unroll: Callable, init_carry: Callable, td_error: TDError, *,
+                         double_q: bool, td_clip: float, pal_alpha: float, burn_in: int,
+                         loss_steps: str) -> Callable:
+    """Builds loss(params, target_params, sequence, weights) -> (loss, aux) for DRQN.
+
+    Recurrent Q-learning (Hausknecht and Stone 2015): both networks are unrolled over the
+    window from a zero state (``init_carry(B)``), resetting it where an episode starts; the
+    TD error of step t compares the online Q at t with the target network's bootstrap at
+    t + 1, per step, head and sample, with any rule of the registry. ``burn_in`` leading
+    steps only warm the state, without gradient (R2D2, Kapturowski et al. 2019).
+    ``loss_steps`` picks which of the T learnable steps enter the loss: "last" (the
+    original's: the Q-values of the final step of a histLen sequence) or "all" (every step
+    after burn-in, Hausknecht and Stone's bootstrapped sequential updates). Masks zero
+    reset steps and invalid windows.
+
+    ``unroll(params, obs [T, B, ...], first [T, B], carry) -> (q [T, B, K, A], carry)``.
+    """
+    if loss_steps not in SEQUENCE_LOSS_STEPS:
+        raise ValueError(f"unknown sequence loss steps {loss_steps!r}: choose one of "
+                         f"{', '.join(SEQUENCE_LOSS_STEPS)}")
+    double_q = double_q or td_error is double_q_learning_td_error
+    per_head = jax.vmap(lambda q, a, r, d: td_error(q, a, r, d, pal_alpha=pal_alpha),
+                        in_axes=(0, None, None, None))              # over K
+    per_step = jax.vmap(jax.vmap(per_head))                          # over T and B
+
+    def q_window(params, obs, first):                                # -> [T+1, B, K, A]
+        carry = init_carry(obs.shape[1])
+        if burn_in > 0:
+            _, carry = unroll(params, obs[:burn_in], first[:burn_in], carry)
+            carry = jax.lax.stop_gradient(carry)
+        q, _ = unroll(params, obs[burn_in:], first[burn_in:], carry)
+        return q
+
+    def loss_fn(params, target_params, batch: Sequence, weights: jax.Array):
+        online = q_window(params, batch.obs, batch.first)
+        target = jax.lax.stop_gradient(q_window(target_params, batch.obs, batch.first))
+        select_t = online[1:] if double_q else target[1:]
+        q = QValues(online_tm1=online[:-1], target_tm1=target[:-1], target_t=target[1:],
+                    select_t=jax.lax.stop_gradient(select_t))
+        td = per_step(q, batch.a_tm1, batch.r_t, batch.discount_t)   # [T, B, K]
+        chex.assert_equal_shape([td, batch.mask])
+        steps = td.shape[0]
+        chosen = jnp.ones((steps,)) if loss_steps == "all" else jnp.arange(steps) == steps - 1
+        mask = batch.mask * chosen[:, None, None]                     # [T, B, K]
+        count = jnp.maximum(mask.sum(), 1.0)
+        loss = (huber(td, td_clip) * mask * weights[None, :, None]).sum() / count
+        abs_td = jnp.abs(td) * mask
+        heads = mask.sum(-1)                                          # [T, B]
+        step_td = abs_td.sum(-1) / jnp.maximum(heads, 1.0)            # [T, B]
+        learned = heads > 0
+        num_learned = jnp.maximum(learned.sum(0), 1)                  # [B]
+        eta = SEQUENCE_PRIORITY_ETA
+        value_t = q.target_t.max(-1).mean(-1) * (batch.discount_t > 0)   # [T, B]
+        aux = {
+            "loss": loss,
+            "td_error": abs_td.sum() / count,
+            "q_mean": (q.online_tm1.max(-1) * mask).sum() / count,
+            "priority": eta * step_td.max(0) + (1 - eta) * step_td.sum(0) / num_learned,
+            "valid": learned.any(0),
+            "value": (value_t * learned).sum(0) / num_learned,
         }
         return loss, aux
 

@@ -171,9 +171,12 @@ class QHead(nn.Module):
     hidden_size: int
     dueling: bool = False
     activation: Activation = nn.relu
+    hidden: bool = True   # False: linear streams on features that already passed a core (DRQN)
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:  # [B, F] -> [B, A]
+        if not self.hidden:
+            return self._linear(features)
         if not self.dueling:
             h = self.activation(nn.Dense(self.hidden_size)(features))
             return nn.Dense(self.num_actions)(h)
@@ -181,6 +184,15 @@ class QHead(nn.Module):
         value = nn.Dense(1)(self.activation(nn.Dense(self.hidden_size)(features)))
         advantage = nn.Dense(self.num_actions)(
             self.activation(nn.Dense(self.hidden_size)(features)))
+        return value + advantage - advantage.mean(axis=-1, keepdims=True)
+
+    def _linear(self, features: jax.Array) -> jax.Array:
+        """The streams without their hidden layer: the recurrent core took its place."""
+        if not self.dueling:
+            return nn.Dense(self.num_actions, name="q")(features)
+        features = scale_gradient(features, 1.0 / math.sqrt(2.0))
+        value = nn.Dense(1, name="value")(features)
+        advantage = nn.Dense(self.num_actions, name="advantage")(features)
         return value + advantage - advantage.mean(axis=-1, keepdims=True)
 
 
@@ -207,6 +219,86 @@ class QNetwork(nn.Module):
                         in_axes=None, out_axes=1, axis_size=self.num_heads)
         return heads(self.num_actions, self.hidden_size, self.dueling,
                      self.activation, name="heads")(features)      # [B, K, A]
+
+
+LSTMCarry = tuple[jax.Array, jax.Array]   # (cell, hidden), each [B, H]
+
+
+def zero_lstm_carry(batch: int, hidden_size: int) -> LSTMCarry:
+    return jnp.zeros((batch, hidden_size)), jnp.zeros((batch, hidden_size))
+
+
+def _forget_bias_one(key, shape, dtype=jnp.float32):
+    """Gate biases in the order (input, forget, cell, output); forget starts at 1 so the cell
+    remembers by default early in training (Gers et al. 2000), as the original's FastLSTM."""
+    hidden = shape[0] // 4
+    return jnp.zeros(shape, dtype).at[hidden:2 * hidden].set(1.0)
+
+
+class LSTMCore(nn.Module):
+    """An LSTM over time-major input whose state is zeroed where an episode starts.
+
+    ``reset[t, b]`` zeroes the state before step t reads ``x[t, b]``, so a sequence that
+    crosses an episode boundary gives exactly what two separate sequences would. The input
+    projection of all T steps is one matmul outside the scan; only the recurrent matmul is
+    sequential.
+    """
+
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, reset: jax.Array, carry: LSTMCarry
+                 ) -> tuple[jax.Array, LSTMCarry]:  # x [T, B, F], reset [T, B] -> [T, B, H]
+        h_size = self.hidden_size
+        gates_x = nn.Dense(4 * h_size, bias_init=_forget_bias_one, name="input")(x)
+        recurrent = self.param("recurrent", nn.initializers.orthogonal(), (h_size, 4 * h_size))
+
+        def step(carry, inputs):
+            gates_x_t, reset_t = inputs
+            keep = (~reset_t)[:, None].astype(gates_x_t.dtype)
+            cell, hidden = carry[0] * keep, carry[1] * keep
+            gates = gates_x_t + hidden @ recurrent
+            i, f, g, o = jnp.split(gates, 4, axis=-1)
+            cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+            hidden = jax.nn.sigmoid(o) * jnp.tanh(cell)
+            return (cell, hidden), hidden
+
+        carry, outputs = jax.lax.scan(step, carry, (gates_x, reset))
+        return outputs, carry
+
+
+class RecurrentQNetwork(nn.Module):
+    """DRQN (Hausknecht and Stone 2015): the body, an LSTM of ``hidden_size`` units in place of
+    the fully connected layer, then K linear (or dueling) heads:
+    ``obs [T, B, ...], reset [T, B], carry -> (q [T, B, K, A], carry)``.
+
+    One LSTM is shared by the streams and heads (as Hausknecht and Stone and R2D2); the
+    original gave each dueling stream its own FastLSTM. The body sees the T*B frames as one
+    batch, so only the LSTM runs step by step.
+    """
+
+    body: nn.Module
+    num_actions: int
+    hidden_size: int = 512
+    num_heads: int = 1
+    dueling: bool = False
+    activation: Activation = nn.relu
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, reset: jax.Array, carry: LSTMCarry
+                 ) -> tuple[jax.Array, LSTMCarry]:
+        steps, batch = obs.shape[:2]
+        features = self.body(obs.reshape(steps * batch, *obs.shape[2:]))    # [T*B, F]
+        features = features.reshape(steps, batch, -1)
+        outputs, carry = LSTMCore(self.hidden_size, name="lstm")(features, reset, carry)
+        outputs = outputs.reshape(steps * batch, -1)                          # [T*B, H]
+        if self.num_heads > 1:
+            outputs = scale_gradient(outputs, 1.0 / self.num_heads)
+        heads = nn.vmap(QHead, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=None, out_axes=1, axis_size=self.num_heads)
+        q = heads(self.num_actions, self.hidden_size, self.dueling, self.activation,
+                  hidden=False, name="heads")(outputs)                        # [T*B, K, A]
+        return q.reshape(steps, batch, *q.shape[1:]), carry
 
 
 class ActorCriticNetwork(nn.Module):

@@ -73,7 +73,9 @@ def make_saliency(settings, mode: str) -> Callable:
     original's; A3C's actions are its policy's own samples, so every one has its map."""
     from jaxatari.agents.actor_learner import ActorLearnerSettings
     from jaxatari.export import make_loaded_agent
-
+    if getattr(settings, "recurrent", False):
+        raise ValueError("saliency maps are not implemented for recurrent agents "
+                         "(--recurrent true) yet; run eval without --saliency")
     if len(settings.obs_shape) != 3:
         raise ValueError(f"saliency maps need image observations; this env's observations "
                          f"have shape {tuple(settings.obs_shape)}")

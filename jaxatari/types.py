@@ -9,6 +9,8 @@ T time (time-major), A actions, H W C image (channels last), N replay rows.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import optax
 from flax import struct
@@ -29,6 +31,23 @@ class Transition:
 
 
 @struct.dataclass
+class Sequence:
+    """A batch of replayed windows for a recurrent learner, time-major.
+
+    A window is W = burn_in + T + 1 consecutive steps of one env: ``burn_in`` steps that only
+    warm the recurrent state, T steps whose transitions may be learned from, and the final
+    observation they bootstrap from.
+    """
+
+    obs: Array          # [W, B, H, W, C] one frame per step
+    first: Array        # [W, B] bool, the frame starts an episode: the recurrent state resets
+    a_tm1: Array        # [T, B] int32
+    r_t: Array          # [T, B] float32, clipped reward
+    discount_t: Array   # [T, B] float32, gamma, or 0 where the episode terminated
+    mask: Array         # [T, B, K] float32: bootstrap mask x validity x step selection
+
+
+@struct.dataclass
 class TrainState:
     """Learner state of one seed."""
 
@@ -46,3 +65,4 @@ class ActorState:
     head: Array             # [E] int32, the bootstrap head acting in each env's episode
     after_done: Array       # [E] bool, the next step is a reset step
     key: Array              # PRNG key for exploration
+    core: Any = ()          # recurrent agents: LSTM (cell, hidden), each [E, hidden]

@@ -4,8 +4,11 @@ DQN (Mnih et al. 2015), Double DQN (van Hasselt et al. 2016), dueling heads (Wan
 2016), prioritised replay (Schaul et al. 2016), (persistent) advantage learning
 (Bellemare et al. 2016) and Bootstrapped DQN (Osband et al. 2016) differ only in the
 registry key of the TD error, ``double_q``, ``dueling``, the replay kind and the number
-of heads. ``make_q_agent`` turns those choices into pure, unjitted functions; the caller
-applies ``jax.jit(jax.vmap(...))`` once, seed axis leading.
+of heads. Recurrent DQN (Hausknecht and Stone 2015) is one more flag: ``recurrent`` swaps
+the fully connected layer for an LSTM, replay for windows of ``hist_len`` steps and the
+loss for its sequence form; acting, the learning cadence and everything around stay.
+``make_q_agent`` turns those choices into pure, unjitted functions; the caller applies
+``jax.jit(jax.vmap(...))`` once, seed axis leading.
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxatari import exploration
-from jaxatari.losses import make_q_loss, resolve_td_error
-from jaxatari.networks import QNetwork, make_body
+from jaxatari.losses import make_q_loss, make_sequence_q_loss, resolve_td_error
+from jaxatari.networks import QNetwork, RecurrentQNetwork, make_body, zero_lstm_carry
 from jaxatari.replay import Replay, ReplayState, make_replay
 from jaxatari.replay.storage import Row
 from jaxatari.types import ActorState, TrainState
@@ -77,6 +80,9 @@ class QAgentSettings:
     momentum: float = 0.95
     grad_clip: float = 0.0
     lr_decay_updates: int = 0      # > 0: learning rate annealed linearly to 0 over this many updates
+    recurrent: bool = False        # DRQN: LSTM core; hist_len is then the sequence length
+    burn_in: int = 0               # recurrent: steps that only warm the state (R2D2)
+    loss_steps: str = "last"       # recurrent: "last" step of each window or "all" steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,12 +90,14 @@ class QAgent:
     """Pure functions of one seed; see ``make_q_agent``."""
 
     settings: QAgentSettings
-    network: QNetwork
+    network: QNetwork | RecurrentQNetwork
     replay: Replay
-    stack_shape: tuple[int, ...]   # one frame stack, channels last
+    stack_shape: tuple[int, ...]   # one frame stack (one frame if recurrent), channels last
     frame_dtype: jnp.dtype         # what replay and the network receive
     init: Callable        # (key) -> (TrainState, ReplayState, ActorState)
-    q_values: Callable    # (params, stack [B, ...]) -> [B, K, A]
+    init_actor: Callable  # (num_envs, key) -> ActorState with empty stacks (and zero LSTM state)
+    q_values: Callable    # (params, stack [B, ...]) -> [B, K, A]; recurrent: one step from zero state
+    loss: Callable        # (params, target_params, batch, weights [B]) -> (loss, aux)
     act: Callable         # (params, actor, epsilon, vote) -> (actions [E], actor)
     observe: Callable     # (actor, frame [E, ...], is_first [E]) -> actor
     make_row: Callable    # (frame, action, reward, terminal, is_first, valid, key) -> Row
@@ -99,20 +107,47 @@ class QAgent:
 
 def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
     body = make_body(s.body, activation=activation, mlp_features=s.mlp_features)
-    network = QNetwork(body=body, num_actions=s.num_actions, hidden_size=s.hidden_size,
-                       num_heads=s.num_heads, dueling=s.dueling, activation=activation)
     td_error = resolve_td_error(s.loss)
-    loss_fn = make_q_loss(network.apply, td_error, double_q=s.double_q, td_clip=s.td_clip,
-                          pal_alpha=s.pal_alpha)
+    if s.recurrent:
+        network = RecurrentQNetwork(body=body, num_actions=s.num_actions,
+                                    hidden_size=s.hidden_size, num_heads=s.num_heads,
+                                    dueling=s.dueling, activation=activation)
+
+        def init_core(batch: int):
+            return zero_lstm_carry(batch, s.hidden_size)
+
+        loss_fn = make_sequence_q_loss(network.apply, init_core, td_error, double_q=s.double_q,
+                                       td_clip=s.td_clip, pal_alpha=s.pal_alpha,
+                                       burn_in=s.burn_in, loss_steps=s.loss_steps)
+    else:
+        network = QNetwork(body=body, num_actions=s.num_actions, hidden_size=s.hidden_size,
+                           num_heads=s.num_heads, dueling=s.dueling, activation=activation)
+
+        def init_core(batch: int):
+            del batch
+            return ()
+
+        loss_fn = make_q_loss(network.apply, td_error, double_q=s.double_q, td_clip=s.td_clip,
+                              pal_alpha=s.pal_alpha)
     learning_rate = (optax.linear_schedule(s.learning_rate, 0.0, s.lr_decay_updates)
                      if s.lr_decay_updates > 0 else s.learning_rate)
     optimiser = make_optimiser(s.optimiser, learning_rate=learning_rate,
                                momentum=s.momentum, grad_clip=s.grad_clip)
     replay = make_replay(s.replay, capacity=s.capacity, num_envs=s.num_envs,
-                         hist_len=s.hist_len, n_step=s.n_step, gamma=s.gamma, alpha=s.alpha)
+                         hist_len=s.hist_len, n_step=s.n_step, gamma=s.gamma, alpha=s.alpha,
+                         recurrent=s.recurrent, burn_in=s.burn_in)
     frame_dtype = jnp.uint8 if s.obs_dtype == "uint8" else jnp.float32
     channels = s.obs_shape[-1]
-    stack_shape = (*s.obs_shape[:-1], channels * s.hist_len)
+    # The recurrent agent sees one frame per step (the original's DRQN: state buffer of 1).
+    stack_shape = (*s.obs_shape[:-1], channels * (1 if s.recurrent else s.hist_len))
+
+    def apply_step(params, stack, core):
+        """Q-values [E, K, A] of one step and the next recurrent state."""
+        if not s.recurrent:
+            return network.apply(params, stack), core
+        no_reset = jnp.zeros((1, stack.shape[0]), bool)   # observe() already reset it
+        q, core = network.apply(params, stack[None], no_reset, core)
+        return q[0], core
 
     def example_row() -> Row:
         e = s.num_envs
@@ -123,34 +158,44 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
 
     def init(key):
         net_key, learn_key, act_key = jax.random.split(key, 3)
-        params = network.init(net_key, jnp.zeros((1, *stack_shape), frame_dtype))
+        if s.recurrent:
+            params = network.init(net_key, jnp.zeros((1, 1, *stack_shape), frame_dtype),
+                                  jnp.ones((1, 1), bool), init_core(1))
+        else:
+            params = network.init(net_key, jnp.zeros((1, *stack_shape), frame_dtype))
         train = TrainState(params=params,
                            target_params=jax.tree.map(jnp.copy, params),  # own buffers: donation
                            opt_state=optimiser.init(params), key=learn_key)
-        actor = ActorState(stack=jnp.zeros((s.num_envs, *stack_shape), frame_dtype),
-                           head=jnp.zeros((s.num_envs,), jnp.int32),
-                           after_done=jnp.zeros((s.num_envs,), bool),
-                           key=act_key)
-        return train, replay.init(example_row()), actor
+        return train, replay.init(example_row()), init_actor(s.num_envs, act_key)
+
+    def init_actor(num_envs: int, key) -> ActorState:
+        return ActorState(stack=jnp.zeros((num_envs, *stack_shape), frame_dtype),
+                          head=jnp.zeros((num_envs,), jnp.int32),
+                          after_done=jnp.zeros((num_envs,), bool), key=key,
+                          core=init_core(num_envs))
 
     def q_values(params, stack):
-        return network.apply(params, stack)
+        return apply_step(params, stack, init_core(stack.shape[0]))[0]
 
     def observe(actor: ActorState, frame, is_first):
-        """Pushes the newest frame; a new episode starts from an empty stack and draws
-        its acting bootstrap head (one head per episode per env, Osband et al.)."""
+        """Pushes the newest frame; a new episode starts from an empty stack (and a zero
+        recurrent state) and draws its acting bootstrap head (one head per episode per
+        env, Osband et al.)."""
         key, head_key = jax.random.split(actor.key)
         stack = jnp.where(is_first.reshape(-1, *([1] * len(stack_shape))), 0, actor.stack)
         stack = jnp.concatenate([stack[..., channels:], frame.astype(frame_dtype)], axis=-1)
         new_head = jax.random.randint(head_key, actor.head.shape, 0, s.num_heads)
-        return actor.replace(stack=stack, head=jnp.where(is_first, new_head, actor.head), key=key)
+        core = jax.tree.map(lambda c: jnp.where(is_first[:, None], 0.0, c), actor.core)
+        return actor.replace(stack=stack, head=jnp.where(is_first, new_head, actor.head),
+                             key=key, core=core)
 
     def act(params, actor: ActorState, epsilon, vote: bool = False):
         key, act_key, vote_key = jax.random.split(actor.key, 3)
-        q = network.apply(params, actor.stack)                            # [E, K, A]
+        q, core = apply_step(params, actor.stack, actor.core)             # [E, K, A]
         q_act = exploration.majority_vote(vote_key, q) if vote else exploration.select_head(
             q, actor.head)
-        return exploration.epsilon_greedy(act_key, q_act, epsilon), actor.replace(key=key)
+        return (exploration.epsilon_greedy(act_key, q_act, epsilon),
+                actor.replace(key=key, core=core))
 
     def make_row(frame, action, reward, terminal, is_first, valid, key) -> Row:
         mask = jax.random.bernoulli(key, s.bootstrap_prob, (s.num_envs, s.num_heads))
@@ -174,7 +219,7 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         params = optax.apply_updates(train.params, updates)
         # A sample that could not be learned from keeps its priority: point its update at
         # a valid sample of the batch (a duplicate write of the same value).
-        valid = batch.mask.sum(-1) > 0
+        valid = aux["valid"]
         fallback = jnp.argmax(valid)
         indices = jnp.where(valid, indices, indices[fallback])
         priorities = jnp.where(valid, aux["priority"], aux["priority"][fallback])
@@ -186,6 +231,7 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         return train.replace(target_params=jax.tree.map(jnp.copy, train.params))
 
     return QAgent(settings=s, network=network, replay=replay, stack_shape=stack_shape,
-                  frame_dtype=frame_dtype, init=init, q_values=q_values,
+                  frame_dtype=frame_dtype, init=init, init_actor=init_actor,
+                  q_values=q_values, loss=loss_fn,
                   act=act, observe=observe, make_row=make_row, update=update,
                   sync_target=sync_target)

@@ -233,9 +233,7 @@ def make_native_evaluate(agent: QAgent, env, *, num_envs: int, num_steps: int,
     vote = agent.settings.num_heads > 1
 
     def init_actor(key):
-        return ActorState(stack=jnp.zeros((num_envs, *agent.stack_shape), agent.frame_dtype),
-                          head=jnp.zeros((num_envs,), jnp.int32),
-                          after_done=jnp.zeros((num_envs,), bool), key=key)
+        return agent.init_actor(num_envs, key)
 
     def act(params, actor, key):
         del key   # the actor carries its own

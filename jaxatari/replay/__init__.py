@@ -6,6 +6,10 @@
     add(state, row) -> state                                   row fields [E, ...]
     sample(state, key, batch_size) -> (Transition, indices [B], probabilities [B])
     update_priorities(state, indices [B], priorities [B]) -> state
+    gather(storage, indices [B]) -> (Transition, valid [B])    no sampling (held-out sets)
+
+With ``recurrent=True`` the samples are time-major ``Sequence`` windows instead of
+transitions (``storage.gather_windows``), read from the same single-frame storage.
 
 Every buffer returns the same sample triple, so importance weights are computed in one
 place (the agent) for uniform and prioritised replay alike. A sample whose transition is
@@ -16,14 +20,15 @@ priority 0 so they are almost never drawn.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxatari.replay.storage import (FrameStorage, Row, gather_batch, init_storage,
-                                     storage_seed_axes, write_row)
+from jaxatari.replay.storage import (FrameStorage, Row, gather_batch, gather_windows,
+                                     init_storage, storage_seed_axes, window_width, write_row)
 
 REPLAY_KINDS = ("uniform", "rank", "proportional")
 
@@ -43,15 +48,30 @@ class Replay:
     seed_axes: Callable    # ReplayState -> vmap axes (counters unbatched)
     num_rows: int
     num_envs: int
+    gather: Callable | None = None   # (storage, flat_indices [B]) -> (batch, valid [B])
 
 
 def make_replay(kind: str, *, capacity: int, num_envs: int, hist_len: int, n_step: int,
-                gamma: float, alpha: float = 0.6) -> Replay:
-    """Builds a replay of ``capacity`` transitions per seed split over ``num_envs`` streams."""
+                gamma: float, alpha: float = 0.6, recurrent: bool = False,
+                burn_in: int = 0) -> Replay:
+    """Builds a replay of ``capacity`` transitions per seed split over ``num_envs`` streams.
+
+    ``recurrent``: samples are windows (``storage.gather_windows``) of ``burn_in`` +
+    ``hist_len`` steps plus the bootstrap step, for a recurrent learner; ``hist_len`` is then
+    the sequence length, not a frame stack. The flat index of a window is that of its last
+    learnable transition, so prioritised kinds rank windows by the priority written there.
+    """
     if kind not in REPLAY_KINDS:
         raise ValueError(f"unknown replay {kind!r}: choose one of {', '.join(REPLAY_KINDS)}")
     num_rows = capacity // num_envs
-    gather = dict(hist_len=hist_len, n_step=n_step, gamma=gamma)
+    if recurrent:
+        gather = functools.partial(gather_windows, burn_in=burn_in, length=hist_len, gamma=gamma)
+        # Windows are drawn among those that lie wholly in written rows, so none overlaps
+        # the write head or reaches past the oldest row.
+        first_end, unusable = window_width(burn_in, hist_len) - 2, window_width(burn_in, hist_len) - 1
+    else:
+        gather = functools.partial(gather_batch, hist_len=hist_len, n_step=n_step, gamma=gamma)
+        first_end, unusable = 0, 0
 
     if kind == "uniform":
         def init(example: Row) -> ReplayState:
@@ -61,10 +81,16 @@ def make_replay(kind: str, *, capacity: int, num_envs: int, hist_len: int, n_ste
             return state.replace(storage=write_row(state.storage, row))
 
         def sample(state: ReplayState, key, batch_size: int):
-            count = state.storage.size * num_envs
-            indices = jax.random.randint(key, (batch_size,), 0, jnp.maximum(count, 1))
-            transitions, _ = gather_batch(state.storage, indices, **gather)
-            probabilities = jnp.full((batch_size,), 1.0) / jnp.maximum(count, 1)
+            storage = state.storage
+            count = jnp.maximum((storage.size - unusable) * num_envs, 1)
+            draws = jax.random.randint(key, (batch_size,), 0, count)
+            rows = draws // num_envs
+            if recurrent:   # count windows from the oldest row (a transition's row is any row)
+                oldest = jnp.where(storage.size == num_rows, storage.pos, 0)
+                rows = (oldest + first_end + rows) % num_rows
+            indices = rows * num_envs + draws % num_envs
+            transitions, _ = gather(storage, indices)
+            probabilities = jnp.full((batch_size,), 1.0) / count
             return transitions, indices, probabilities
 
         def update_priorities(state, indices, priorities):
@@ -75,8 +101,9 @@ def make_replay(kind: str, *, capacity: int, num_envs: int, hist_len: int, n_ste
             return ReplayState(storage=storage_seed_axes(state.storage), priorities=())
 
         return Replay(init=init, add=add, sample=sample, update_priorities=update_priorities,
-                      seed_axes=seed_axes, num_rows=num_rows, num_envs=num_envs)
+                      seed_axes=seed_axes, num_rows=num_rows, num_envs=num_envs, gather=gather)
 
     from jaxatari.replay.prioritised import make_prioritised_replay
-    return make_prioritised_replay(kind, num_rows=num_rows, num_envs=num_envs, gather=gather,
-                                   alpha=alpha)
+    replay = make_prioritised_replay(kind, num_rows=num_rows, num_envs=num_envs, gather=gather,
+                                     alpha=alpha)
+    return dataclasses.replace(replay, gather=gather)

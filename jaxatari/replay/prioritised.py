@@ -27,7 +27,9 @@ are the unclipped |TD error| (mission-anchors 1.15, item 3).
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -173,7 +175,7 @@ class ProportionalState:
     max_priority: jax.Array   # [] float32, the largest p so far (before the exponent)
 
 
-def _make_proportional(num_rows: int, num_envs: int, gather: dict, alpha: float) -> Replay:
+def _make_proportional(num_rows: int, num_envs: int, gather: Callable, alpha: float) -> Replay:
     capacity = num_rows * num_envs
     num_leaves = sum_tree_num_leaves(capacity)
 
@@ -205,7 +207,7 @@ def _make_proportional(num_rows: int, num_envs: int, gather: dict, alpha: float)
         flat_indices = jnp.minimum(sum_tree_find(tree, targets), capacity - 1).astype(jnp.int32)
         smallest_total = jnp.finfo(jnp.float32).tiny              # an empty tree gives P = 0
         probabilities = tree[num_leaves + flat_indices] / jnp.maximum(total, smallest_total)
-        transitions, _ = gather_batch(state.storage, flat_indices, **gather)
+        transitions, _ = gather(state.storage, flat_indices)
         return transitions, flat_indices, probabilities
 
     def update_priorities(state: ReplayState, flat_indices: jax.Array, td_errors: jax.Array):
@@ -290,7 +292,7 @@ def _power_law_cumulative_mass(capacity: int, alpha: float) -> jax.Array:
     return jnp.asarray(np.cumsum(masses).astype(np.float32))
 
 
-def _make_rank(num_rows: int, num_envs: int, gather: dict, alpha: float,
+def _make_rank(num_rows: int, num_envs: int, gather: Callable, alpha: float,
                log_size: int) -> Replay:
     capacity = num_rows * num_envs
     num_leaves = sum_tree_num_leaves(capacity)
@@ -387,7 +389,7 @@ def _make_rank(num_rows: int, num_envs: int, gather: dict, alpha: float,
                                  ranking.sorted_index[snapshot_slot]).astype(jnp.int32)
 
         probabilities = ranks.astype(jnp.float32) ** -alpha / total_mass
-        transitions, _ = gather_batch(state.storage, flat_indices, **gather)
+        transitions, _ = gather(state.storage, flat_indices)
         return transitions, flat_indices, probabilities
 
     def update_priorities(state: ReplayState, flat_indices: jax.Array, td_errors: jax.Array):
@@ -406,17 +408,22 @@ def _make_rank(num_rows: int, num_envs: int, gather: dict, alpha: float,
                   seed_axes=seed_axes, num_rows=num_rows, num_envs=num_envs)
 
 
-def make_prioritised_replay(kind: str, *, num_rows: int, num_envs: int, gather: dict,
-                            alpha: float, rank_log_changes: int | None = None) -> Replay:
+def make_prioritised_replay(kind: str, *, num_rows: int, num_envs: int,
+                            gather: dict | Callable, alpha: float,
+                            rank_log_changes: int | None = None) -> Replay:
     """Builds a prioritised replay of ``num_rows * num_envs`` transitions per seed.
 
-    ``gather`` holds the hist_len / n_step / gamma arguments of ``storage.gather_batch``;
+    ``gather`` holds the hist_len / n_step / gamma arguments of ``storage.gather_batch``, or is
+    a function ``(storage, flat_indices [B]) -> (batch, valid [B])`` (``storage.gather_windows``
+    for a recurrent learner: a flat index then names the window ending at that transition);
     ``alpha`` is the prioritisation exponent; ``rank_log_changes`` (rank only) is the number of
     changed priorities logged between two full sorts, ``rank_log_size(capacity)`` by default.
     """
     if kind not in PRIORITISED_KINDS:
         raise ValueError(f"unknown prioritised replay {kind!r}: choose one of "
                          f"{', '.join(PRIORITISED_KINDS)}")
+    if not callable(gather):
+        gather = functools.partial(gather_batch, **gather)
     if kind == "proportional":
         return _make_proportional(num_rows, num_envs, gather, alpha)
     capacity = num_rows * num_envs

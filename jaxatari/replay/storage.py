@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxatari.types import Transition
+from jaxatari.types import Sequence, Transition
 
 
 @struct.dataclass
@@ -127,3 +127,50 @@ def gather_batch(storage: FrameStorage, flat_indices: jax.Array, *, hist_len: in
         lambda i: gather_transition(storage, i, hist_len=hist_len, n_step=n_step, gamma=gamma)
     )(flat_indices)
     return transitions.replace(mask=transitions.mask * valid[:, None]), valid
+
+
+def window_width(burn_in: int, length: int) -> int:
+    """Rows in a window: burn-in steps, ``length`` learnable steps and the bootstrap step."""
+    return burn_in + length + 1
+
+
+def gather_window(storage: FrameStorage, flat_index: jax.Array, *, burn_in: int, length: int,
+                  gamma: float) -> tuple[Sequence, jax.Array]:
+    """The window of one env whose last learnable transition is row ``flat_index // E``.
+
+    It spans rows r - (burn_in + length - 1) .. r + 1, time-major, single frames (the
+    recurrent state replaces the frame stack). Rows are read in place from the ring: no
+    window is ever stored. Returns the window (unbatched: obs [W, ...], mask [T, K]) and
+    whether every row of it is written and still stored, i.e. it neither overlaps the write
+    head nor reaches past the oldest row. A step's mask is 0 on reset steps (their action
+    was ignored) so episode boundaries inside the window are never learned across; the
+    ``first`` flags reset the recurrent state there.
+    """
+    num_rows, num_envs = storage.rows.action.shape[:2]
+    row, env = flat_index // num_envs, flat_index % num_envs
+    width = window_width(burn_in, length)
+    full = storage.size == num_rows
+    oldest = jnp.where(full, storage.pos, 0)
+    age = (row - oldest) % num_rows
+    valid = (age >= width - 2) & (age + 1 <= storage.size - 1)
+    rows = (row - (width - 2) + jnp.arange(width)) % num_rows           # [W]
+    learned = rows[burn_in:burn_in + length]                             # [T]
+    step_valid = storage.rows.valid[learned, env] & valid
+    window = Sequence(
+        obs=storage.rows.frame[rows, env],
+        first=storage.rows.first[rows, env],
+        a_tm1=storage.rows.action[learned, env],
+        r_t=storage.rows.reward[learned, env],
+        discount_t=gamma * (1.0 - storage.rows.terminal[learned, env].astype(jnp.float32)),
+        mask=storage.rows.mask[learned, env].astype(jnp.float32) * step_valid[:, None],
+    )
+    return window, valid
+
+
+def gather_windows(storage: FrameStorage, flat_indices: jax.Array, *, burn_in: int,
+                   length: int, gamma: float) -> tuple[Sequence, jax.Array]:
+    """``gather_window`` over a batch of flat indices [B]: a time-major ``Sequence``
+    (obs [W, B, ...], mask [T, B, K]) and each window's validity [B]."""
+    return jax.vmap(
+        lambda i: gather_window(storage, i, burn_in=burn_in, length=length, gamma=gamma),
+        out_axes=(1, 0))(flat_indices)
