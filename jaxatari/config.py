@@ -57,6 +57,7 @@ class Config:
     duel: bool = option(True, "dueling heads (Wang et al. 2016)", group="model")
     bootstraps: int = option(10, "bootstrap heads (Osband et al. 2016); 0 = off", group="model")
     bootstrap_prob: float = option(0.5, "probability that a head trains on a transition", group="model")
+    conv: str = option("auto", "how conv bodies convolve (same maths, different speed): auto = xla for host envs (Atari) with one seed, patch otherwise (inside the JAX-native scan and for vmapped seeds)", ("auto", "patch", "xla"), group="model")
 
     # Experience replay
     discretise_mem: bool = option(True, "store observations as bytes (reals in [0,1] -> 0..255)", group="replay")

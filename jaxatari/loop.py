@@ -68,10 +68,19 @@ STRUCTURAL_SETTINGS = ("num_actions", "obs_shape", "obs_dtype", "hist_len", "bod
                        "capacity", "num_envs", "optimiser", "grad_clip")
 
 
-def agent_settings(config: Config, spec: EnvSpec) -> QAgentSettings:
+def conv_impl(config: Config, native: bool) -> str:
+    """--conv auto: XLA's convolution where it is fast on CPU (called at top level from the
+    host loop, one seed: about 2x PatchConv for the Nature update), patches elsewhere
+    (inside lax.scan, or vmapped over seeds where XLA groups the convolution)."""
+    if config.conv != "auto":
+        return config.conv
+    return "patch" if native or config.seeds > 1 else "xla"
+
+
+def agent_settings(config: Config, spec: EnvSpec, native: bool = True) -> QAgentSettings:
     """Translates the flat options into the Q agent's static choices."""
     uint8 = spec.obs_dtype == "uint8" or config.discretise_mem
-    return QAgentSettings(
+    return QAgentSettings(conv=conv_impl(config, native),
         num_actions=spec.num_actions, obs_shape=tuple(spec.obs_shape),
         obs_dtype="uint8" if uint8 else "float32", hist_len=config.hist_len,
         body=config.model_body, mlp_features=(config.mlp_hidden,),
@@ -257,7 +266,7 @@ class Trainer:
         self.cadence = cadence_of(config)
         self.native = isinstance(self.env, JaxEnv)
         if config.async_method == "none":
-            self.agent: QAgent = make_q_agent(agent_settings(config, self.spec))
+            self.agent: QAgent = make_q_agent(agent_settings(config, self.spec, self.native))
         else:   # refuse bad actor-learner settings before the run directory exists
             from jaxatari.actor_loop import check_actor_learner
             check_actor_learner(config, self.spec)

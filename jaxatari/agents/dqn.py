@@ -55,6 +55,7 @@ class QAgentSettings:
     obs_dtype: str                 # "uint8" or "float32": what replay stores
     hist_len: int = 4
     body: str = "catch"
+    conv: str = "patch"            # networks.PatchConv impl: speed only, same parameters
     mlp_features: tuple[int, ...] = (64,)
     hidden_size: int = 512
     dueling: bool = False
@@ -98,7 +99,7 @@ class QAgent:
 
 
 def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
-    body = make_body(s.body, activation=activation, mlp_features=s.mlp_features)
+    body = make_body(s.body, activation=activation, mlp_features=s.mlp_features, conv=s.conv)
     network = QNetwork(body=body, num_actions=s.num_actions, hidden_size=s.hidden_size,
                        num_heads=s.num_heads, dueling=s.dueling, activation=activation)
     td_error = resolve_td_error(s.loss)
