@@ -59,6 +59,7 @@ SECTIONS = ("peers", "learner", "overhead", "seeds", "actor", "gpu")
 TARGETS = {"peers_ratio": 1.2, "flop_bound_ratio": 1.3, "envpool_fraction": 0.85,
            "seed_speedup": 3.0}
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+ROOT_README = ROOT / "README.md"
 PEER_PACKAGES = ("torch==2.13.0", "stable-baselines3==2.9.2", "sbx-rl==0.28.0",
                  "envpool==1.2.5", "jax==0.10.2", "jaxlib==0.10.2")
 
@@ -250,14 +251,17 @@ def update_timing(conv: str, calls: int, repeats: int) -> dict:
                    num_actions=6, action_meanings=(), protocol={}, human_name="space_invaders")
     agent = make_q_agent(agent_settings(config, spec, native=False))
     train, replay_state, _ = agent.init(jax.random.PRNGKey(0))
-    rows = 256
-    frames = jax.random.randint(jax.random.PRNGKey(1), (rows, 1, 84, 84, 1), 0, 255, jnp.int32)
-    add = jax.jit(agent.replay.add, donate_argnums=0)
+    rows = 256    # enough history for any batch to hold valid transitions
+
+    @jax.jit
+    def add(replay_state, t, key):
+        frame = jax.random.randint(key, (1, 84, 84, 1), 0, 255).astype(jnp.uint8)
+        row = agent.make_row(frame, jnp.zeros(1, jnp.int32), jnp.ones(1), jnp.zeros(1, bool),
+                             (t == 0)[None], jnp.ones(1, bool), key)
+        return agent.replay.add(replay_state, row)
+
     for t in range(rows):
-        row = agent.make_row(frames[t].astype(jnp.uint8), jnp.zeros(1, jnp.int32),
-                             jnp.ones(1), jnp.zeros(1, bool), jnp.array([t == 0]),
-                             jnp.ones(1, bool), jax.random.PRNGKey(t))
-        replay_state = add(replay_state, row)
+        replay_state = add(replay_state, jnp.int32(t), jax.random.PRNGKey(t))
     update = jax.jit(agent.update, donate_argnums=(0, 1))
     compiled = update.lower(train, replay_state, 0.0).compile()
     cost = compiled.cost_analysis()
@@ -432,9 +436,9 @@ def section_gpu(args) -> dict | None:
 # ------------------------------------------------------------------ report
 def sizes(quick: bool) -> dict:
     if quick:
-        return {"peers": dict(learn_start=200, warmup=32, timed=64, chunk=32),
+        return {"peers": dict(learn_start=64, warmup=32, timed=32, chunk=16),
                 "learner": dict(matmul=512, calls=2),
-                "overhead": dict(steps=200, chunk=50),
+                "overhead": dict(steps=64, chunk=32),
                 "seeds": dict(catch_steps=512, minatar_steps=512, seed_counts=(1, 2)),
                 "actor": dict(steps=160, chunk=40, warmup=2),
                 "gpu": dict(grid=((8, 1),), learn_start=256, warmup=64, timed=128, chunk=64)}
@@ -512,10 +516,10 @@ def markdown(record: dict) -> str:
 
 
 def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
+    readme = ROOT_README
     text = readme.read_text()
     if README_START not in text or README_END not in text:
-        raise SystemExit(f"README.md has no {README_START} ... {README_END} block")
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} block")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     readme.write_text(f"{head}{README_START}\n{table}{README_END}{tail}")

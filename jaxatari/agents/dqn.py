@@ -91,7 +91,7 @@ class QAgent:
     frame_dtype: jnp.dtype         # what replay and the network receive
     init: Callable        # (key) -> (TrainState, ReplayState, ActorState)
     q_values: Callable    # (params, stack [B, ...]) -> [B, K, A]
-    act: Callable         # (params, actor, epsilon, vote) -> (actions [E], actor)
+    act: Callable         # (params, actor, epsilon, vote, explore_only) -> (actions [E], actor)
     observe: Callable     # (actor, frame [E, ...], is_first [E]) -> actor
     make_row: Callable    # (frame, action, reward, terminal, is_first, valid, key) -> Row
     update: Callable      # (train, replay_state, beta) -> (train, replay_state, metrics)
@@ -146,9 +146,14 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         new_head = jax.random.randint(head_key, actor.head.shape, 0, s.num_heads)
         return actor.replace(stack=stack, head=jnp.where(is_first, new_head, actor.head), key=key)
 
-    def act(params, actor: ActorState, epsilon, vote: bool = False):
+    def act(params, actor: ActorState, epsilon, vote: bool = False, explore_only: bool = False):
+        """explore_only (static): the caller knows epsilon is 1, so every action is the
+        random draw and the network is not run; the actions are the same as with it."""
         key, act_key, vote_key = jax.random.split(actor.key, 3)
-        q = network.apply(params, actor.stack)                            # [E, K, A]
+        if explore_only:
+            q = jnp.zeros((actor.stack.shape[0], s.num_heads, s.num_actions), jnp.float32)
+        else:
+            q = network.apply(params, actor.stack)                        # [E, K, A]
         q_act = exploration.majority_vote(vote_key, q) if vote else exploration.select_head(
             q, actor.head)
         return exploration.epsilon_greedy(act_key, q_act, epsilon), actor.replace(key=key)
