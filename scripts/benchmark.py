@@ -246,20 +246,20 @@ def update_timing(conv: str, calls: int, repeats: int) -> dict:
     from jaxatari.agents.dqn import make_q_agent
     from jaxatari.envs.base import EnvSpec
     from jaxatari.loop import agent_settings
-    config = our_dqn_config(64, 1000, 1000, 1, {"conv": conv})
+    config = our_dqn_config(64, 1000, 1000, 1, {"conv": conv, "mem_size": 10_000})
     spec = EnvSpec(name="SpaceInvaders", obs_shape=(84, 84, 1), obs_dtype="uint8",
                    num_actions=6, action_meanings=(), protocol={}, human_name="space_invaders")
     agent = make_q_agent(agent_settings(config, spec, native=False))
     train, replay_state, _ = agent.init(jax.random.PRNGKey(0))
     rows = 256    # enough history for any batch to hold valid transitions
 
-    @jax.jit
     def add(replay_state, t, key):
         frame = jax.random.randint(key, (1, 84, 84, 1), 0, 255).astype(jnp.uint8)
         row = agent.make_row(frame, jnp.zeros(1, jnp.int32), jnp.ones(1), jnp.zeros(1, bool),
                              (t == 0)[None], jnp.ones(1, bool), key)
         return agent.replay.add(replay_state, row)
 
+    add = jax.jit(add, donate_argnums=0)   # donated: the memory is updated in place
     for t in range(rows):
         replay_state = add(replay_state, jnp.int32(t), jax.random.PRNGKey(t))
     update = jax.jit(agent.update, donate_argnums=(0, 1))
@@ -442,11 +442,11 @@ def sizes(quick: bool) -> dict:
                 "seeds": dict(catch_steps=512, minatar_steps=512, seed_counts=(1, 2)),
                 "actor": dict(steps=160, chunk=40, warmup=2),
                 "gpu": dict(grid=((8, 1),), learn_start=256, warmup=64, timed=128, chunk=64)}
-    return {"peers": dict(learn_start=1000, warmup=200, timed=600, chunk=100),
+    return {"peers": dict(learn_start=500, warmup=100, timed=400, chunk=100),
             "learner": dict(matmul=2048, calls=10),
             "overhead": dict(steps=2000, chunk=250),
-            "seeds": dict(catch_steps=20_000, minatar_steps=20_000, seed_counts=(1, 2, 4, 8)),
-            "actor": dict(steps=3200, chunk=400, warmup=2),
+            "seeds": dict(catch_steps=10_000, minatar_steps=10_000, seed_counts=(1, 2, 4, 8)),
+            "actor": dict(steps=2400, chunk=400, warmup=2),
             "gpu": dict(grid=((8, 1), (8, 8), (32, 8), (64, 16)), learn_start=5000,
                         warmup=2000, timed=20_000, chunk=1000)}
 
