@@ -58,6 +58,13 @@ class HostRunner:
                                          next_is_first)
 
         def learn(train, replay_state, beta):
+            # XLA-CPU runs lax.conv several times slower inside a while loop (5x measured
+            # for the Nature update), so short runs of updates are unrolled.
+            if cadence.updates_per_learn <= 8:
+                for _ in range(cadence.updates_per_learn):
+                    train, replay_state, metrics = agent.update(train, replay_state, beta)
+                return train, replay_state, metrics
+
             def body(_, state):
                 train, replay_state, _ = state
                 return agent.update(train, replay_state, beta)
