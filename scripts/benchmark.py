@@ -150,12 +150,16 @@ def our_dqn_speed(learn_start: int, warmup: int, timed: int, chunk: int, seed: i
     return timer.speed_after(learn_start + warmup)
 
 
-def peer_settings(framework: str, learn_start: int, warmup: int, timed: int, seed: int) -> dict:
+def peer_settings(framework: str, learn_start: int, warmup: int, timed: int, seed: int,
+                  torch_threads: int | None = None) -> dict:
     env = envpool_kwargs(PROTOCOLS["kaixhin"])
     # The peers stack frames in envpool; our loop stacks them itself (stack_num 1).
     env.update(stack_num=4, reward_clip=True)
-    return {"framework": framework, "seed": seed, "env_kwargs": env, "learning_starts": learn_start,
-            "warmup_steps": warmup, "timed_steps": timed, **DQN}
+    settings = {"framework": framework, "seed": seed, "env_kwargs": env,
+                "learning_starts": learn_start, "warmup_steps": warmup, "timed_steps": timed, **DQN}
+    if torch_threads:
+        settings["threads"] = torch_threads
+    return settings
 
 
 def ensure_peer_venv(venv: Path) -> Path | None:
@@ -207,7 +211,8 @@ def section_peers(args) -> dict:
                 continue
             try:
                 speed = peer_speed(python, peer_settings(framework, p["learn_start"],
-                                                         p["warmup"], p["timed"], seed))
+                                                         p["warmup"], p["timed"], seed,
+                                                         args.torch_threads))
             except RuntimeError as error:
                 failures[framework] = str(error)
                 log(f"  {framework} failed: {error}")
@@ -216,7 +221,8 @@ def section_peers(args) -> dict:
             log(f"  peers repeat {repeat + 1}: {framework} {speed:.1f} steps/s")
     result = {"settings": {**DQN, **p, "env": "envpool SpaceInvaders-v5, kaixhin protocol, 1 env",
                            "our_overrides": "nature preset with --model-body nature --optimiser "
-                                            "adam --eta 1e-4 --grad-clip 10"},
+                                            "adam --eta 1e-4 --grad-clip 10",
+                           "sb3_torch_threads": args.torch_threads or "torch default"},
               "failures": failures}
     for name, values in runs.items():
         if values:
@@ -532,6 +538,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, 1 repeat")
     parser.add_argument("--no-peers", action="store_true", help="do not run SB3 and sbx")
     parser.add_argument("--peer-venv", type=Path, default=ROOT / ".bench-venv")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="SB3's torch.set_num_threads (default: torch's own choice, which "
+                             "spins badly on a loaded machine; 1 is far faster there)")
     parser.add_argument("--name", default=f"{os.cpu_count()}core")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "results" / "benchmarks")
     parser.add_argument("--update-readme", action="store_true",
