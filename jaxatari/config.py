@@ -64,6 +64,7 @@ class Config:
     recurrent: bool = option(False, "LSTM of --hidden-size units instead of the fully connected layer (DRQN); one frame per step, --hist-len steps per replayed sequence", group="model")
     burn_in: int = option(0, "recurrent: steps before each replayed sequence that only warm the LSTM state, no loss (R2D2); 0 = zero state", group="model")
     loss_steps: str = option("last", "recurrent: steps of each sequence in the loss: last (the original's) or all", ("last", "all"), group="model")
+    conv: str = option("auto", "how conv bodies convolve (same maths, different speed): auto = xla for host envs (Atari) with one seed, patch otherwise (inside the JAX-native scan and for vmapped seeds)", ("auto", "patch", "xla"), group="model")
 
     # Experience replay
     discretise_mem: bool = option(True, "store observations as bytes (reals in [0,1] -> 0..255)", group="replay")

@@ -71,7 +71,16 @@ ACTOR_LEARNER_STRUCTURE = ("method", "num_actions", "obs_shape", "obs_dtype", "n
                            "optimiser", "grad_clip")
 
 
-def agent_settings(config: Config, spec: EnvSpec) -> QAgentSettings:
+def conv_impl(config: Config, native: bool) -> str:
+    """--conv auto: XLA's convolution where it is fast on CPU (called at top level from the
+    host loop, one seed: about 2x PatchConv for the Nature update), patches elsewhere
+    (inside lax.scan, or vmapped over seeds where XLA groups the convolution)."""
+    if config.conv != "auto":
+        return config.conv
+    return "patch" if native or config.seeds > 1 else "xla"
+
+
+def agent_settings(config: Config, spec: EnvSpec, native: bool = True) -> QAgentSettings:
     """Translates the flat options into the Q agent's static choices."""
     uint8 = spec.obs_dtype == "uint8" or config.discretise_mem
     return QAgentSettings(
@@ -88,7 +97,8 @@ def agent_settings(config: Config, spec: EnvSpec) -> QAgentSettings:
         batch_size=config.batch_size, optimiser=config.optimiser, learning_rate=config.eta,
         momentum=config.momentum, grad_clip=config.grad_clip,
         lr_decay_updates=total_updates(config) if config.eta_anneal else 0,
-        recurrent=config.recurrent, burn_in=config.burn_in, loss_steps=config.loss_steps)
+        recurrent=config.recurrent, burn_in=config.burn_in, loss_steps=config.loss_steps,
+        conv=conv_impl(config, native))
 
 
 def total_updates(config: Config) -> int:
@@ -263,7 +273,7 @@ class Trainer:
         self.agent: QAgent | None = None
         self.learner = None
         if config.async_method == "none":
-            self.agent = make_q_agent(agent_settings(config, self.spec))
+            self.agent = make_q_agent(agent_settings(config, self.spec, self.native))
         else:
             from jaxatari.actor_loop import build_learner
             self.learner = build_learner(config, self.spec)

@@ -58,6 +58,7 @@ class QAgentSettings:
     obs_dtype: str                 # "uint8" or "float32": what replay stores
     hist_len: int = 4
     body: str = "catch"
+    conv: str = "patch"            # networks.PatchConv impl: speed only, same parameters
     mlp_features: tuple[int, ...] = (64,)
     hidden_size: int = 512
     dueling: bool = False
@@ -98,7 +99,7 @@ class QAgent:
     init_actor: Callable  # (num_envs, key) -> ActorState with empty stacks (and zero LSTM state)
     q_values: Callable    # (params, stack [B, ...]) -> [B, K, A]; recurrent: one step from zero state
     loss: Callable        # (params, target_params, batch, weights [B]) -> (loss, aux)
-    act: Callable         # (params, actor, epsilon, vote) -> (actions [E], actor)
+    act: Callable         # (params, actor, epsilon, vote, explore_only) -> (actions [E], actor)
     observe: Callable     # (actor, frame [E, ...], is_first [E]) -> actor
     make_row: Callable    # (frame, action, reward, terminal, is_first, valid, key) -> Row
     update: Callable      # (train, replay_state, beta) -> (train, replay_state, metrics)
@@ -106,7 +107,7 @@ class QAgent:
 
 
 def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
-    body = make_body(s.body, activation=activation, mlp_features=s.mlp_features)
+    body = make_body(s.body, activation=activation, mlp_features=s.mlp_features, conv=s.conv)
     td_error = resolve_td_error(s.loss)
     if s.recurrent:
         network = RecurrentQNetwork(body=body, num_actions=s.num_actions,
@@ -189,9 +190,14 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         return actor.replace(stack=stack, head=jnp.where(is_first, new_head, actor.head),
                              key=key, core=core)
 
-    def act(params, actor: ActorState, epsilon, vote: bool = False):
+    def act(params, actor: ActorState, epsilon, vote: bool = False, explore_only: bool = False):
+        """explore_only (static): the caller knows epsilon is 1, so every action is the
+        random draw and the network is not run; the actions are the same as with it."""
         key, act_key, vote_key = jax.random.split(actor.key, 3)
-        q, core = apply_step(params, actor.stack, actor.core)             # [E, K, A]
+        if explore_only and not s.recurrent:   # an LSTM still reads every frame
+            q, core = jnp.zeros((actor.stack.shape[0], s.num_heads, s.num_actions)), actor.core
+        else:
+            q, core = apply_step(params, actor.stack, actor.core)         # [E, K, A]
         q_act = exploration.majority_vote(vote_key, q) if vote else exploration.select_head(
             q, actor.head)
         return (exploration.epsilon_greedy(act_key, q_act, epsilon),
