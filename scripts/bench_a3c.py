@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
@@ -33,31 +32,14 @@ import numpy as np
 from jaxatari.actor_loop import PlainSession, run_actor_learner
 from jaxatari.config import build_config
 from jaxatari.envs import make_env
+from scripts.provenance import cpu_model, git_commit
 
 OUTPUT = Path("results/benchmarks/a3c-cpu.json")
 TARGET = 400.0     # steps/s with 8 or more envs (the actor-learner issue's target)
 
 
-def git_commit() -> tuple[str, bool]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True).stdout.strip())
-        return commit, dirty
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown", False
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class ChunkTimer:

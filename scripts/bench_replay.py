@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 from jaxatari.replay import make_replay
 from jaxatari.replay.prioritised import rank_log_size
 from jaxatari.replay.storage import Row
+from scripts.provenance import commit_label
 
 BATCH_SIZE = 32
 HIST_LEN = 4
@@ -44,12 +44,6 @@ EPISODE_LENGTH = 1000        # a `first` flag every so many rows, so stacks stop
 OUTPUT = Path("results/benchmarks/replay-cpu.json")
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
 
 
 def available_memory_bytes() -> int:
@@ -184,7 +178,7 @@ def main():
     report = {
         "what": "replay sample(B=32)+update_priorities and add, jitted, state donated, "
                 "block_until_ready per call; small frames time the index structure only",
-        "commit": git_commit(),
+        "commit": commit_label(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "jax": jax.__version__,
                     "backend": jax.devices()[0].platform},

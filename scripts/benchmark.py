@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ import numpy as np
 
 from jaxatari.config import build_config
 from jaxatari.envs.atari import PROTOCOLS, envpool_kwargs
+from scripts.provenance import cpu_model, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("peers", "learner", "overhead", "seeds", "actor", "gpu")
@@ -70,26 +70,8 @@ DQN = dict(game="SpaceInvaders", buffer_size=100_000, batch_size=32, train_freq=
            exploration_steps=100_000, grad_clip=10.0)
 
 
-def git_commit() -> tuple[str, bool]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True, cwd=ROOT).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, cwd=ROOT).stdout.strip())
-        return commit, dirty
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown", False
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def summary(values: list[float]) -> dict:

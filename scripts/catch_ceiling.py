@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 
 import jax
@@ -31,17 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxatari.envs.catch import make_catch
+from scripts.provenance import commit_label
 
 WINDOWS = (1, 2, 4, 8, 10, 12, 16, 23)
 OUTPUT = Path("results/catch-ceiling")
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "uncommitted"
 
 
 def ball_columns(episodes: int, seed: int, size: int = 24) -> np.ndarray:
@@ -108,7 +102,7 @@ def main() -> None:
         rows.append({"frames": k, "best_catch_rate": round(rate, 4)})
         print(f"last {k:2d} frames: best catch rate {rate:.3f}", flush=True)
 
-    result = {"episodes": args.episodes, "seed": args.seed, "commit": git_commit(),
+    result = {"episodes": args.episodes, "seed": args.seed, "commit": commit_label(),
               "command": f"python -m scripts.catch_ceiling --episodes {args.episodes}",
               "env": "jaxatari.envs.catch.make_catch(size=24), the original's rules",
               "ceilings": rows}

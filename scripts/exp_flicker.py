@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import numpy as np
 
 from jaxatari import loop
 from jaxatari.config import build_config
+from scripts.provenance import commit_label
 
 PRESET = "demo-recurrent"
 AGENTS = {
@@ -44,15 +44,6 @@ AGENTS = {
 }
 
 
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return commit + (" (uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_agent(overrides: dict, run_dir: Path) -> dict:
@@ -89,7 +80,7 @@ def main() -> int:
     command = "PYTHONPATH=$PWD python " + " ".join(["scripts/exp_flicker.py", *sys.argv[1:]])
     record = {"experiment": "flickering Catch (flickering 0.5), greedy catch rate at the final "
                             "validation", "preset": PRESET, "command": command,
-              "commit": git_commit(), "agents": results}
+              "commit": commit_label(), "agents": results}
     steps = build_config(PRESET, common).steps
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,38 @@
+"""Where a committed result came from: the git commit (and whether the tree had changes) and
+the machine. Every script that writes to results/ records these the same way."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> tuple[str, bool]:
+    """(HEAD's hash or "unknown", whether tracked files differ from it)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True, cwd=ROOT).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, cwd=ROOT).stdout.strip())
+        return commit, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
+def commit_label() -> str:
+    """The commit as one string, marked when the tree had uncommitted changes."""
+    commit, dirty = git_commit()
+    return commit + (" (uncommitted changes)" if dirty else "")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
