@@ -221,7 +221,7 @@ class QHead(nn.Module):
         value = nn.Dense(1)(self.activation(nn.Dense(self.hidden_size)(features)))
         advantage = nn.Dense(self.num_actions)(
             self.activation(nn.Dense(self.hidden_size)(features)))
-        return value + advantage - advantage.mean(axis=-1, keepdims=True)
+        return dueling_q(value, advantage)
 
     def _linear(self, features: jax.Array) -> jax.Array:
         """The streams without their hidden layer: the recurrent core took its place."""
@@ -230,15 +230,32 @@ class QHead(nn.Module):
         features = scale_gradient(features, 1.0 / math.sqrt(2.0))
         value = nn.Dense(1, name="value")(features)
         advantage = nn.Dense(self.num_actions, name="advantage")(features)
-        return value + advantage - advantage.mean(axis=-1, keepdims=True)
+        return dueling_q(value, advantage)
+
+
+def dueling_q(value: jax.Array, advantage: jax.Array) -> jax.Array:
+    """Q = V + (A - mean_a A) (Wang et al. 2016): [B, 1], [B, A] -> [B, A]."""
+    return value + advantage - advantage.mean(axis=-1, keepdims=True)
+
+
+def ensemble_heads(features: jax.Array, num_heads: int, num_actions: int, hidden_size: int,
+                   dueling: bool, activation: Activation, hidden: bool = True) -> jax.Array:
+    """K independent ``QHead``s on shared features, called inside a network's compact method
+    (the heads' parameters live under its "heads"): [B, F] -> [B, K, A].
+
+    Bootstrapped DQN (Osband et al. 2016): with K > 1 the gradient entering the shared part
+    is rescaled by 1/K, so it learns at the same rate whatever the number of heads.
+    """
+    if num_heads > 1:
+        features = scale_gradient(features, 1.0 / num_heads)
+    heads = nn.vmap(QHead, variable_axes={"params": 0}, split_rngs={"params": True},
+                    in_axes=None, out_axes=1, axis_size=num_heads)
+    return heads(num_actions, hidden_size, dueling, activation, hidden=hidden,
+                 name="heads")(features)
 
 
 class QNetwork(nn.Module):
-    """Shared body, K independent heads: ``[B, ...] -> [B, K, A]``.
-
-    Bootstrapped DQN (Osband et al. 2016): with K > 1 the gradient entering the shared body
-    is rescaled by 1/K, so the body learns at the same rate whatever the number of heads.
-    """
+    """Shared body, K independent heads (``ensemble_heads``): ``[B, ...] -> [B, K, A]``."""
 
     body: nn.Module
     num_actions: int
@@ -250,12 +267,8 @@ class QNetwork(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         features = self.body(obs)                                  # [B, F]
-        if self.num_heads > 1:
-            features = scale_gradient(features, 1.0 / self.num_heads)
-        heads = nn.vmap(QHead, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=None, out_axes=1, axis_size=self.num_heads)
-        return heads(self.num_actions, self.hidden_size, self.dueling,
-                     self.activation, name="heads")(features)      # [B, K, A]
+        return ensemble_heads(features, self.num_heads, self.num_actions, self.hidden_size,
+                              self.dueling, self.activation)       # [B, K, A]
 
 
 LSTMCarry = tuple[jax.Array, jax.Array]   # (cell, hidden), each [B, H]
@@ -329,12 +342,8 @@ class RecurrentQNetwork(nn.Module):
         features = features.reshape(steps, batch, -1)
         outputs, carry = LSTMCore(self.hidden_size, name="lstm")(features, reset, carry)
         outputs = outputs.reshape(steps * batch, -1)                          # [T*B, H]
-        if self.num_heads > 1:
-            outputs = scale_gradient(outputs, 1.0 / self.num_heads)
-        heads = nn.vmap(QHead, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=None, out_axes=1, axis_size=self.num_heads)
-        q = heads(self.num_actions, self.hidden_size, self.dueling, self.activation,
-                  hidden=False, name="heads")(outputs)                        # [T*B, K, A]
+        q = ensemble_heads(outputs, self.num_heads, self.num_actions, self.hidden_size,
+                           self.dueling, self.activation, hidden=False)       # [T*B, K, A]
         return q.reshape(steps, batch, *q.shape[1:]), carry
 
 
