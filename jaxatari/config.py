@@ -226,7 +226,8 @@ def validate(c: Config) -> None:
     for name in positive:
         require(getattr(c, name) > 0, f"{flag_name(name)} must be positive, got {getattr(c, name)}")
     for name in ("learn_start", "epsilon_steps", "bootstraps", "val_steps", "reward_clip",
-                 "td_clip", "grad_clip", "pal_alpha", "eta"):
+                 "td_clip", "grad_clip", "pal_alpha", "eta", "burn_in", "height", "width",
+                 "act_rep", "pool_frms_size", "prog_freq"):
         require(getattr(c, name) >= 0, f"{flag_name(name)} must not be negative, got {getattr(c, name)}")
     for name in ("epsilon_start", "epsilon_end", "val_epsilon", "flickering", "bootstrap_prob",
                  "beta_zero"):
@@ -241,15 +242,12 @@ def validate(c: Config) -> None:
         _validate_actor_learner(c, require)
     if c.env == "atari":
         require(bool(c.game), "--env atari needs --game (e.g. --game SpaceInvaders)")
-    require(c.burn_in >= 0, f"--burn-in must not be negative, got {c.burn_in}")
     if c.recurrent:
         require(c.n_step == 1, "--recurrent learns one-step targets along its sequences: use --n-step 1")
         require(c.async_method == "none", "--recurrent works with the replay agent only "
                 "(the original's recurrent one-step Q actor-learner is not implemented)")
         require(c.mem_size // c.envs > c.burn_in + c.hist_len + 1,
                 f"--mem-size per env ({c.mem_size // c.envs}) must exceed --burn-in + --hist-len + 1")
-    for name in ("height", "width", "act_rep", "pool_frms_size", "prog_freq"):
-        require(getattr(c, name) >= 0, f"{flag_name(name)} must not be negative, got {getattr(c, name)}")
     require(c.random_starts >= -1, f"--random-starts must be -1 (the protocol's) or at least 0, got {c.random_starts}")
     require(c.sticky_prob == -1.0 or 0.0 <= c.sticky_prob <= 1.0,
             f"--sticky-prob must be -1 (the protocol's) or in [0, 1], got {c.sticky_prob}")
