@@ -29,6 +29,7 @@ steps while it refills.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import platform
@@ -315,19 +316,17 @@ class Trainer:
         return jax.eval_shape(jax.vmap(self.agent.init, out_axes=(0, self._replay_axes(), 0)),
                               self.keys)
 
-    def _replay_bytes(self) -> int:
-        if self.agent is None:
-            return 0
-        if not hasattr(self, "_replay_bytes_cached"):
-            self._replay_bytes_cached = ckpt.nbytes(self._init_example()[1])
-        return self._replay_bytes_cached
+    @functools.cached_property
+    def replay_bytes(self) -> int:
+        """Size of all seeds' replay memory (0 for the actor-learners, which keep none)."""
+        return 0 if self.agent is None else ckpt.nbytes(self._init_example()[1])
 
     def _include_replay(self) -> bool:
         if self.agent is None:
             return False
         if self.checkpoint_replay is not None:
             return self.checkpoint_replay
-        return self.native and self._replay_bytes() <= REPLAY_AUTO_LIMIT
+        return self.native and self.replay_bytes <= REPLAY_AUTO_LIMIT
 
     def templates(self) -> dict[str, Any]:
         """The checkpoint items of this run as ShapeDtypeStructs (for restoring)."""
@@ -479,7 +478,7 @@ class Trainer:
             items["replay"] = None
         meta = self.metadata(step, iteration, reason)
         meta["replay_included"] = items.get("replay") is not None
-        meta["replay_bytes"] = self._replay_bytes()
+        meta["replay_bytes"] = self.replay_bytes
         return self.checkpoints.save(name, {**items, "heldout": self.heldout}, meta)
 
     @property
@@ -510,7 +509,7 @@ class Trainer:
         if self.checkpoints.keep_every:
             path = self.checkpoints.step_path(step)
             meta = {**self.metadata(step, iteration, "evaluation"), "name": path.name,
-                    "replay_included": False, "replay_bytes": self._replay_bytes()}
+                    "replay_included": False, "replay_bytes": self.replay_bytes}
             ckpt.save(path, {**items, "replay": None, "heldout": self.heldout}, meta)
 
     def _plot_filters(self, params) -> None:
@@ -539,7 +538,7 @@ class Trainer:
         raise TrainingInterrupted(f"interrupted at step {step}", saved)
 
     def _note_replay(self) -> None:
-        size = self._replay_bytes() / 2 ** 20
+        size = self.replay_bytes / 2 ** 20
         if self._include_replay():
             self.logger.note(f"checkpoints/last includes the replay memory ({size:,.1f} MiB)")
         else:
