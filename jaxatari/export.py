@@ -128,15 +128,11 @@ def make_loaded_agent(kind: str, settings, activation=jax.nn.relu) -> LoadedAgen
                                           not sample)
         return actions, actor.replace(key=key)
 
-    def init_actor(num_envs, key):
-        return ActorState(stack=jnp.zeros((num_envs, *learner.stack_shape), learner.frame_dtype),
-                          head=jnp.zeros((num_envs,), jnp.int32),
-                          after_done=jnp.zeros((num_envs,), bool), key=key)
-
     return LoadedAgent(kind=kind, settings=settings, stack_shape=learner.stack_shape,
                        frame_dtype=learner.frame_dtype, num_heads=1, samples_policy=not is_q,
                        scores=scores, observe=learner.observe, act=act, init=learner.init,
-                       init_actor=init_actor)
+                       init_actor=lambda num_envs, key: ActorState.empty(
+                           num_envs, learner.stack_shape, learner.frame_dtype, key))
 
 
 def load_agent(checkpoint: Path, activation=None) -> tuple[LoadedAgent, Any, dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import struct
 
@@ -66,3 +67,11 @@ class ActorState:
     after_done: Array       # [E] bool, the next step is a reset step
     key: Array              # PRNG key for exploration
     core: Any = ()          # recurrent agents: LSTM (cell, hidden), each [E, hidden]
+
+    @classmethod
+    def empty(cls, num_envs: int, stack_shape: tuple[int, ...], frame_dtype, key,
+              core: Any = ()) -> "ActorState":
+        """Empty frame stacks, head 0, no pending reset."""
+        return cls(stack=jnp.zeros((num_envs, *stack_shape), frame_dtype),
+                   head=jnp.zeros((num_envs,), jnp.int32),
+                   after_done=jnp.zeros((num_envs,), bool), key=key, core=core)

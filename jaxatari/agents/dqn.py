@@ -170,10 +170,7 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         return train, replay.init(example_row()), init_actor(s.num_envs, act_key)
 
     def init_actor(num_envs: int, key) -> ActorState:
-        return ActorState(stack=jnp.zeros((num_envs, *stack_shape), frame_dtype),
-                          head=jnp.zeros((num_envs,), jnp.int32),
-                          after_done=jnp.zeros((num_envs,), bool), key=key,
-                          core=init_core(num_envs))
+        return ActorState.empty(num_envs, stack_shape, frame_dtype, key, init_core(num_envs))
 
     def q_values(params, stack):
         return apply_step(params, stack, init_core(stack.shape[0]))[0]
