@@ -7,9 +7,10 @@ cadence and target syncs are host-side numbers shared by all seeds.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +19,85 @@ import numpy as np
 from jaxatari.agents.dqn import QAgent
 from jaxatari.agents.native import Cadence, to_agent_frame
 from jaxatari.config import Config
+from jaxatari.envs.base import SplitStep
 from jaxatari.metrics import mean_score
 
 
 def _to_seeds(x: np.ndarray, seeds: int) -> np.ndarray:
     return x.reshape(seeds, -1, *x.shape[1:])
+
+
+# The per-env numbers of one step travel to the device as one float32 array [S, E, 6]:
+# on CPU each host array passed to a jitted call costs 5-20 us of dispatch, more than the
+# work. A step's own numbers come first, then those the next observation is read with.
+_STEP_FIELDS = ("reward", "terminated", "is_first", "valid", "next_is_first", "after_done")
+
+
+def _pack(shape: tuple[int, int], **fields: np.ndarray) -> np.ndarray:
+    packed = np.zeros((*shape, len(_STEP_FIELDS)), np.float32)
+    for name, value in fields.items():
+        packed[..., _STEP_FIELDS.index(name)] = value
+    return packed
+
+
+def _unpack(packed: jax.Array) -> dict[str, jax.Array]:
+    fields = {name: packed[..., i] > 0 for i, name in enumerate(_STEP_FIELDS)}
+    fields["reward"] = packed[..., 0]
+    return fields
+
+
+class _ExploreSteps:
+    """Steps taken with uniform actions, not yet on the device.
+
+    Before learning starts the host draws the actions, so nothing on the path from one env
+    step to the next needs the device. Their transitions, and the frames the actor's stack
+    has still to take in, go over ``size`` steps in one dispatch (one jitted call costs
+    more host time than storing a step; writing them from a second thread measured no
+    faster). ``flush`` before anything reads the memory or the actor.
+    """
+
+    def __init__(self, write_many: Callable, size: int):
+        self._write_many = write_many
+        self.size = size
+        self._frames: list = []
+        self._actions: list = []
+        self._steps: list = []
+        # Compiled at the first write, for ``size`` steps and for one (a remainder), so
+        # that no compilation falls in the middle of a run.
+        self._compiled: dict[int, Callable] = {}
+
+    def add(self, frame, actions, step, next_frame) -> None:
+        if not self._frames:
+            self._frames.append(frame)
+        self._frames.append(next_frame)
+        self._actions.append(actions)
+        self._steps.append(step)
+
+    @property
+    def full(self) -> bool:
+        return len(self._actions) >= self.size
+
+    def flush(self, replay_state, actor):
+        """Stores the held steps; returns the memory and the actor with them."""
+        if not self._actions:
+            return replay_state, actor
+
+        def stacked(values):   # [S, K, ...]: the seed axis leads
+            return np.stack([np.asarray(v) for v in values], axis=1)
+        frames, actions, steps = batch = (stacked(self._frames), stacked(self._actions),
+                                          stacked(self._steps))
+        self._frames, self._actions, self._steps = [], [], []
+        if not self._compiled:
+            for k in (self.size, 1):
+                shapes = [jax.ShapeDtypeStruct((x.shape[0], k + (i == 0), *x.shape[2:]), x.dtype)
+                          for i, x in enumerate(batch)]
+                self._compiled[k] = self._write_many.lower(replay_state, actor, *shapes).compile()
+        if actions.shape[1] == self.size:
+            return self._compiled[self.size](replay_state, actor, *batch)
+        for k in range(actions.shape[1]):
+            replay_state, actor = self._compiled[1](replay_state, actor, frames[:, k:k + 2],
+                                                    actions[:, k:k + 1], steps[:, k:k + 1])
+        return replay_state, actor
 
 
 class HostRunner:
@@ -41,20 +116,26 @@ class HostRunner:
         def observe(actor, frame, is_first):
             return agent.observe(actor, to_agent_frame(frame, agent.frame_dtype), is_first)
 
-        def record(replay_state, actor, frame, action, reward, terminated, is_first, valid):
+        def record(replay_state, actor, frame, action, step):
             key, mask_key = jax.random.split(actor.key)
-            row = agent.make_row(to_agent_frame(frame, agent.frame_dtype), action, reward,
-                                 terminated, is_first, valid, mask_key)
+            f = _unpack(step)
+            row = agent.make_row(to_agent_frame(frame, agent.frame_dtype), action, f["reward"],
+                                 f["terminated"], f["is_first"], f["valid"], mask_key)
             return agent.replay.add(replay_state, row), actor.replace(key=key)
 
-        def record_observe(replay_state, actor, frame, action, reward, terminated, is_first,
-                           valid, after_done, next_frame, next_is_first):
-            # One dispatch per env step for both (each jitted call costs ~0.1-0.3 ms of
-            # host time on CPU, as much as the work itself).
-            replay_state, actor = record(replay_state, actor, frame, action, reward,
-                                         terminated, is_first, valid)
-            return replay_state, observe(actor.replace(after_done=after_done), next_frame,
-                                         next_is_first)
+        def take_in(actor, next_frame, step):
+            f = _unpack(step)
+            return observe(actor.replace(after_done=f["after_done"]), next_frame,
+                           f["next_is_first"])
+
+        def observe_act(params, actor, next_frame, step, epsilon, explore_only):
+            # One dispatch on the path from an env's result to its next action.
+            actor = take_in(actor, next_frame, step)
+            return agent.act(params, actor, epsilon, False, explore_only)
+
+        def record_take_in(replay_state, actor, frame, action, next_frame, step):
+            replay_state, actor = record(replay_state, actor, frame, action, step)
+            return replay_state, take_in(actor, next_frame, step)
 
         def learn(train, replay_state, beta):
             # XLA-CPU runs lax.conv several times slower inside a while loop (5x measured
@@ -73,9 +154,25 @@ class HostRunner:
         self.observe = jax.jit(jax.vmap(observe))
         self.act = jax.jit(jax.vmap(agent.act, in_axes=(0, 0, None, None, None)),
                            static_argnums=(3, 4))
-        self.record_observe = jax.jit(
-            jax.vmap(record_observe, in_axes=(replay_axes, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        self.observe_act = jax.jit(jax.vmap(observe_act, in_axes=(0, 0, 0, 0, None, None)),
+                                   static_argnums=5)
+        self.record = jax.jit(jax.vmap(record, in_axes=(replay_axes, 0, 0, 0, 0),
+                                       out_axes=(replay_axes, 0)), donate_argnums=0)
+        self.take_in = jax.jit(jax.vmap(take_in))
+
+        def record_take_in_many(replay_state, actor, frames, actions, steps):
+            # frames [K+1, E, ...], actions [K, E], steps [K, E, 6]; unrolled (K is small
+            # and XLA-CPU runs a while loop's body slower)
+            for k in range(actions.shape[0]):
+                replay_state, actor = record_take_in(replay_state, actor, frames[k], actions[k],
+                                                     frames[k + 1], steps[k])
+            return replay_state, actor
+        self.record_take_in_many = jax.jit(
+            jax.vmap(record_take_in_many, in_axes=(replay_axes, 0, 0, 0, 0),
                      out_axes=(replay_axes, 0)), donate_argnums=0)
+        # Uniform actions need no network; a feedforward agent then draws them on the host
+        # (an LSTM must still read every frame through its core).
+        self.host_explore = not agent.settings.recurrent
         self.learn = jax.jit(jax.vmap(learn, in_axes=(0, replay_axes, None),
                                       out_axes=(0, replay_axes, 0)), donate_argnums=(0, 1))
         self.sync = jax.jit(jax.vmap(agent.sync_target))
@@ -107,8 +204,8 @@ class HostRunner:
                 score = np.where(over, 0.0, score)
                 is_first = after_done
                 after_done = done
-                actor = self.observe(actor.replace(after_done=jnp.asarray(done)),
-                                     _to_seeds(result.obs, c.seeds), is_first)
+                actor = self.take_in(actor, _to_seeds(result.obs, c.seeds),
+                                     _pack(done.shape, next_is_first=is_first, after_done=done))
             return mean_score(total, episodes, score.mean(1)), episodes
         finally:
             env.close()
@@ -136,9 +233,9 @@ class HostRunner:
             actor = items["actor"].replace(after_done=jnp.zeros((seeds, envs), bool))
             start = restored.iteration
         env = self.env_factory(seeds * envs, c.seed + start * envs, mode="train")
+        stepping = SplitStep(env)
         frame = _to_seeds(env.reset(), seeds)
         is_first = np.ones((seeds, envs), bool)
-        actor = self.observe(actor, frame, is_first)
         after_done = np.zeros((seeds, envs), bool)
         score = np.zeros((seeds, envs))
         chunk: dict[str, list] = {"scores": [], "finished": [], "loss": [], "td_error": [],
@@ -146,63 +243,116 @@ class HostRunner:
         chunk_started, chunk_steps = time.perf_counter(), 0
         total_iterations = c.steps // envs
         evaluated_at = trainer.evaluations[-1].step if trainer.evaluations else -1
+        no_metrics = np.zeros(seeds, np.float32)
+        num_actions = self.agent.settings.num_actions
 
         def items():
             return {"train": train, "actor": actor, "replay": replay_state}
 
+        explore_rng = np.random.default_rng([c.seed, start])
+
+        def packed(numbers):
+            return numbers() if callable(numbers) else numbers
+        explored = _ExploreSteps(self.record_take_in_many, size=8)
+
+        def act(params, actor, step, frame, numbers):
+            """Sends the next actions for ``frame`` (host arrays); returns the actions, the
+            actor, epsilon, the frame and numbers (on the device once the actor has used
+            them), and whether the actor has taken the frame in yet. ``numbers`` may be a
+            function that packs them, called after the envs have started."""
+            epsilon = float(cadence.epsilon(step))
+            if epsilon >= 1.0 and self.host_explore:
+                # Before learning starts every action is uniform: drawn here, so the envs
+                # start at once and the device work of this step overlaps them.
+                actions = explore_rng.integers(0, num_actions, (seeds, envs), dtype=np.int32)
+                stepping.send(actions.reshape(-1))
+                return actions, actor, epsilon, frame, packed(numbers), False
+            numbers = packed(numbers)
+            nonlocal replay_state
+            replay_state, actor = explored.flush(replay_state, actor)
+            frame, numbers = jax.device_put(frame), jax.device_put(numbers)
+            # At epsilon 1 an LSTM agent runs its core but not the Q head.
+            actions, actor = self.observe_act(params, actor, frame, numbers, epsilon,
+                                              epsilon >= 1.0)
+            stepping.send(np.asarray(actions).reshape(-1))
+            return actions, actor, epsilon, frame, numbers, True
+
+        # The envs step while the host works: each iteration waits for the step in flight,
+        # chooses the next actions and sends them at once, and only then stores the
+        # transition, logs and evaluates. A learning iteration first stores and learns, so
+        # the next actions come from the updated network, as in the original.
         try:
+            if start < total_iterations and start * envs >= trainer.next_eval \
+                    and start * envs != evaluated_at:
+                # due but not done (a resumed run stopped just before it)
+                self._evaluate(trainer, train, replay_state, items, start * envs, start)
+                evaluated_at = start * envs
+            if start < total_iterations:
+                first = _pack((seeds, envs), next_is_first=is_first)
+                actions, actor, epsilon, frame, _, taken = act(train.params, actor, start * envs,
+                                                               frame, first)
+                if not taken:
+                    actor = self.take_in(actor, frame, first)
             for iteration in range(start, total_iterations):
-                step = iteration * envs
-                if trainer.guard.requested:
-                    trainer.handle_interrupt(items, step, iteration)
-                if step >= trainer.next_eval and step != evaluated_at:
-                    # due but not done (a resumed run stopped just before it)
-                    self._evaluate(trainer, train, replay_state, items, step, iteration)
-                    evaluated_at = step
-                epsilon = float(cadence.epsilon(step))
-                # Before learning starts epsilon is 1: the same actions without the network.
-                actions, actor = self.act(train.params, actor, epsilon, False, epsilon >= 1.0)
-                actions_host = np.asarray(actions)
-                result = env.step(actions_host.reshape(-1))
+                step, step_after = iteration * envs, (iteration + 1) * envs
+                last = iteration + 1 == total_iterations
+                result = stepping.wait()
                 reward = _to_seeds(result.reward, seeds)
                 terminated = _to_seeds(result.terminated, seeds)
                 done = terminated | _to_seeds(result.truncated, seeds)
                 over = _to_seeds(result.game_over, seeds)
+                numbers = functools.partial(
+                    _pack, (seeds, envs), reward=reward, terminated=terminated,
+                    is_first=is_first, valid=~after_done, next_is_first=after_done,
+                    after_done=done)
+                transition = (frame, actions)
                 next_frame = _to_seeds(result.obs, seeds)
-                replay_state, actor = self.record_observe(
-                    replay_state, actor, frame, actions, reward, terminated, is_first,
-                    ~after_done, done, next_frame, after_done)
+                is_first, after_done = after_done, done
+                learned = bool(cadence.learns(iteration))
+                if learned or last:
+                    replay_state, actor = explored.flush(replay_state, actor)
+                if learned:
+                    numbers = jax.device_put(numbers())
+                    replay_state, actor = self.record(replay_state, actor, *transition, numbers)
+                    beta = float(cadence.beta(step))
+                    train, replay_state, metrics = self.learn(train, replay_state, beta)
+                if bool(cadence.syncs(iteration)):
+                    train = self.sync(train)
+                epsilon_now, taken = epsilon, True
+                if not last:
+                    actions, actor, epsilon, frame, numbers, taken = act(
+                        train.params, actor, step_after, next_frame, numbers)
+                if not learned and not taken:
+                    explored.add(*transition, numbers, frame)
+                    if explored.full:
+                        replay_state, actor = explored.flush(replay_state, actor)
+                elif not learned:
+                    replay_state, actor = self.record(replay_state, actor, *transition,
+                                                      packed(numbers))
+                elif not taken:
+                    actor = self.take_in(actor, frame, numbers)
                 score = score + reward
                 chunk["scores"].append(score.copy())
                 chunk["finished"].append(over)
                 score = np.where(over, 0.0, score)
-                frame = next_frame
-                is_first = after_done
-                after_done = done
-                learned = bool(cadence.learns(iteration))
-                if learned:
-                    beta = float(cadence.beta(step))
-                    train, replay_state, metrics = self.learn(train, replay_state, beta)
-                    for name in ("loss", "td_error", "q_mean"):
-                        chunk[name].append(metrics[name])
-                else:
-                    for name in ("loss", "td_error", "q_mean"):
-                        chunk[name].append(np.zeros(seeds, np.float32))
+                for name in ("loss", "td_error", "q_mean"):
+                    chunk[name].append(metrics[name] if learned else no_metrics)
                 chunk["learned"].append(learned)
-                if bool(cadence.syncs(iteration)):
-                    train = self.sync(train)
                 chunk_steps += envs
-                step_after = step + envs
-                if chunk_steps >= c.chunk_steps or iteration + 1 == total_iterations:
+                if chunk_steps >= c.chunk_steps or last:
                     out = {name: np.stack([np.asarray(v) for v in values])
                            for name, values in chunk.items()}
-                    logger.log_chunk(step_after, out, epsilon, time.perf_counter() - chunk_started,
-                                     chunk_steps)
+                    logger.log_chunk(step_after, out, epsilon_now,
+                                     time.perf_counter() - chunk_started, chunk_steps)
                     chunk = {name: [] for name in chunk}
                     chunk_started, chunk_steps = time.perf_counter(), 0
-                if step_after >= trainer.next_eval or iteration + 1 == total_iterations:
+                if step_after >= trainer.next_eval or last or trainer.guard.requested:
+                    replay_state, actor = explored.flush(replay_state, actor)
+                if step_after >= trainer.next_eval or last:
                     self._evaluate(trainer, train, replay_state, items, step_after, iteration + 1)
                     evaluated_at = step_after
+                if trainer.guard.requested and not last:
+                    trainer.handle_interrupt(items, step_after, iteration + 1)
         finally:
             env.close()
         return train

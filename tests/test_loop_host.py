@@ -1,9 +1,11 @@
 """The host-env path through the real loop: envpool Space Invaders and a fake gymnasium env."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gymnasium as gym
+import jax
 import numpy as np
 import pytest
 
@@ -58,3 +60,30 @@ def test_envpool_space_invaders_through_the_real_loop(tmp_path):
     # (mean x episodes) is a multiple of 5, never a clipped count of hits.
     evals = [line.split(",") for line in (run_dir / "eval.csv").read_text().splitlines()[1:]]
     assert all(float(row[2]) * int(row[3]) % 5 == 0 for row in evals)
+
+
+def test_host_loop_stores_every_transition_in_order(tmp_path):
+    """Steps with uniform actions reach the memory in batches (``host._ExploreSteps``),
+    later steps one at a time after the network acted: either way each env's memory holds
+    its steps in order, with the reset step after a terminal masked out."""
+    from jaxatari.loop import Trainer
+    config = build_config("demo", {
+        "env": "tests.test_loop_host:CountdownEnv", "model_body": "mlp", "hist_len": 1,
+        "steps": 50, "seeds": 2, "envs": 2, "learn_start": 30, "mem_size": 200, "batch_size": 8,
+        "val_freq": 1000, "val_steps": 4, "val_envs": 2, "chunk_steps": 10})
+    run_dir, _ = train(config, tmp_path / "order", quiet=True, checkpoint_replay=True)
+    reader = dataclasses.replace(config, steps=100)   # a run that could continue it
+    restored = Trainer(reader, tmp_path / "reader", quiet=True).restore(
+        run_dir / "checkpoints" / "last")
+    storage = restored.items["replay"].storage
+    rows = jax.device_get(storage.rows)
+    assert int(storage.size) == 25
+    phase = np.arange(25) % 6     # reset frame, 4 steps, the terminal frame, then a reset step
+    expected = np.broadcast_to((np.round(phase * 0.2 * 255)).astype(np.uint8)[None, :, None],
+                               (2, 25, 2))
+    np.testing.assert_array_equal(rows.frame[:, :25, :, 0], expected)
+    np.testing.assert_array_equal(rows.reward[:, :25], np.broadcast_to(
+        (phase != 5).astype(np.float32)[None, :, None], (2, 25, 2)))
+    for field, wanted in (("terminal", phase == 4), ("first", phase == 0), ("valid", phase != 5)):
+        np.testing.assert_array_equal(getattr(rows, field)[:, :25],
+                                      np.broadcast_to(wanted[None, :, None], (2, 25, 2)))

@@ -247,9 +247,11 @@ def _new_ale():
 class _AtariBatch:
     """The bookkeeping both backends share: life-loss terminals and their reset step.
 
-    A backend implements ``_reset_all() -> (obs, lives)`` and
-    ``_advance(ids, actions) -> (obs, reward, game_over, truncated, lives)`` for the envs
-    ``ids``, each doing its own next-step reset after a game over or a time limit.
+    A backend implements ``_reset_all() -> (obs, lives)``, ``_send(ids, actions)`` and
+    ``_receive() -> (obs, reward, game_over, truncated, lives)`` for the envs ``ids`` last
+    sent, each doing its own next-step reset after a game over or a time limit.
+    ``step_async`` / ``step_wait`` split a step in two so that a caller can work while the
+    envs run (envpool steps them on its own threads; ALE steps them in ``step_wait``).
     """
 
     def __init__(self, spec: EnvSpec, num_envs: int, life_loss_terminal: bool):
@@ -270,15 +272,23 @@ class _AtariBatch:
         return self._obs
 
     def step(self, actions: np.ndarray) -> StepResult:
-        actions = np.asarray(actions)
-        ids = np.flatnonzero(~self._held)
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._sent = np.flatnonzero(~self._held)
+        if self._sent.size:
+            self._send(self._sent, np.asarray(actions)[self._sent])
+
+    def step_wait(self) -> StepResult:
+        ids = self._sent
         obs = self._obs.copy()      # held envs show their last observation again
         reward = np.zeros(self.num_envs, np.float32)
         game_over = np.zeros(self.num_envs, bool)
         truncated = np.zeros(self.num_envs, bool)
         lost_life = np.zeros(self.num_envs, bool)
         if ids.size:
-            o, r, g, t, lives = self._advance(ids, actions[ids])
+            o, r, g, t, lives = self._receive()
             obs[ids], reward[ids], game_over[ids], truncated[ids] = o, r, g, t
             lost_life[ids] = lives < self._lives[ids]
             self._lives[ids] = lives
@@ -328,9 +338,12 @@ class _EnvpoolAtari(_AtariBatch):
         obs, info = self._pool.reset()
         return np.ascontiguousarray(obs.transpose(0, 2, 3, 1)), info["lives"]
 
-    def _advance(self, ids, actions):
+    def _send(self, ids, actions):
         env_id = None if ids.size == self.num_envs else ids.astype(np.int32)
-        obs, _, _, truncated, info = self._pool.step(actions.astype(np.int32), env_id)
+        self._pool.send(actions.astype(np.int32), env_id)
+
+    def _receive(self):
+        obs, _, _, truncated, info = self._pool.recv()
         order = np.argsort(info["env_id"])  # results need not come back in id order
         return (obs[order].transpose(0, 2, 3, 1), info["reward"][order],
                 info["terminated"][order].astype(bool), truncated[order],
@@ -471,9 +484,12 @@ class _AleAtari(_AtariBatch):
         obs, lives = zip(*(game.reset() for game in self._games))
         return np.stack(obs), np.array(lives)
 
-    def _advance(self, ids, actions):
+    def _send(self, ids, actions):
+        self._pending = ids, actions
+
+    def _receive(self):
         obs, reward, game_over, truncated, lives = zip(
-            *(self._games[i].step(int(a)) for i, a in zip(ids, actions)))
+            *(self._games[i].step(int(a)) for i, a in zip(*self._pending)))
         return np.stack(obs), reward, game_over, truncated, np.array(lives)
 
     def render(self, index: int = 0) -> np.ndarray:

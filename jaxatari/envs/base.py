@@ -85,6 +85,8 @@ class HostEnv(Protocol):
 
     reset() -> obs [N, H, W, C]
     step(actions [N] int) -> StepResult
+    step_async(actions) then step_wait() -> StepResult: the same step in two halves, for
+        envs that run on their own threads (optional: see ``SplitStep``)
     set_mode("train" | "eval"): evaluation mode turns off training-only signals such as
         life-loss terminals (the original's env:training() / env:evaluate()).
     render(index) -> [H', W', 3] uint8 full-colour screen of env ``index`` (may be None)
@@ -99,6 +101,28 @@ class HostEnv(Protocol):
     def set_mode(self, mode: str) -> None: ...
     def render(self, index: int = 0) -> np.ndarray | None: ...
     def close(self) -> None: ...
+
+
+class SplitStep:
+    """``send(actions)`` then ``wait() -> StepResult``: the env's own ``step_async`` /
+    ``step_wait`` where it has them, else the whole step inside ``wait``."""
+
+    def __init__(self, env: HostEnv):
+        self._env = env
+        self._native = hasattr(env, "step_async") and hasattr(env, "step_wait")
+        self._actions = None
+
+    def send(self, actions: np.ndarray) -> None:
+        if self._native:
+            self._env.step_async(actions)
+        else:
+            self._actions = actions
+
+    def wait(self) -> "StepResult":
+        if self._native:
+            return self._env.step_wait()
+        actions, self._actions = self._actions, None
+        return self._env.step(actions)
 
 
 @dataclasses.dataclass(frozen=True)

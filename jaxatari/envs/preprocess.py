@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxatari.config import COLOR_SPACES, ConfigError
-from jaxatari.envs.base import EnvSpec, JaxEnv, StepResult
+from jaxatari.envs.base import EnvSpec, JaxEnv, SplitStep, StepResult
 
 CHANNELS = {"none": None, "y": 1, "lab": 3, "yuv": 3, "hsl": 3, "hsv": 3, "nrgb": 3}
 
@@ -182,6 +182,14 @@ class PreprocessedHostEnv:
 
     def step(self, actions: np.ndarray) -> StepResult:
         result = self._env.step(actions)
+        return dataclasses.replace(result, obs=self._obs(result.obs))
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._stepping = SplitStep(self._env)
+        self._stepping.send(actions)
+
+    def step_wait(self) -> StepResult:
+        result = self._stepping.wait()
         return dataclasses.replace(result, obs=self._obs(result.obs))
 
     def __getattr__(self, name):   # set_mode, render, close and any hook of the env
