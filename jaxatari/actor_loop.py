@@ -176,6 +176,83 @@ def make_native_rollout(learner: ActorLearner, env: JaxEnv) -> Callable:
     return rollout
 
 
+class HeldOutRollouts:
+    """The actor-learners' held-out transitions (the original's valMemory, which holds
+    early, near-random experience): about ``--val-size`` transitions per seed, whole
+    rollouts of the untrained policy, fixed for the run. Each validation reports on them
+    the mean V (max Q, or the critic's value) and mean |TD error|, each method's own
+    target, as its loss computes them (Sarsa's next action drawn with a fixed key).
+
+    The JAX-native loop plays them from the run's initial state and parameters
+    (``make_native_heldout``), so a resumed run has the same set; the host loops ``offer``
+    the rollouts their learner consumed and the first ones are kept (a resumed host run
+    takes its first ones after the resume).
+    """
+
+    def __init__(self, learner: ActorLearner, config: Config):
+        per_rollout = learner.settings.rollout_length * learner.settings.num_actors
+        self.count = max(1, math.ceil(config.val_size / per_rollout))   # rollouts per seed
+        self.seeds = config.seeds
+        self._recent: list[list[Rollout]] = [[] for _ in range(config.seeds)]
+        self.rollouts: list[Rollout] | None = None    # per seed, stacked [R, ...]
+
+        def stats(params, target_params, rollouts):
+            def one(rollout):
+                return learner.loss(params, target_params, rollout, jax.random.PRNGKey(0))[1]
+            metrics = jax.vmap(one)(rollouts)
+            return metrics["q_mean"].mean(), metrics["td_error"].mean()
+        self._stats = jax.jit(stats)
+
+    def offer(self, seed: int, rollout: Rollout) -> None:
+        """One seed's rollout [T(+1), N, ...] the learner consumed (kept while the seed has
+        fewer than ``count``)."""
+        if self.rollouts is None and len(self._recent[seed]) < self.count:
+            self._recent[seed].append(rollout)
+
+    def offer_seeds(self, rollout: Rollout) -> None:
+        """A rollout of every seed [S, T(+1), N, ...]."""
+        if self.rollouts is None:
+            for seed in range(self.seeds):
+                self.offer(seed, jax.tree.map(lambda x: x[seed], rollout))
+
+    def fix(self, per_seed: Rollout | None = None) -> bool:
+        """Fixes the held-out set: ``per_seed`` [S, R, ...] or the rollouts offered so far.
+        False while some seed has none yet."""
+        if self.rollouts is None:
+            if per_seed is not None:
+                self.rollouts = [jax.tree.map(lambda x: x[seed], per_seed)
+                                 for seed in range(self.seeds)]
+            elif all(self._recent):
+                self.rollouts = [jax.tree.map(lambda *xs: jnp.stack(xs), *recent)
+                                 for recent in self._recent]
+                self._recent = [[] for _ in range(self.seeds)]
+        return self.rollouts is not None
+
+    def stats(self, train_of: Callable[[int], TrainState]) -> tuple[np.ndarray | None, ...]:
+        """(V [S], |TD error| [S]) on the held-out set, or (None, None) before it exists."""
+        if not self.fix():
+            return None, None
+        values = [jax.device_get(self._stats(train_of(seed).params,
+                                             train_of(seed).target_params, rollouts))
+                  for seed, rollouts in enumerate(self.rollouts)]
+        v, td = np.asarray(values, np.float64).T
+        return v, td
+
+
+def make_native_heldout(learner: ActorLearner, env: JaxEnv, count: int) -> Callable:
+    """(params, actors, env_state, score) -> Rollout [R, ...]: ``count`` rollouts of one
+    seed played on from the given state (nothing of a run's own state changes)."""
+    rollout = make_native_rollout(learner, env)
+
+    def play(params, actors, env_state, score):
+        def one(state, _):
+            actors, env_state, score, batch, _ = rollout(params, *state)
+            return (actors, env_state, score), batch
+        _, batches = jax.lax.scan(one, (actors, env_state, score), None, length=count)
+        return batches
+    return play
+
+
 def make_native_actor_chunk(learner: ActorLearner, env: JaxEnv, num_iterations: int,
                             target_period: int) -> Callable:
     """chunk(carry [S], first_iteration) -> (carry, outputs), pure and unjitted.
@@ -260,12 +337,13 @@ class PlainSession:
         return key
 
     def record_evaluation(self, step: int, scores, episodes, items: Callable[[], dict],
-                          iteration: int) -> Evaluation:
+                          iteration: int, v=None, td_error=None) -> Evaluation:
         del iteration   # nothing is saved
-        evaluation = Evaluation(step, np.asarray(scores, np.float64), np.asarray(episodes))
+        evaluation = Evaluation(step, np.asarray(scores, np.float64), np.asarray(episodes),
+                                v=v, td_error=td_error)
         self.evaluations.append(evaluation)
-        self.logger.log_eval(step, evaluation.scores, evaluation.episodes,
-                             params=items()["train"].params)
+        self.logger.log_eval(step, evaluation.scores, evaluation.episodes, v=v,
+                             td_error=td_error, params=items()["train"].params)
         self.next_eval = (step // self.config.val_freq + 1) * self.config.val_freq
         return evaluation
 
@@ -314,6 +392,8 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
         iteration = restored.iteration
     logger = session.logger
     evaluated_at = session.evaluations[-1].step if session.evaluations else -1
+    heldout = HeldOutRollouts(learner, c)
+    play_heldout = jax.jit(jax.vmap(make_native_heldout(learner, env, heldout.count)))
     while True:
         step = iteration * steps_per_iteration
         if session.interrupt_requested:
@@ -322,8 +402,14 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
         if (step >= session.next_eval or done) and step != evaluated_at and iteration > 0:
             total, episodes, partial = jax.device_get(
                 evaluate(carry.train.params, jax.random.split(session.next_eval_key(), c.seeds)))
+            if heldout.rollouts is None:
+                start = jax.jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))(
+                    keys)
+                heldout.fix(play_heldout(start.train.params, start.actors, start.env_state,
+                                         start.score))
+            v, td = heldout.stats(lambda seed: jax.tree.map(lambda x: x[seed], carry.train))
             session.record_evaluation(step, mean_score(total, episodes, partial), episodes,
-                                      lambda: native_items(carry), iteration)
+                                      lambda: native_items(carry), iteration, v, td)
             evaluated_at = step
         if done:
             return carry, learner
@@ -443,6 +529,7 @@ def _run_host_sync(config: Config, env_factory, keys, session, restored=None):
     update = jax.jit(jax.vmap(learner.update), donate_argnums=0)
     sync = jax.jit(jax.vmap(learner.sync_target))
     evaluator = HostEvaluator(c, env_factory, learner)
+    heldout = HeldOutRollouts(learner, c)
     steps_per_update = length * envs
     total_updates = c.steps // steps_per_update
     logger = session.logger
@@ -493,6 +580,7 @@ def _run_host_sync(config: Config, env_factory, keys, session, restored=None):
             record["obs"].append(actors.stack)
             rollout = Rollout(**{name: jnp.stack([jnp.asarray(v) for v in values], axis=1)
                                  for name, values in record.items()})   # [S, T(+1), N, ...]
+            heldout.offer_seeds(rollout)
             train, metrics = update(train, rollout)
             before, after = index * steps_per_update, (index + 1) * steps_per_update
             if learner.settings.method in Q_METHODS and _crosses(before, after, c.tau):
@@ -509,7 +597,8 @@ def _run_host_sync(config: Config, env_factory, keys, session, restored=None):
                 chunk.reset()
             if after >= session.next_eval or last:
                 scores, episodes = evaluator(train.params, after, session.next_eval_key())
-                session.record_evaluation(after, scores, episodes, items, index + 1)
+                v, td = heldout.stats(lambda seed: jax.tree.map(lambda x: x[seed], train))
+                session.record_evaluation(after, scores, episodes, items, index + 1, v, td)
     finally:
         env.close()
     return train
@@ -709,6 +798,7 @@ def _run_host_async(config: Config, env_factory, keys, session, restored=None,
     sync = jax.jit(learner.sync_target)
     policy_fn = jax.jit(learner.policy)
     evaluator = HostEvaluator(c, env_factory, learner)
+    heldout = HeldOutRollouts(learner, c)
     make_pool = make_pool or (lambda seed, first: make_async_envpool(
         spec, envs, batch, c.seed + 1_000 * seed + first))
     life_loss = bool(spec.protocol.get("life_loss_terminal", False))
@@ -754,6 +844,7 @@ def _run_host_async(config: Config, env_factory, keys, session, restored=None,
     def learn(seed, rollout: Rollout, chunk: _ChunkLog):
         if on_rollout is not None:
             on_rollout(seed, rollout)
+        heldout.offer(seed, rollout)
         train, metrics = update(trains[seed], rollout)
         before = learned[seed]
         learned[seed] += int(rollout.valid.sum())
@@ -791,7 +882,8 @@ def _run_host_async(config: Config, env_factory, keys, session, restored=None,
         if step >= session.next_eval or final:
             params = jax.tree.map(lambda *x: jnp.stack(x), *[t.params for t in trains])
             scores, episodes = evaluator(params, step, session.next_eval_key())
-            session.record_evaluation(step, scores, episodes, items, step)
+            v, td = heldout.stats(lambda seed: trains[seed])
+            session.record_evaluation(step, scores, episodes, items, step, v, td)
         logged = step
 
     try:

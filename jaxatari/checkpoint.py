@@ -144,7 +144,7 @@ def save(path: Path, items: dict[str, Any], metadata: dict[str, Any]) -> Path:
     """Writes ``items`` (name -> pytree of arrays, or None to leave it out) and ``metadata``
     (JSON-able) to the checkpoint directory ``path``, atomically replacing it."""
     ocp = _orbax()
-    path = Path(path)
+    path = Path(path).absolute()    # orbax refuses relative paths (a relative --run-dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
@@ -236,7 +236,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
     if metadata.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {found} has format {metadata.get('format_version')}; "
                               f"this jaxatari reads format {FORMAT_VERSION}")
-    metadata["path"] = str(found)
+    metadata["path"] = str(found.absolute())   # orbax reads absolute paths only
     return metadata
 
 

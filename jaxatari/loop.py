@@ -440,13 +440,16 @@ class Trainer:
         self._sample_heldout = jax.jit(self._sample_heldout_fn(replay_axes))
         self._value_stats = jax.jit(jax.vmap(make_value_stats(self.agent)))
 
-    def validate(self, step: int, scores, episodes, train, replay_state) -> Evaluation:
-        """Completes an evaluation's statistics (normalised score, V, TD error) and logs it."""
+    def validate(self, step: int, scores, episodes, train, replay_state, v=None,
+                 td_error=None) -> Evaluation:
+        """Completes an evaluation's statistics (normalised score, V, TD error: from the
+        held-out transitions of the replay memory, or given by an actor-learner loop) and
+        logs it."""
         c = self.config
         if self.agent is not None and self.heldout is None and step >= c.learn_start:
             keys = jax.random.split(self.heldout_key, c.seeds)
             self.heldout = self._sample_heldout(replay_state, keys)
-        v = td = None
+        td = td_error
         if self.heldout is not None:
             v, td = (np.asarray(x, np.float64) for x in
                      jax.device_get(self._value_stats(train, self.heldout)))
@@ -486,11 +489,12 @@ class Trainer:
         return self.guard.requested
 
     def record_evaluation(self, step: int, scores, episodes, items: Callable[[], dict],
-                          iteration: int) -> Evaluation:
-        """An actor-learner loop's evaluation: completed, logged and checkpointed (the
-        actor-learners keep no held-out transitions, so no V or TD error here)."""
+                          iteration: int, v=None, td_error=None) -> Evaluation:
+        """An actor-learner loop's evaluation, with V and TD error from its own held-out
+        rollouts (``actor_loop.HeldOutRollouts``): completed, logged and checkpointed."""
         saved = items()
-        evaluation = self.validate(step, scores, episodes, saved["train"], None)
+        evaluation = self.validate(step, scores, episodes, saved["train"], None,
+                                   v=v, td_error=td_error)
         self.save_after_eval(evaluation, saved, iteration)
         return evaluation
 

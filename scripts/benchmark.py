@@ -540,6 +540,12 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         log(f"[{section}]")
         results[section] = globals()[f"section_{section}"](args)
+        # Each finished section is kept at once: a crash or Ctrl+C later loses only its own.
+        partial = args.output_dir / f"cpu-{args.name}.partial.json"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"sections_done": list(results), "results": results,
+                                       "git_commit": commit, "git_dirty": dirty},
+                                      indent=2) + "\n")
     command = "python -m scripts.benchmark" + (" --quick" if args.quick else "") + (
         f" --repeats {args.repeats}" if not args.quick else "") + (
         f" --sections {' '.join(args.sections)}" if set(args.sections) != set(SECTIONS) else "")
@@ -565,6 +571,7 @@ def main(argv: list[str] | None = None) -> dict:
         (args.output_dir / f"gpu-{args.name}.json").write_text(json.dumps(gpu_record, indent=2) + "\n")
     record["results"]["gpu"] = gpu
     (args.output_dir / f"cpu-{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (args.output_dir / f"cpu-{args.name}.partial.json").unlink(missing_ok=True)
     table = markdown(record)
     (args.output_dir / f"cpu-{args.name}.md").write_text(table)
     print("\n" + table)

@@ -24,7 +24,6 @@ Writes ``<out>.json`` and ``<out>.md`` (catch rate per seed, mean, command, comm
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ import numpy as np
 
 from jaxatari import loop
 from jaxatari.config import build_config
-from scripts.provenance import commit_label
+from scripts.provenance import commit_label, write_result
 
 PRESET = "demo-recurrent"
 AGENTS = {
@@ -83,8 +82,6 @@ def main() -> int:
               "commit": commit_label(), "agents": results}
     steps = build_config(PRESET, common).steps
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = ["# Flickering Catch: DRQN vs DQN", "",
              f"Preset `{PRESET}` (Catch 16x16, flickering 0.5), {args.seeds} seeds per agent "
              f"vmapped, {steps:,} steps per seed for all; greedy (epsilon 0) catch rate at the "
@@ -95,9 +92,7 @@ def main() -> int:
         per_seed = ", ".join(f"{x:.3f}" for x in result["catch_rate"])
         lines.append(f"| {result['label']} | {per_seed} | {result['mean']:.3f} | "
                      f"{result['seconds']} |")
-    lines += ["", f"Command: `{command}`", "", f"Commit: `{record['commit']}`", ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_result(out, record, lines)
     return 0
 
 

@@ -36,3 +36,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def write_result(out: Path, record: dict, table: list[str]) -> None:
+    """Writes ``<out>.json`` (the record) and ``<out>.md`` (the table, then the record's
+    command and commit), and prints the markdown."""
+    import json
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [*table, "", f"Command: `{record['command']}`", "", f"Commit: `{record['commit']}`", ""]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))

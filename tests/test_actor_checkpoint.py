@@ -237,3 +237,43 @@ def test_the_originals_async_rules_are_one_line_errors(overrides, message):
 def test_double_q_and_dueling_stay_allowed_for_q_actor_learners():
     config = build_config("demo-async", {"double_q": True, "duel": True})
     assert config.async_method == "nstep"
+
+
+def test_actor_learner_validations_report_v_and_td_error(a3c_run):
+    """Each validation of an actor-learner logs, per seed, the mean V and |TD error| on its
+    held-out rollouts (the original's valMemory statistics)."""
+    _, run_dir, _ = a3c_run
+    rows = [line.split(",") for line in (run_dir / "eval.csv").read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    v, td = header.index("v"), header.index("td_error")
+    assert len(rows) == 3 * 2
+    assert all(np.isfinite(float(row[v])) and float(row[td]) >= 0 for row in rows)
+
+
+def test_heldout_rollouts_are_fixed_once_taken_and_scored_by_the_loss(tmp_path):
+    from jaxatari.actor_loop import (HeldOutRollouts, build_learner, init_native_actor_carry,
+                                     make_native_heldout)
+    config = tiny_actor(async_method="nstep", val_size=40)   # 2 rollouts of 5 steps x 4 actors
+    env = Trainer(config, tmp_path / "run").env
+    learner = build_learner(config, env.spec)
+    carry = init_native_actor_carry(learner, env, jax.random.PRNGKey(0))
+    played = jax.jit(make_native_heldout(learner, env, 3))(
+        carry.train.params, carry.actors, carry.env_state, carry.score)
+    assert played.action.shape == (3, 5, 4) and played.obs.shape[:3] == (3, 6, 4)
+    rollouts = [jax.tree.map(lambda x, i=i: x[i], played) for i in range(3)]
+    held = HeldOutRollouts(learner, config)
+    assert held.count == 2
+    assert held.stats(lambda seed: carry.train) == (None, None)   # nothing offered yet
+    held.offer(0, rollouts[0])
+    assert held.stats(lambda seed: carry.train) == (None, None)   # seed 1 has none
+    for rollout in rollouts[1:]:   # the first two of each seed are kept
+        held.offer(0, rollout)
+    for rollout in rollouts:
+        held.offer(1, rollout)
+    v, td = held.stats(lambda seed: carry.train)
+    metrics = [learner.loss(carry.train.params, carry.train.target_params, r,
+                            jax.random.PRNGKey(0))[1] for r in rollouts[:2]]
+    np.testing.assert_allclose(v, [np.mean([m["q_mean"] for m in metrics])] * 2, rtol=1e-5)
+    np.testing.assert_allclose(td, [np.mean([m["td_error"] for m in metrics])] * 2, rtol=1e-5)
+    held.offer(0, rollouts[0])     # fixed: later rollouts change nothing
+    np.testing.assert_array_equal(held.stats(lambda seed: carry.train)[1], td)

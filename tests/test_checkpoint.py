@@ -220,3 +220,12 @@ def test_host_env_run_resumes_without_its_replay_memory(tmp_path):
     # Chunks of 20 steps: the 40 steps after the resume refill the memory (no loss).
     assert [row[4] for row in after if int(row[0]) <= 160] == ["nan"] * 4
     assert all(row[4] != "nan" for row in after if int(row[0]) > 160)
+
+
+def test_a_relative_run_dir_saves_and_resumes(tmp_path, monkeypatch):
+    """orbax takes absolute paths only; a user's --run-dir and --resume may be relative."""
+    monkeypatch.chdir(tmp_path)
+    run_dir, _ = train(tiny(steps=256), Path("runs/relative"), quiet=True)
+    assert ckpt.read_metadata(Path("runs/relative/checkpoints/last"))["step"] == 256
+    _, summary = train(tiny(steps=512), None, quiet=True, resume_from=Path("runs/relative"))
+    assert summary["resumed_from_step"] == 256

@@ -8,7 +8,8 @@ hold every seed to ``CATCH_RATE`` = 0.6, about three quarters of that ceiling an
 random policy's 0.08 (the printed table shows where each seed lands; most reach 0.75-0.8, the
 slowest seed of Double DQN about 0.63 within this budget).
 
-Each run is the demo preset with one part switched, one frame per step (the frames before it
+Each run (settings in scripts/catch_variants.py, which also writes the committed table
+results/catch-variants.md) is the demo preset with one part switched, one frame per step (the frames before it
 do not raise the ceiling, and the network learns faster without them) and an update on every
 env step (--mem-sample-freq 1: in probes this lifted the weakest of 4 DQN seeds from 0.59 to
 0.77 at the same step count), 4 seeds vmapped in one program, scored greedily on 512 episodes
@@ -20,29 +21,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxatari.config import build_config
 from jaxatari.loop import train
 from scripts.catch_ceiling import ball_columns, best_guess_rate
+from scripts.catch_variants import CATCH_CEILING_FEW_FRAMES, STEPS, VARIANTS, variant_config
 
-CATCH_CEILING_FEW_FRAMES = 0.83
 CATCH_RATE = 0.6
-STEPS = 160_000
-# An evaluation every 40k steps, each 512 greedy episodes per seed (standard error about 0.02).
-EVALUATION = dict(val_freq=40_000, val_envs=64, val_steps=64 * 24 * 8, val_epsilon=0.0,
-                  chunk_steps=40_000)
-
-# Each variant is the demo (dueling Double DQN, uniform replay) with a part switched; the
-# option names are the original's.
-VARIANTS = {
-    "dqn": dict(duel=False, double_q=False),
-    "double": dict(duel=False, double_q=True),
-    "duel": dict(duel=True, double_q=True),
-    "persistent": dict(duel=False, double_q=False, pal_alpha=0.9),
-    "prioritised-rank": dict(duel=False, mem_priority="rank", alpha=0.7, beta_zero=0.5),
-    "prioritised-proportional": dict(duel=False, mem_priority="proportional", alpha=0.6,
-                                     beta_zero=0.4),
-    "bootstrap": dict(duel=False, bootstraps=4),
-}
 
 
 def test_no_agent_seeing_four_frames_can_catch_much_more_than_0_83():
@@ -59,8 +42,7 @@ def test_no_agent_seeing_four_frames_can_catch_much_more_than_0_83():
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_variant_learns_catch_on_every_seed(variant, tmp_path):
-    config = build_config("demo", {"steps": STEPS, "seeds": 4, "hist_len": 1,
-                                   "mem_sample_freq": 1, **EVALUATION, **VARIANTS[variant]})
+    config = variant_config(variant)
     _, summary = train(config, tmp_path / variant, quiet=True)
     best = np.asarray(summary["best_scores"])
     final = np.asarray(summary["final_scores"])

@@ -1,0 +1,100 @@
+"""Every member of the DQN family on Catch: greedy catch rate per seed, committed as a table.
+
+Each variant is the ``demo`` preset (dueling Double DQN on Catch) with one part switched, the
+option names the original's. All see one frame and update on every env step, as the learning
+tests in tests/test_variants_learn.py (which import the settings from here); 4 seeds vmapped in
+one program per variant; a greedy evaluation (epsilon 0, 512 episodes per seed) every 40k steps.
+On the original's Catch no agent deciding from the last 1-4 frames catches more than 0.83 of
+balls (results/catch-ceiling.md), so read the rates against that ceiling.
+
+    PYTHONPATH=$PWD python scripts/catch_variants.py [--variants dqn,double] [--steps N]
+
+Writes ``results/catch-variants.json`` and ``.md`` (best and final rate per seed, wall time,
+command, commit).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from jaxatari import loop
+from jaxatari.config import build_config
+from scripts.provenance import commit_label, write_result
+
+CATCH_CEILING_FEW_FRAMES = 0.83
+STEPS = 160_000
+# An evaluation every 40k steps, each 512 greedy episodes per seed (standard error about 0.02).
+EVALUATION = dict(val_freq=40_000, val_envs=64, val_steps=64 * 24 * 8, val_epsilon=0.0,
+                  chunk_steps=40_000)
+# One frame, an update every env step: the settings every variant shares.
+SHARED = dict(hist_len=1, mem_sample_freq=1, seeds=4)
+VARIANTS = {
+    "dqn": dict(duel=False, double_q=False),
+    "double": dict(duel=False, double_q=True),
+    "duel": dict(duel=True, double_q=True),
+    "persistent": dict(duel=False, double_q=False, pal_alpha=0.9),
+    "prioritised-rank": dict(duel=False, mem_priority="rank", alpha=0.7, beta_zero=0.5),
+    "prioritised-proportional": dict(duel=False, mem_priority="proportional", alpha=0.6,
+                                     beta_zero=0.4),
+    "bootstrap": dict(duel=False, bootstraps=4),
+}
+
+
+def variant_config(name: str, steps: int = STEPS, **overrides):
+    return build_config("demo", {"steps": steps, **SHARED, **EVALUATION, **VARIANTS[name],
+                                 **overrides})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--steps", type=int, default=STEPS, help="agent steps per seed")
+    parser.add_argument("--out", default="results/catch-variants")
+    args = parser.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in names:
+            config = variant_config(name, args.steps)
+            _, summary = loop.train(config, run_dir=Path(scratch) / name, quiet=True,
+                                    interactive=False)
+            results[name] = {"options": VARIANTS[name],
+                             "best": [round(float(x), 4) for x in summary["best_scores"]],
+                             "final": [round(float(x), 4) for x in summary["final_scores"]],
+                             "wall_seconds": round(summary["wall_seconds"], 1)}
+            print(f"{name}: best {results[name]['best']} final {results[name]['final']} "
+                  f"({results[name]['wall_seconds']} s)", flush=True)
+    command = " ".join(["PYTHONPATH=$PWD python scripts/catch_variants.py",
+                        *(argv if argv is not None else sys.argv[1:])])
+    record = {"experiment": "DQN family on Catch, greedy catch rate per seed",
+              "preset": "demo", "shared": {**SHARED, **EVALUATION}, "steps": args.steps,
+              "ceiling_last_frames": CATCH_CEILING_FEW_FRAMES, "command": command,
+              "commit": commit_label(), "variants": results}
+    out = Path(args.out)
+    lines = ["# The DQN family on Catch", "",
+             f"The `demo` preset with one part switched; one frame, an update every step, "
+             f"{SHARED['seeds']} seeds vmapped, {args.steps:,} steps per seed; greedy catch "
+             "rate (epsilon 0, 512 episodes per seed) at evaluations every 40k steps. Best = "
+             "the best evaluation, final = the last. Ceiling for an agent seeing the last 1-4 "
+             f"frames: {CATCH_CEILING_FEW_FRAMES} (results/catch-ceiling.md).", "",
+             "| variant | options | best per seed | final per seed | mean best | wall s |",
+             "|---|---|---|---|---:|---:|"]
+    for name, r in results.items():
+        options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r["options"].items())
+        lines.append(f"| {name} | `{options}` | {', '.join(f'{x:.3f}' for x in r['best'])} | "
+                     f"{', '.join(f'{x:.3f}' for x in r['final'])} | "
+                     f"{np.mean(r['best']):.3f} | {r['wall_seconds']} |")
+    write_result(out, record, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
