@@ -7,7 +7,6 @@ cadence and target syncs are host-side numbers shared by all seeds.
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
 from typing import Any, Callable
@@ -251,23 +250,19 @@ class HostRunner:
 
         explore_rng = np.random.default_rng([c.seed, start])
 
-        def packed(numbers):
-            return numbers() if callable(numbers) else numbers
         explored = _ExploreSteps(self.record_take_in_many, size=8)
 
         def act(params, actor, step, frame, numbers):
             """Sends the next actions for ``frame`` (host arrays); returns the actions, the
             actor, epsilon, the frame and numbers (on the device once the actor has used
-            them), and whether the actor has taken the frame in yet. ``numbers`` may be a
-            function that packs them, called after the envs have started."""
+            them), and whether the actor has taken the frame in yet."""
             epsilon = float(cadence.epsilon(step))
             if epsilon >= 1.0 and self.host_explore:
                 # Before learning starts every action is uniform: drawn here, so the envs
                 # start at once and the device work of this step overlaps them.
                 actions = explore_rng.integers(0, num_actions, (seeds, envs), dtype=np.int32)
                 stepping.send(actions.reshape(-1))
-                return actions, actor, epsilon, frame, packed(numbers), False
-            numbers = packed(numbers)
+                return actions, actor, epsilon, frame, numbers, False
             nonlocal replay_state
             replay_state, actor = explored.flush(replay_state, actor)
             frame, numbers = jax.device_put(frame), jax.device_put(numbers)
@@ -301,10 +296,9 @@ class HostRunner:
                 terminated = _to_seeds(result.terminated, seeds)
                 done = terminated | _to_seeds(result.truncated, seeds)
                 over = _to_seeds(result.game_over, seeds)
-                numbers = functools.partial(
-                    _pack, (seeds, envs), reward=reward, terminated=terminated,
-                    is_first=is_first, valid=~after_done, next_is_first=after_done,
-                    after_done=done)
+                numbers = _pack((seeds, envs), reward=reward, terminated=terminated,
+                                is_first=is_first, valid=~after_done, next_is_first=after_done,
+                                after_done=done)
                 transition = (frame, actions)
                 next_frame = _to_seeds(result.obs, seeds)
                 is_first, after_done = after_done, done
@@ -312,7 +306,7 @@ class HostRunner:
                 if learned or last:
                     replay_state, actor = explored.flush(replay_state, actor)
                 if learned:
-                    numbers = jax.device_put(numbers())
+                    numbers = jax.device_put(numbers)
                     replay_state, actor = self.record(replay_state, actor, *transition, numbers)
                     beta = float(cadence.beta(step))
                     train, replay_state, metrics = self.learn(train, replay_state, beta)
@@ -327,8 +321,7 @@ class HostRunner:
                     if explored.full:
                         replay_state, actor = explored.flush(replay_state, actor)
                 elif not learned:
-                    replay_state, actor = self.record(replay_state, actor, *transition,
-                                                      packed(numbers))
+                    replay_state, actor = self.record(replay_state, actor, *transition, numbers)
                 elif not taken:
                     actor = self.take_in(actor, frame, numbers)
                 score = score + reward

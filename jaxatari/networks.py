@@ -254,8 +254,10 @@ def ensemble_heads(features: jax.Array, num_heads: int, num_actions: int, hidden
                  name="heads")(features)
 
 
-class QNetwork(nn.Module):
-    """Shared body, K independent heads (``ensemble_heads``): ``[B, ...] -> [B, K, A]``."""
+class _QNetworkParts(nn.Module):
+    """What the feedforward and recurrent Q-networks are built from: a body and K heads of
+    ``num_actions`` values (dueling or not); ``hidden_size`` is the fully connected layer's
+    width, or the LSTM's that replaces it."""
 
     body: nn.Module
     num_actions: int
@@ -263,6 +265,10 @@ class QNetwork(nn.Module):
     num_heads: int = 1
     dueling: bool = False
     activation: Activation = nn.relu
+
+
+class QNetwork(_QNetworkParts):
+    """Shared body, K independent heads (``ensemble_heads``): ``[B, ...] -> [B, K, A]``."""
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
@@ -317,7 +323,7 @@ class LSTMCore(nn.Module):
         return outputs, carry
 
 
-class RecurrentQNetwork(nn.Module):
+class RecurrentQNetwork(_QNetworkParts):
     """DRQN (Hausknecht and Stone 2015): the body, an LSTM of ``hidden_size`` units in place of
     the fully connected layer, then K linear (or dueling) heads:
     ``obs [T, B, ...], reset [T, B], carry -> (q [T, B, K, A], carry)``.
@@ -326,13 +332,6 @@ class RecurrentQNetwork(nn.Module):
     original gave each dueling stream its own FastLSTM. The body sees the T*B frames as one
     batch, so only the LSTM runs step by step.
     """
-
-    body: nn.Module
-    num_actions: int
-    hidden_size: int = 512
-    num_heads: int = 1
-    dueling: bool = False
-    activation: Activation = nn.relu
 
     @nn.compact
     def __call__(self, obs: jax.Array, reset: jax.Array, carry: LSTMCarry

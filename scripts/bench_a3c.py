@@ -32,27 +32,11 @@ import numpy as np
 from jaxatari.actor_loop import PlainSession, run_actor_learner
 from jaxatari.config import build_config
 from jaxatari.envs import make_env
+from scripts.benchmark import ChunkTimer
 from scripts.provenance import cpu_model, git_commit
 
 OUTPUT = Path("results/benchmarks/a3c-cpu.json")
 TARGET = 400.0     # steps/s with 8 or more envs (the actor-learner issue's target)
-
-
-
-
-
-
-class ChunkTimer:
-    """A RunLogger stand-in that keeps each chunk's steps and seconds."""
-
-    def __init__(self):
-        self.chunks: list[tuple[int, float]] = []
-
-    def log_chunk(self, step, out, epsilon, seconds, steps):
-        self.chunks.append((steps, seconds))
-
-    def log_eval(self, *args, **kwargs):
-        pass
 
 
 def one_run(envs: int, mode: str, steps: int, chunk_steps: int, warmup: int, seed: int) -> float:
@@ -64,10 +48,10 @@ def one_run(envs: int, mode: str, steps: int, chunk_steps: int, warmup: int, see
     timer = ChunkTimer()
     run_actor_learner(config, env, jax.random.split(jax.random.PRNGKey(seed), 1),
                       PlainSession(config, timer))
-    timed = timer.chunks[warmup:]
+    timed = timer.chunks[warmup:]     # (end step, steps, seconds) per chunk
     if not timed:
         raise SystemExit(f"--steps {steps} leaves no chunk to time after {warmup} warm-up chunks")
-    return sum(s for s, _ in timed) / sum(t for _, t in timed)
+    return sum(n for _, n, _ in timed) / sum(t for _, _, t in timed)
 
 
 def main() -> None:

@@ -173,6 +173,7 @@ class PreprocessedHostEnv:
         preprocess, self.spec = make_preprocess(pre, spec_in or env.spec)
         self._apply = jax.jit(jax.vmap(preprocess))
         self.num_envs = env.num_envs
+        self._stepping = SplitStep(env)
 
     def _obs(self, obs: np.ndarray) -> np.ndarray:
         return np.asarray(self._apply(obs))
@@ -185,7 +186,6 @@ class PreprocessedHostEnv:
         return dataclasses.replace(result, obs=self._obs(result.obs))
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._stepping = SplitStep(self._env)
         self._stepping.send(actions)
 
     def step_wait(self) -> StepResult:
