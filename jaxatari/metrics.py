@@ -27,6 +27,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import sys
 import warnings
 import time
@@ -153,14 +154,21 @@ class RunLogger:
         self.previous_weights: dict[str, np.ndarray] | None = None
 
     def _open(self, name: str, header: list[str]):
-        """Opens a CSV for writing: the header, then the rows kept from before a resume."""
+        """Opens a CSV for appending, after the header and the rows kept from before a resume.
+
+        The kept rows go to a side file that replaces the old one in one rename, so a run
+        killed right after resuming still has its history (a truncating open would lose it
+        until the first flush)."""
         path = self.run_dir / name
         kept = _kept_rows(path, header, self.resume_step)
-        f = path.open("w", newline="")
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(kept)
-        return f, writer, kept
+        fresh = path.with_name(path.name + ".tmp")
+        with fresh.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(kept)
+        os.replace(fresh, path)
+        f = path.open("a", newline="")
+        return f, csv.writer(f), kept
 
     def __enter__(self):
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -81,3 +81,20 @@ def test_verbose_and_report_weights_in_a_tiny_run(tmp_path):
     assert any(float(r["mean_abs_dw"]) > 0 for r in last)   # learning moved the weights
     assert all(float(r["max_abs_w"]) >= float(r["mean_abs_w"]) > 0
                for r in last if r["layer"].endswith("kernel"))
+
+
+def test_a_resumed_run_keeps_its_history_on_disk_before_its_first_new_row(tmp_path):
+    """A run killed just after resuming (before any flush) must not lose its earlier rows."""
+    config = tiny(steps=1000)
+    run_dir = tmp_path / "run"
+    with RunLogger(run_dir, config, quiet=True) as logger:
+        for step in (100, 200, 300):
+            logger.log_chunk(step, _chunk(config.seeds), 0.5, 1.0, 100)
+    resumed = RunLogger(run_dir, config, quiet=True, resume_step=200).__enter__()
+    try:
+        with (run_dir / "progress.csv").open(newline="") as f:   # read while still open
+            steps = [int(row[0]) for row in list(csv.reader(f))[1:]]
+        assert steps == [100] * config.seeds + [200] * config.seeds
+        assert (run_dir / "eval.csv").read_text().startswith("step,")
+    finally:
+        resumed.__exit__(None, None, None)
