@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -546,9 +547,9 @@ def main(argv: list[str] | None = None) -> dict:
         partial.write_text(json.dumps({"sections_done": list(results), "results": results,
                                        "git_commit": commit, "git_dirty": dirty},
                                       indent=2) + "\n")
-    command = "python -m scripts.benchmark" + (" --quick" if args.quick else "") + (
-        f" --repeats {args.repeats}" if not args.quick else "") + (
-        f" --sections {' '.join(args.sections)}" if set(args.sections) != set(SECTIONS) else "")
+    # The options as given: what was run is what a reader reruns.
+    command = shlex.join(["python", "-m", "scripts.benchmark",
+                          *(sys.argv[1:] if argv is None else argv)])
     record = {
         "benchmark": "jaxatari against peers and this machine's limits (scripts/benchmark.py)",
         "command": command, "repeats": args.repeats, "quick": args.quick,

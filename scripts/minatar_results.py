@@ -1,0 +1,122 @@
+"""SpaceInvaders-MinAtar learning curves and table from one or more run directories.
+
+The runs themselves are long (5M steps per seed is about 9 hours for 4 vmapped seeds on the
+2-core CPU), so they go in the background, resumed session after session:
+
+    python -m jaxatari train minatar-dqn --seeds 4 --run-dir runs/minatar-dqn
+    python -m jaxatari train minatar-dqn --seeds 4 --resume runs/minatar-dqn   # after a stop
+
+and this script reports wherever they have got to, partial runs marked as such:
+
+    PYTHONPATH=$PWD python scripts/minatar_results.py runs/minatar-dqn [more runs] \
+        [--out results/minatar-spaceinvaders]
+
+Two scores per run, per seed. Training score: the mean raw return of the episodes that ended in
+the last ``--window`` steps of training (epsilon-greedy at 0.1), the figure Young and Tian
+(2019) report, whose DQN reaches about 43 at 5M frames (MinAtar has no frame skip, so frames
+are agent steps). Validation score: the preset's greedy evaluation (epsilon 0.001, 16 envs,
+20k steps per seed) at the latest validation. Writes ``<out>.json``, ``<out>.md`` and
+``<out>.png`` (validation curves, and training curves beside them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jaxatari.metrics import eval_series, plot_runs, progress_series
+from scripts.provenance import commit_label, write_result
+
+PUBLISHED_DQN = 43.0   # Young and Tian 2019, DQN on SpaceInvaders-MinAtar at 5M frames
+TARGET_STEPS = 5_000_000
+
+
+def run_summary(run_dir: Path, window: int) -> dict:
+    config = json.loads((run_dir / "config.json").read_text())
+    train_steps, train_scores = progress_series(run_dir, "score")      # [N], [N, S]
+    eval_steps, eval_scores = eval_series(run_dir, "score")
+    if len(train_steps) == 0:
+        raise SystemExit(f"{run_dir}: no training progress logged yet (progress.csv is empty)")
+    last = int(train_steps[-1])
+    recent = train_steps > last - window
+    training = np.nanmean(train_scores[recent], axis=0)
+    summary = {"run_dir": str(run_dir), "preset": config.get("preset"),
+               "options": {k: config.get(k) for k in ("double_q", "duel", "mem_priority",
+                                                        "pal_alpha", "bootstraps", "n_step")},
+               "steps": last, "complete": last >= TARGET_STEPS, "seeds": train_scores.shape[1],
+               "training_score_per_seed": [round(float(x), 2) for x in training],
+               "training_score_mean": round(float(np.nanmean(training)), 2),
+               "training_window_steps": window}
+    if len(eval_steps):
+        summary.update(
+            validation_step=int(eval_steps[-1]),
+            validation_score_per_seed=[round(float(x), 2) for x in eval_scores[-1]],
+            validation_score_mean=round(float(np.nanmean(eval_scores[-1])), 2),
+            best_validation_score_mean=round(float(np.nanmax(np.nanmean(eval_scores, 1))), 2))
+    return summary
+
+
+def training_plot(run_dirs: list[Path], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for run_dir in run_dirs:
+        steps, scores = progress_series(run_dir, "score")
+        mean = np.nanmean(scores, axis=1)
+        ax.plot(steps, mean, label=f"{run_dir.name} ({scores.shape[1]} seeds, mean)")
+        ax.fill_between(steps, np.nanmin(scores, 1), np.nanmax(scores, 1), alpha=0.2)
+    ax.axhline(PUBLISHED_DQN, color="k", ls="--", lw=1, label="Young & Tian DQN at 5M (~43)")
+    ax.set_xlabel("agent steps (= frames) per seed")
+    ax.set_ylabel("training score (raw return, epsilon 0.1)")
+    ax.set_xlim(0, TARGET_STEPS)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--window", type=int, default=100_000,
+                        help="training steps the training score averages over (default 100k)")
+    parser.add_argument("--out", default="results/minatar-spaceinvaders")
+    args = parser.parse_args()
+    missing = [str(d) for d in args.run_dirs if not (d / "config.json").is_file()]
+    if missing:
+        raise SystemExit(f"not a run directory (no config.json): {', '.join(missing)}")
+    runs = [run_summary(d, args.window) for d in args.run_dirs]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    training_plot(args.run_dirs, out.with_name(out.name + "-training.png"))
+    plot_runs(args.run_dirs, out.with_name(out.name + "-validation.png"))
+    lines = ["# SpaceInvaders-MinAtar", "",
+             f"Published DQN reference: about {PUBLISHED_DQN:g} (training return) at 5M frames "
+             "(Young and Tian 2019). A run short of 5M steps is marked partial: its scores are "
+             "where it stands, not where it ends.", "",
+             "| run | steps per seed | training score per seed (last "
+             f"{args.window // 1000}k steps) | mean | greedy validation per seed | mean |",
+             "|---|---|---|---|---|---|"]
+    for run in runs:
+        status = "" if run["complete"] else " (partial)"
+        validation = ", ".join(f"{x:.1f}" for x in run.get("validation_score_per_seed", []))
+        lines.append(f"| {Path(run['run_dir']).name} | {run['steps']:,}{status} | "
+                     + ", ".join(f"{x:.1f}" for x in run["training_score_per_seed"])
+                     + f" | {run['training_score_mean']:.1f} | {validation or '-'} | "
+                     + (f"{run['validation_score_mean']:.1f} |" if validation else "- |"))
+    lines += ["", f"Curves: `{out.name}-training.png` (training score), "
+              f"`{out.name}-validation.png` (greedy validation score)."]
+    command = "PYTHONPATH=$PWD python " + " ".join(["scripts/minatar_results.py", *sys.argv[1:]])
+    record = {"experiment": "SpaceInvaders-MinAtar, whole loop in XLA, seeds vmapped",
+              "published_dqn_at_5M": PUBLISHED_DQN, "command": command,
+              "commit": commit_label(), "runs": runs}
+    write_result(out, record, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
