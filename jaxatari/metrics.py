@@ -145,6 +145,7 @@ class RunLogger:
         self.resume_step = resume_step
         self.started = time.perf_counter()
         self.steps_done = resume_step or 0
+        self.first_step = self.steps_done   # a resumed run's eta counts only its own steps
         self.train_rows: list[tuple[int, int, float]] = []   # (step, seed, mean score)
         self.eval_rows: list[tuple[int, int, float]] = []
         self.prog_freq = getattr(config, "prog_freq", 0)
@@ -244,7 +245,7 @@ class RunLogger:
         if self.prog_freq and due:
             self.next_line = (step // self.prog_freq + 1) * self.prog_freq
         elapsed = time.perf_counter() - self.started
-        remaining = elapsed / max(step, 1) * (self.config.steps - step)
+        remaining = elapsed / max(step - self.first_step, 1) * (self.config.steps - step)
         line = (f"step {step:>10,}/{self.config.steps:,}  training score {score}  "
                 f"epsilon {float(epsilon):.3f}  {speed * self.seeds:,.0f} steps/s  "
                 f"elapsed {elapsed:.0f}s  eta {remaining:.0f}s")

@@ -98,3 +98,13 @@ def test_a_resumed_run_keeps_its_history_on_disk_before_its_first_new_row(tmp_pa
         assert (run_dir / "eval.csv").read_text().startswith("step,")
     finally:
         resumed.__exit__(None, None, None)
+
+
+def test_a_resumed_run_estimates_its_remaining_time_from_its_own_steps(tmp_path, capsys):
+    config = tiny(steps=1000)
+    with RunLogger(tmp_path / "run", config, resume_step=500) as logger:
+        logger.bar, logger.plain = None, True
+        logger.started -= 10.0                 # 10 s for the 100 steps since the resume
+        logger.log_chunk(600, _chunk(config.seeds), 0.5, 10.0, 100)
+    eta = int(capsys.readouterr().err.split("eta ")[1].split("s")[0])
+    assert 39 <= eta <= 41                     # 400 steps left at 10 steps/s, not 400 * 10/600
