@@ -145,7 +145,6 @@ class RunLogger:
         self.resume_step = resume_step
         self.started = time.perf_counter()
         self.steps_done = resume_step or 0
-        self.first_step = self.steps_done   # a resumed run's eta counts only its own steps
         self.train_rows: list[tuple[int, int, float]] = []   # (step, seed, mean score)
         self.eval_rows: list[tuple[int, int, float]] = []
         self.prog_freq = getattr(config, "prog_freq", 0)
@@ -245,7 +244,9 @@ class RunLogger:
         if self.prog_freq and due:
             self.next_line = (step // self.prog_freq + 1) * self.prog_freq
         elapsed = time.perf_counter() - self.started
-        remaining = elapsed / max(step - self.first_step, 1) * (self.config.steps - step)
+        # a resumed run's eta counts only the steps it has run itself
+        remaining = (elapsed / max(step - (self.resume_step or 0), 1)
+                     * (self.config.steps - step))
         line = (f"step {step:>10,}/{self.config.steps:,}  training score {score}  "
                 f"epsilon {float(epsilon):.3f}  {speed * self.seeds:,.0f} steps/s  "
                 f"elapsed {elapsed:.0f}s  eta {remaining:.0f}s")
@@ -528,26 +529,35 @@ def plot_filters(path: Path, params, in_channels: int, title: str = "") -> bool:
     return True
 
 
-def plot_runs(run_dirs: list[Path], path: Path, column: str = "score") -> Path:
-    """Overlays the evaluation curves of several runs (mean over seeds with a min-max band)."""
+def plot_runs(run_dirs: list[Path], path: Path, column: str = "score", training: bool = False,
+              reference: tuple[float, str] | None = None) -> Path:
+    """Overlays several runs' curves (mean over seeds with a min-max band): their evaluations'
+    ``column``, or with ``training`` their progress.csv's (training scores); ``reference``
+    (value, label) draws a published figure as a dashed line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    series = progress_series if training else eval_series
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run_dir in enumerate(run_dirs):
-        steps, values = eval_series(run_dir, column)
+        steps, values = series(run_dir, column)
         if len(steps) == 0:
             continue
         label = f"{Path(run_dir).name} ({values.shape[1]} seed{'s' if values.shape[1] > 1 else ''})"
         _band_plot(ax, steps, values, label=label, color=colours[i % len(colours)],
                    seeds_too=False)
+    if reference is not None:
+        ax.axhline(reference[0], color="k", ls="--", lw=1, label=reference[1])
     ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("agent steps per seed")
-    ax.set_ylabel({"score": "average validation score (raw game score)",
-                   "normalised_score": "human-normalised validation score",
-                   "v": "average V", "td_error": "average |TD error|"}.get(column, column))
+    if training:
+        ax.set_ylabel({"score": "training score (raw game score, exploring)"}.get(column, column))
+    else:
+        ax.set_ylabel({"score": "average validation score (raw game score)",
+                       "normalised_score": "human-normalised validation score",
+                       "v": "average V", "td_error": "average |TD error|"}.get(column, column))
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100)
     plt.close(fig)

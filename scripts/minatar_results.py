@@ -59,26 +59,6 @@ def run_summary(run_dir: Path, window: int) -> dict:
     return summary
 
 
-def training_plot(run_dirs: list[Path], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for run_dir in run_dirs:
-        steps, scores = progress_series(run_dir, "score")
-        mean = np.nanmean(scores, axis=1)
-        ax.plot(steps, mean, label=f"{run_dir.name} ({scores.shape[1]} seeds, mean)")
-        ax.fill_between(steps, np.nanmin(scores, 1), np.nanmax(scores, 1), alpha=0.2)
-    ax.axhline(PUBLISHED_DQN, color="k", ls="--", lw=1, label="Young & Tian DQN at 5M (~43)")
-    ax.set_xlabel("agent steps (= frames) per seed")
-    ax.set_ylabel("training score (raw return, epsilon 0.1)")
-    ax.set_xlim(0, TARGET_STEPS)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)
@@ -92,7 +72,8 @@ def main() -> int:
     runs = [run_summary(d, args.window) for d in args.run_dirs]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    training_plot(args.run_dirs, out.with_name(out.name + "-training.png"))
+    plot_runs(args.run_dirs, out.with_name(out.name + "-training.png"), training=True,
+              reference=(PUBLISHED_DQN, f"Young & Tian DQN at 5M (~{PUBLISHED_DQN:g})"))
     plot_runs(args.run_dirs, out.with_name(out.name + "-validation.png"))
     lines = ["# SpaceInvaders-MinAtar", "",
              f"Published DQN reference: about {PUBLISHED_DQN:g} (training return) at 5M frames "
