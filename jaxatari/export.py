@@ -220,7 +220,9 @@ def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) ->
     agent, train, meta = load_agent(checkpoint)
     check_exportable(agent.settings)
     index = pick_seed(meta, seed_index)
-    params = jax.tree.map(np.asarray, seed_params(train, index))
+    # jax arrays, not numpy: the policy closes over them, and custom_vjp (networks.Dense)
+    # refuses numpy constants
+    params = jax.tree.map(jnp.asarray, seed_params(train, index))
     policy = make_greedy_policy(agent, params)
     stack_shape = tuple(agent.stack_shape)
     dtype = np.dtype(agent.frame_dtype).name

@@ -316,6 +316,10 @@ class HostRunner:
                 if not last:
                     actions, actor, epsilon, frame, numbers, taken = act(
                         train.params, actor, step_after, next_frame, numbers)
+                elif not learned and self.host_explore and cadence.epsilon(step_after) >= 1.0:
+                    # A run that ends before learning starts: its last step joins the other
+                    # uniform ones, so no write path is compiled just for it.
+                    frame, taken = next_frame, False
                 if not learned and not taken:
                     explored.add(*transition, numbers, frame)
                     if explored.full:

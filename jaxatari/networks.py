@@ -47,6 +47,56 @@ def _scale_gradient_bwd(scale, g):
 scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
 
 
+@jax.custom_vjp
+def dense_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x @ kernel`` ([..., I] @ [I, O] -> [..., O]) whose kernel gradient is computed as
+    ``x^T @ dy``, so it comes out in the kernel's own [I, O] layout.
+
+    Autodiff's transpose of a matmul gives ``dy^T @ x`` followed by a transpose, and XLA on
+    CPU fuses that transpose into every consumer of the gradient (each elementwise pass of
+    the optimiser reads it with a stride). Measured by scripts/profile_update.py: this
+    halves the MinAtar update, one seed or eight vmapped (results/benchmarks/profile-*.md).
+    Same maths, same gradients; only the order of the operands changes. Parameters closed
+    over by a traced function must be jax arrays, not numpy ones (custom_vjp refuses numpy
+    constants).
+    """
+    return x @ kernel
+
+
+def _dense_matmul_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _dense_matmul_bwd(residuals, dy):
+    x, kernel = residuals
+    rows_x = x.reshape(-1, x.shape[-1])            # [N, I]
+    rows_dy = dy.reshape(-1, dy.shape[-1])         # [N, O]
+    return dy @ kernel.T, rows_x.T @ rows_dy
+
+
+dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
+
+
+class Dense(nn.Module):
+    """``nn.Dense`` (same parameter names, shapes and initialisers, so checkpoints are
+    interchangeable) computed with ``dense_matmul``."""
+
+    features: int
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., I] -> [..., features]
+        kernel, bias = _dense_params(self, x.shape[-1], self.features, self.bias_init)
+        return dense_matmul(x, kernel) + bias
+
+
+def _dense_params(module: nn.Module, fan_in: int, features: int,
+                  bias_init: Callable = nn.initializers.zeros_init()):
+    """The kernel [fan_in, features] and bias nn.Dense creates, as parameters of ``module``."""
+    return (module.param("kernel", nn.initializers.lecun_normal(), (fan_in, features)),
+            module.param("bias", bias_init, (features,)))
+
+
 CONV_IMPLS = ("patch", "xla")
 
 
@@ -89,7 +139,7 @@ class PatchConv(nn.Module):
         patches = jnp.concatenate(
             [x[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s, :]
              for i in range(k) for j in range(k)], axis=-1)    # [B, H', W', k*k*C]
-        return patches @ kernel + bias
+        return dense_matmul(patches, kernel) + bias
 
 
 class _DenseWeights(nn.Module):
@@ -100,9 +150,7 @@ class _DenseWeights(nn.Module):
 
     @nn.compact
     def __call__(self, fan_in: int) -> tuple[jax.Array, jax.Array]:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (fan_in, self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return kernel, bias
+        return _dense_params(self, fan_in, self.features)
 
 
 class ConvBody(nn.Module):
@@ -122,7 +170,7 @@ class ConvBody(nn.Module):
             x = self.activation(PatchConv(features, kernel, stride, pad, impl=self.conv)(x))
         x = x.reshape(x.shape[0], -1)
         for features in self.dense:
-            x = self.activation(nn.Dense(features)(x))
+            x = self.activation(Dense(features)(x))
         return x
 
 
@@ -136,7 +184,7 @@ class MLPBody(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = to_float(x).reshape(x.shape[0], -1)
         for features in self.features:
-            x = self.activation(nn.Dense(features)(x))
+            x = self.activation(Dense(features)(x))
         return x
 
 
@@ -215,21 +263,21 @@ class QHead(nn.Module):
         if not self.hidden:
             return self._linear(features)
         if not self.dueling:
-            h = self.activation(nn.Dense(self.hidden_size)(features))
-            return nn.Dense(self.num_actions)(h)
+            h = self.activation(Dense(self.hidden_size)(features))
+            return Dense(self.num_actions)(h)
         features = scale_gradient(features, 1.0 / math.sqrt(2.0))
-        value = nn.Dense(1)(self.activation(nn.Dense(self.hidden_size)(features)))
-        advantage = nn.Dense(self.num_actions)(
-            self.activation(nn.Dense(self.hidden_size)(features)))
+        value = Dense(1)(self.activation(Dense(self.hidden_size)(features)))
+        advantage = Dense(self.num_actions)(
+            self.activation(Dense(self.hidden_size)(features)))
         return dueling_q(value, advantage)
 
     def _linear(self, features: jax.Array) -> jax.Array:
         """The streams without their hidden layer: the recurrent core took its place."""
         if not self.dueling:
-            return nn.Dense(self.num_actions, name="q")(features)
+            return Dense(self.num_actions, name="q")(features)
         features = scale_gradient(features, 1.0 / math.sqrt(2.0))
-        value = nn.Dense(1, name="value")(features)
-        advantage = nn.Dense(self.num_actions, name="advantage")(features)
+        value = Dense(1, name="value")(features)
+        advantage = Dense(self.num_actions, name="advantage")(features)
         return dueling_q(value, advantage)
 
 
@@ -306,14 +354,14 @@ class LSTMCore(nn.Module):
     def __call__(self, x: jax.Array, reset: jax.Array, carry: LSTMCarry
                  ) -> tuple[jax.Array, LSTMCarry]:  # x [T, B, F], reset [T, B] -> [T, B, H]
         h_size = self.hidden_size
-        gates_x = nn.Dense(4 * h_size, bias_init=_forget_bias_one, name="input")(x)
+        gates_x = Dense(4 * h_size, bias_init=_forget_bias_one, name="input")(x)
         recurrent = self.param("recurrent", nn.initializers.orthogonal(), (h_size, 4 * h_size))
 
         def step(carry, inputs):
             gates_x_t, reset_t = inputs
             keep = (~reset_t)[:, None].astype(gates_x_t.dtype)
             cell, hidden = carry[0] * keep, carry[1] * keep
-            gates = gates_x_t + hidden @ recurrent
+            gates = gates_x_t + dense_matmul(hidden, recurrent)
             i, f, g, o = jnp.split(gates, 4, axis=-1)
             cell = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(g)
             hidden = jax.nn.sigmoid(o) * jnp.tanh(cell)
@@ -356,7 +404,7 @@ class ActorCriticNetwork(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = self.activation(nn.Dense(self.hidden_size)(self.body(obs)))
-        logits = nn.Dense(self.num_actions)(h)
-        value = nn.Dense(1)(h)[..., 0]
+        h = self.activation(Dense(self.hidden_size)(self.body(obs)))
+        logits = Dense(self.num_actions)(h)
+        value = Dense(1)(h)[..., 0]
         return logits, value

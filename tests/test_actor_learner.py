@@ -541,7 +541,8 @@ def train_and_evaluate(preset: str, overrides: dict, greedy_episodes_per_env: in
 # 85 % of balls (simulated with the exact posterior over the ball's start column and speed):
 # a memoryless agent with the original's frame stack cannot reach 0.9. The tests hold every
 # seed to 0.6, far above chance (about 0.05); seeds land between 0.69 and 0.84 (one-step Q
-# came in at 0.693 once, so 0.7 was too tight for a 4-seed all-pass test).
+# came in at 0.693 once, so 0.7 was too tight for a 4-seed all-pass test). Sarsa gets 1.5M steps:
+# at 1M one seed came in at 0.58 after a change that only reordered float sums.
 CATCH_RATE = 0.6
 
 
@@ -549,7 +550,7 @@ CATCH_RATE = 0.6
 @pytest.mark.parametrize("preset, overrides", [
     ("demo-async", {"steps": 800_000}),                                   # n-step Q
     ("demo-async", {"steps": 1_500_000, "async_method": "onestep"}),
-    ("demo-async", {"steps": 1_000_000, "async_method": "sarsa"}),
+    ("demo-async", {"steps": 1_500_000, "async_method": "sarsa"}),
     # A3C with its default entropy bonus (the demo preset keeps the original's 0) and a
     # higher learning rate.
     ("demo-async-a3c", {"entropy_beta": 0.01, "eta": 0.003}),

@@ -62,14 +62,17 @@ def test_envpool_space_invaders_through_the_real_loop(tmp_path):
     assert all(float(row[2]) * int(row[3]) % 5 == 0 for row in evals)
 
 
-def test_host_loop_stores_every_transition_in_order(tmp_path):
+@pytest.mark.parametrize("learn_start", [30, 100], ids=["learning", "ends-before-learning"])
+def test_host_loop_stores_every_transition_in_order(tmp_path, learn_start):
     """Steps with uniform actions reach the memory in batches (``host._ExploreSteps``),
     later steps one at a time after the network acted: either way each env's memory holds
-    its steps in order, with the reset step after a terminal masked out."""
+    its steps in order, with the reset step after a terminal masked out. A run that ends
+    before learning starts stores its last step with the uniform ones."""
     from jaxatari.loop import Trainer
     config = build_config("demo", {
         "env": "tests.test_loop_host:CountdownEnv", "model_body": "mlp", "hist_len": 1,
-        "steps": 50, "seeds": 2, "envs": 2, "learn_start": 30, "mem_size": 200, "batch_size": 8,
+        "steps": 50, "seeds": 2, "envs": 2, "learn_start": learn_start, "mem_size": 200,
+        "batch_size": 8,
         "val_freq": 1000, "val_steps": 4, "val_envs": 2, "chunk_steps": 10})
     run_dir, _ = train(config, tmp_path / "order", quiet=True, checkpoint_replay=True)
     reader = dataclasses.replace(config, steps=100)   # a run that could continue it

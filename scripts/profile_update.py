@@ -1,0 +1,268 @@
+"""Where a DQN update's time goes: ms per update and the costliest XLA ops, with and without
+the kernel-layout weight gradient of ``networks.dense_matmul``.
+
+For each seed count it times the preset's update the way training runs it, and profiles it
+with ``jax.profiler``; each op is named by the network part it came from (XLA's metadata).
+
+- JAX-native presets (MinAtar, Catch): ``calls`` updates in one ``lax.scan``, vmapped over
+  the seeds, as the whole-loop-in-XLA path runs them (conv "patch").
+- Atari presets (``nature``): one seed, one jitted and donated update per call from Python,
+  as the host loop runs it (conv "xla"), on a synthetic 84x84 Space Invaders spec.
+
+``--gradient`` chooses the weight gradient of every dense matmul (and of PatchConv's): "kernel"
+(ours, ``x^T @ dy``) or "autodiff" (JAX's own transpose rule), or both side by side.
+
+    python -m scripts.profile_update                               # minatar-dqn, 1 and 8 seeds
+    python -m scripts.profile_update --preset nature --seeds 1
+    python -m scripts.profile_update --no-write --top 25
+
+Writes results/benchmarks/profile-<preset>.{json,md} unless ``--no-write``.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import glob
+import gzip
+import json
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from jaxatari import networks
+from jaxatari.agents.dqn import make_q_agent
+from jaxatari.config import build_config
+from jaxatari.envs import make_env
+from jaxatari.envs.base import EnvSpec, JaxEnv
+from jaxatari.loop import agent_settings
+from scripts.provenance import commit_label, cpu_model, write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+ATARI_SPEC = EnvSpec(name="SpaceInvaders", obs_shape=(84, 84, 1), obs_dtype="uint8",
+                     num_actions=6, action_meanings=(), protocol={}, human_name="space_invaders")
+REPLAY_ROWS = 256      # enough history that every sampled transition is valid
+
+
+@contextlib.contextmanager
+def weight_gradient(kind: str):
+    """"autodiff" swaps networks.dense_matmul for a plain matmul while the update is traced."""
+    kept = networks.dense_matmul
+    if kind == "autodiff":
+        networks.dense_matmul = lambda x, kernel: x @ kernel
+    try:
+        yield
+    finally:
+        networks.dense_matmul = kept
+
+
+def filled_agent(preset: str, seeds: int, overrides: dict):
+    """(agent, train [S], replay [S], native): the preset's agent with a replay of random rows."""
+    config = build_config(preset, {"mem_size": 10_000, "learn_start": 1_000, **overrides,
+                                   "seeds": seeds})
+    native = config.env != "atari"
+    spec = make_env(config).spec if native else ATARI_SPEC
+    if native and not isinstance(make_env(config), JaxEnv):
+        raise SystemExit(f"{preset}: only JAX-native and Atari presets can be profiled")
+    if not native and seeds != 1:
+        raise SystemExit("Atari presets run one seed per host loop: use --seeds 1")
+    agent = make_q_agent(agent_settings(config, spec, native=native))
+    keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+    train, replay, _ = jax.vmap(agent.init)(keys)
+    shape, dtype = (1, *spec.obs_shape), jnp.dtype(agent.settings.obs_dtype)
+
+    def add(replay, t, key):
+        if dtype == jnp.uint8:
+            frame = jax.random.randint(key, shape, 0, 255).astype(jnp.uint8)
+        else:
+            frame = (jax.random.uniform(key, shape) > 0.8).astype(dtype)
+        row = agent.make_row(frame, jnp.zeros(1, jnp.int32), jnp.ones(1), jnp.zeros(1, bool),
+                             (t == 0)[None], jnp.ones(1, bool), key)
+        return agent.replay.add(replay, row)
+
+    add = jax.jit(jax.vmap(add, in_axes=(0, None, 0)), donate_argnums=0)
+    for t in range(REPLAY_ROWS):
+        replay = add(replay, jnp.int32(t), jax.random.split(jax.random.PRNGKey(t), seeds))
+    return agent, train, replay, native
+
+
+def make_runner(agent, native: bool, calls: int):
+    """(run, hlo): run(train, replay) -> (train, replay, loss) makes ``calls`` updates;
+    hlo(train, replay) is the optimised HLO text of what run executes."""
+    if native:
+        def many(train, replay):
+            def body(carry, _):
+                train, replay, metrics = agent.update(*carry, 0.0)
+                return (train, replay), metrics["loss"]
+            (train, replay), loss = jax.lax.scan(body, (train, replay), None, length=calls)
+            return train, replay, loss
+        run = jax.jit(jax.vmap(many), donate_argnums=(0, 1))
+        return run, lambda train, replay: run.lower(train, replay).compile().as_text()
+
+    step = jax.jit(agent.update, donate_argnums=(0, 1))
+    first = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))
+    stack = jax.jit(lambda tree: jax.tree.map(lambda x: x[None], tree))
+
+    def host_loop(train, replay):
+        train, replay = first((train, replay))
+        for _ in range(calls):
+            train, replay, metrics = step(train, replay, 0.0)
+        return *stack((train, replay)), metrics["loss"]
+
+    def hlo(train, replay):
+        return step.lower(*first((train, replay)), 0.0).compile().as_text()
+    return host_loop, hlo
+
+
+def _layer(op_name: str) -> str:
+    path = [p for p in op_name.split("/")
+            if p and not p.startswith(("jit(", "vmap(", "while", "closed"))]
+    return "/".join(path[-3:])
+
+
+def op_sources(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> the layer it came from (the tail of XLA's op_name metadata;
+    for a fusion without its own, the first one inside the computation it calls)."""
+    inside = {}
+    for block in re.split(r"\n(?=%|ENTRY)", hlo_text):
+        header = re.match(r"%([\w.-]+) \(([^)]*)\)", block)
+        if not header:
+            continue
+        found = re.search(r'op_name="([^"]+)"', block)
+        root = re.search(r"ROOT %[\w.-]+ = \S+ (\w+)\(", block)
+        operands = ", ".join(re.findall(r"\w+\[[\d,]*\]", header.group(2)))
+        # no metadata inside (XLA drops it from some fused dots): the root op and its inputs
+        inside[header.group(1)] = (_layer(found.group(1)) if found else
+                                   f"{root.group(1)}({operands})" if root else "")
+    sources = {}
+    for line in hlo_text.splitlines():
+        match = re.match(r'\s*(?:ROOT )?%([\w.-]+) = ', line)
+        if not match:
+            continue
+        own = re.search(r'op_name="([^"]+)"', line)
+        called = re.search(r"calls=%([\w.-]+)", line)
+        sources[match.group(1)] = (_layer(own.group(1)) if own
+                                   else inside.get(called.group(1), "") if called else "")
+    return sources
+
+
+def op_shapes(hlo_text: str) -> dict[str, str]:
+    return {m.group(1): m.group(2)
+            for m in re.finditer(r'%([\w.-]+) = (\w+\[[\d,]*\])', hlo_text)}
+
+
+def profile(run, train, replay, calls: int, top: int, hlo_text: str) -> list[dict]:
+    """The ``top`` costliest XLA ops of one call of ``run``, in ms per update."""
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            train, replay, loss = run(train, replay)
+            jax.block_until_ready(loss)
+        path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
+        events = json.load(gzip.open(path))["traceEvents"]
+    sources, shapes = op_sources(hlo_text), op_shapes(hlo_text)
+    total = collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("ph") == "X" and name in shapes:     # XLA ops only, not Python frames
+            total[name] += event["dur"]
+    return [{"op": name, "ms_per_update": round(us / 1e3 / calls, 4), "shape": shapes[name],
+             "source": sources.get(name, "")} for name, us in total.most_common(top)]
+
+
+def measure(preset: str, seeds: int, gradient: str, calls: int, repeats: int, top: int,
+            overrides: dict) -> dict:
+    with weight_gradient(gradient):
+        agent, train, replay, native = filled_agent(preset, seeds, overrides)
+        run, hlo_of = make_runner(agent, native, calls)
+        train, replay, loss = run(train, replay)                  # compile
+        jax.block_until_ready(loss)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            train, replay, loss = run(train, replay)
+            jax.block_until_ready(loss)
+            times.append((time.perf_counter() - started) / calls * 1e3)
+        ops = profile(run, train, replay, calls, top, hlo_of(train, replay))
+    return {"preset": preset, "seeds": seeds, "gradient": gradient, "calls": calls,
+            "ms_per_update": {"median": statistics.median(times), "min": min(times),
+                              "max": max(times)},
+            "ms_per_seed_update": statistics.median(times) / seeds, "top_ops": ops}
+
+
+def markdown(record: dict) -> list[str]:
+    changed = " ".join(f"{k}={v}" for k, v in record["overrides"].items())
+    lines = [f"# Where the {record['preset']} update's time goes"
+             + (f" ({changed})" if changed else ""), "",
+             f"{record['machine']}; {record['repeats']} repeats of {record['calls']} updates "
+             "(median, [min-max]). `kernel`: our dense weight gradient `x^T @ dy`; "
+             "`autodiff`: JAX's transpose rule.", "",
+             "| seeds | weight gradient | ms per update | ms per seed-update |",
+             "|---:|---|---:|---:|"]
+    for row in record["rows"]:
+        t = row["ms_per_update"]
+        lines.append(f"| {row['seeds']} | {row['gradient']} | {t['median']:.3f} "
+                     f"[{t['min']:.3f}-{t['max']:.3f}] | {row['ms_per_seed_update']:.3f} |")
+    for seeds, ratio in record["speedups"].items():
+        lines.append(f"\n{seeds} seed(s): autodiff / kernel = {ratio:.2f}x")
+    for row in record["rows"]:
+        lines += ["", f"## {row['seeds']} seed(s), {row['gradient']} weight gradient: "
+                  "costliest ops", "", "| op | ms per update | shape | from |", "|---|---:|---|---|"]
+        lines += [f"| {op['op']} | {op['ms_per_update']:.3f} | `{op['shape']}` | "
+                  f"{op['source']} |" for op in row["top_ops"]]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="minatar-dqn")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--gradient", nargs="+", choices=("kernel", "autodiff"),
+                        default=["kernel", "autodiff"])
+    parser.add_argument("--set", nargs="+", default=[], metavar="OPTION=VALUE",
+                        help="preset overrides, e.g. --set optimiser=adam grad_clip=10")
+    parser.add_argument("--calls", type=int, default=100, help="updates per timed call")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--top", type=int, default=12, help="ops listed per row")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "results" / "benchmarks")
+    args = parser.parse_args(argv)
+    commit = commit_label()       # before anything is written: the outputs are not "changes"
+    overrides = {}
+    for item in args.set:
+        name, equals, value = item.partition("=")
+        if not equals:
+            parser.error(f"--set {item}: expected OPTION=VALUE")
+        overrides[name.replace("-", "_")] = value
+    rows = []
+    for seeds in args.seeds:
+        for gradient in args.gradient:
+            row = measure(args.preset, seeds, gradient, args.calls, args.repeats, args.top,
+                          overrides)
+            print(f"{args.preset}: {seeds} seed(s), {gradient} weight gradient: "
+                  f"{row['ms_per_update']['median']:.3f} ms per update", file=sys.stderr)
+            rows.append(row)
+    by = {(r["seeds"], r["gradient"]): r["ms_per_update"]["median"] for r in rows}
+    speedups = {str(s): by[s, "autodiff"] / by[s, "kernel"] for s in args.seeds
+                if (s, "autodiff") in by and (s, "kernel") in by}
+    record = {"command": shlex.join(["python", "-m", "scripts.profile_update",
+                                     *(sys.argv[1:] if argv is None else argv)]),
+              "commit": commit, "machine": cpu_model(), "preset": args.preset,
+              "overrides": overrides,
+              "calls": args.calls, "repeats": args.repeats, "rows": rows,
+              "speedups": speedups}
+    if args.no_write:
+        print("\n".join(markdown(record)))
+    else:
+        write_result(args.output_dir / f"profile-{args.preset}", record, markdown(record))
+    return record
+
+
+if __name__ == "__main__":
+    main()
