@@ -66,6 +66,7 @@ def main() -> int:
                         help="training steps the training score averages over (default 100k)")
     parser.add_argument("--out", default="results/minatar-spaceinvaders")
     args = parser.parse_args()
+    commit = commit_label()   # before the plots are written: they are not "changes"
     missing = [str(d) for d in args.run_dirs if not (d / "config.json").is_file()]
     if missing:
         raise SystemExit(f"not a run directory (no config.json): {', '.join(missing)}")
@@ -94,7 +95,7 @@ def main() -> int:
     command = "PYTHONPATH=$PWD python " + " ".join(["scripts/minatar_results.py", *sys.argv[1:]])
     record = {"experiment": "SpaceInvaders-MinAtar, whole loop in XLA, seeds vmapped",
               "published_dqn_at_5M": PUBLISHED_DQN, "command": command,
-              "commit": commit_label(), "runs": runs}
+              "commit": commit, "runs": runs}
     write_result(out, record, lines)
     return 0
 
