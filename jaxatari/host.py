@@ -252,12 +252,16 @@ class HostRunner:
 
         explored = _ExploreSteps(self.record_take_in_many, size=8)
 
+        def explores_on_host(epsilon: float) -> bool:
+            """Uniform actions drawn on the host, their steps stored in batches."""
+            return self.host_explore and epsilon >= 1.0
+
         def act(params, actor, step, frame, numbers):
             """Sends the next actions for ``frame`` (host arrays); returns the actions, the
             actor, epsilon, the frame and numbers (on the device once the actor has used
             them), and whether the actor has taken the frame in yet."""
             epsilon = float(cadence.epsilon(step))
-            if epsilon >= 1.0 and self.host_explore:
+            if explores_on_host(epsilon):
                 # Before learning starts every action is uniform: drawn here, so the envs
                 # start at once and the device work of this step overlaps them.
                 actions = explore_rng.integers(0, num_actions, (seeds, envs), dtype=np.int32)
@@ -316,7 +320,7 @@ class HostRunner:
                 if not last:
                     actions, actor, epsilon, frame, numbers, taken = act(
                         train.params, actor, step_after, next_frame, numbers)
-                elif not learned and self.host_explore and cadence.epsilon(step_after) >= 1.0:
+                elif not learned and explores_on_host(float(cadence.epsilon(step_after))):
                     # A run that ends before learning starts: its last step joins the other
                     # uniform ones, so no write path is compiled just for it.
                     frame, taken = next_frame, False

@@ -232,25 +232,10 @@ def matmul_gflops(size: int, repeats: int) -> dict:
 
 def update_timing(conv: str, calls: int, repeats: int) -> dict:
     """Median ms of our jitted, donated DQN update at batch 32 (Nature body) and its FLOPs."""
-    from jaxatari.agents.dqn import make_q_agent
-    from jaxatari.envs.base import EnvSpec
-    from jaxatari.loop import agent_settings
+    from scripts.profile_update import ATARI_SPEC, filled_agent
     config = our_dqn_config(64, 1000, 1000, 1, {"conv": conv, "mem_size": 10_000})
-    spec = EnvSpec(name="SpaceInvaders", obs_shape=(84, 84, 1), obs_dtype="uint8",
-                   num_actions=6, action_meanings=(), protocol={}, human_name="space_invaders")
-    agent = make_q_agent(agent_settings(config, spec, native=False))
-    train, replay_state, _ = agent.init(jax.random.PRNGKey(0))
-    rows = 256    # enough history for any batch to hold valid transitions
-
-    def add(replay_state, t, key):
-        frame = jax.random.randint(key, (1, 84, 84, 1), 0, 255).astype(jnp.uint8)
-        row = agent.make_row(frame, jnp.zeros(1, jnp.int32), jnp.ones(1), jnp.zeros(1, bool),
-                             (t == 0)[None], jnp.ones(1, bool), key)
-        return agent.replay.add(replay_state, row)
-
-    add = jax.jit(add, donate_argnums=0)   # donated: the memory is updated in place
-    for t in range(rows):
-        replay_state = add(replay_state, jnp.int32(t), jax.random.PRNGKey(t))
+    agent, train, replay_state = filled_agent(config, ATARI_SPEC, native=False)
+    train, replay_state = jax.tree.map(lambda x: x[0], (train, replay_state))   # one seed
     update = jax.jit(agent.update, donate_argnums=(0, 1))
     compiled = update.lower(train, replay_state, 0.0).compile()
     cost = compiled.cost_analysis()

@@ -1,6 +1,6 @@
 """SpaceInvaders-MinAtar learning curves and table from one or more run directories.
 
-The runs themselves are long (5M steps per seed is about 9 hours for 4 vmapped seeds on the
+The runs themselves are long (5M steps per seed takes 5 to 8 hours for 4 vmapped seeds on the
 2-core CPU), so they go in the background, resumed session after session:
 
     python -m jaxatari train minatar-dqn --seeds 4 --run-dir runs/minatar-dqn
@@ -15,8 +15,8 @@ Two scores per run, per seed. Training score: the mean raw return of the episode
 the last ``--window`` steps of training (epsilon-greedy at 0.1), the figure Young and Tian
 (2019) report, whose DQN reaches about 43 at 5M frames (MinAtar has no frame skip, so frames
 are agent steps). Validation score: the preset's greedy evaluation (epsilon 0.001, 16 envs,
-20k steps per seed) at the latest validation. Writes ``<out>.json``, ``<out>.md`` and
-``<out>.png`` (validation curves, and training curves beside them).
+20k steps per seed) at the latest validation. Writes ``<out>.json``, ``<out>.md``,
+``<out>-training.png`` and ``<out>-validation.png``.
 """
 from __future__ import annotations
 

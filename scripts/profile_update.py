@@ -63,18 +63,11 @@ def weight_gradient(kind: str):
         networks.dense_matmul = kept
 
 
-def filled_agent(preset: str, seeds: int, overrides: dict):
-    """(agent, train [S], replay [S], native): the preset's agent with a replay of random rows."""
-    config = build_config(preset, {"mem_size": 10_000, "learn_start": 1_000, **overrides,
-                                   "seeds": seeds})
-    native = config.env != "atari"
-    spec = make_env(config).spec if native else ATARI_SPEC
-    if native and not isinstance(make_env(config), JaxEnv):
-        raise SystemExit(f"{preset}: only JAX-native and Atari presets can be profiled")
-    if not native and seeds != 1:
-        raise SystemExit("Atari presets run one seed per host loop: use --seeds 1")
+def filled_agent(config, spec: EnvSpec, native: bool):
+    """(agent, train [S], replay [S]): the config's agent for its ``seeds`` seeds, each replay
+    holding ``REPLAY_ROWS`` random rows (scripts/benchmark.py's learner section uses it too)."""
     agent = make_q_agent(agent_settings(config, spec, native=native))
-    keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+    keys = jax.random.split(jax.random.PRNGKey(0), config.seeds)
     train, replay, _ = jax.vmap(agent.init)(keys)
     shape, dtype = (1, *spec.obs_shape), jnp.dtype(agent.settings.obs_dtype)
 
@@ -89,8 +82,25 @@ def filled_agent(preset: str, seeds: int, overrides: dict):
 
     add = jax.jit(jax.vmap(add, in_axes=(0, None, 0)), donate_argnums=0)
     for t in range(REPLAY_ROWS):
-        replay = add(replay, jnp.int32(t), jax.random.split(jax.random.PRNGKey(t), seeds))
-    return agent, train, replay, native
+        replay = add(replay, jnp.int32(t), jax.random.split(jax.random.PRNGKey(t), config.seeds))
+    return agent, train, replay
+
+
+def preset_agent(preset: str, seeds: int, overrides: dict):
+    """(agent, train [S], replay [S], native) for a JAX-native or an Atari preset."""
+    config = build_config(preset, {"mem_size": 10_000, "learn_start": 1_000, **overrides,
+                                   "seeds": seeds})
+    native = config.env != "atari"
+    if native:
+        env = make_env(config)
+        if not isinstance(env, JaxEnv):
+            raise SystemExit(f"{preset}: only JAX-native and Atari presets can be profiled")
+        spec = env.spec
+    elif seeds != 1:
+        raise SystemExit("Atari presets run one seed per host loop: use --seeds 1")
+    else:
+        spec = ATARI_SPEC
+    return (*filled_agent(config, spec, native), native)
 
 
 def make_runner(agent, native: bool, calls: int):
@@ -179,7 +189,7 @@ def profile(run, train, replay, calls: int, top: int, hlo_text: str) -> list[dic
 def measure(preset: str, seeds: int, gradient: str, calls: int, repeats: int, top: int,
             overrides: dict) -> dict:
     with weight_gradient(gradient):
-        agent, train, replay, native = filled_agent(preset, seeds, overrides)
+        agent, train, replay, native = preset_agent(preset, seeds, overrides)
         run, hlo_of = make_runner(agent, native, calls)
         train, replay, loss = run(train, replay)                  # compile
         jax.block_until_ready(loss)
