@@ -1,6 +1,6 @@
 """SpaceInvaders-MinAtar learning curves and table from one or more run directories.
 
-The runs themselves are long (5M steps per seed takes 5 to 8 hours for 4 vmapped seeds on the
+The runs themselves are long (5M steps per seed for 4 vmapped seeds takes several hours on the
 2-core CPU), so they go in the background, resumed session after session:
 
     python -m jaxatari train minatar-dqn --seeds 4 --run-dir runs/minatar-dqn

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from jaxatari import networks
 from jaxatari.agents.dqn import make_q_agent
-from jaxatari.config import build_config
+from jaxatari.config import ConfigError, build_config
 from jaxatari.envs import make_env
 from jaxatari.envs.base import EnvSpec, JaxEnv
 from jaxatari.loop import agent_settings
@@ -88,8 +88,11 @@ def filled_agent(config, spec: EnvSpec, native: bool):
 
 def preset_agent(preset: str, seeds: int, overrides: dict):
     """(agent, train [S], replay [S], native) for a JAX-native or an Atari preset."""
-    config = build_config(preset, {"mem_size": 10_000, "learn_start": 1_000, **overrides,
-                                   "seeds": seeds})
+    try:
+        config = build_config(preset, {"mem_size": 10_000, "learn_start": 1_000, **overrides,
+                                       "seeds": seeds})
+    except ConfigError as error:      # an unknown preset or a bad --set: one line
+        raise SystemExit(f"error: {error}") from None
     native = config.env != "atari"
     if native:
         env = make_env(config)

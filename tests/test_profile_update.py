@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from scripts import profile_update
 
 
@@ -37,3 +39,8 @@ def test_op_sources_follow_a_fusion_into_its_computation():
     assert sources["ynn_fusion.3"] == "dot(f32[8,32,128], f32[8,128,1024])"
     assert sources["loop_fusion"] == "heads/Dense_0/add"
     assert profile_update.op_shapes(hlo)["ynn_fusion.3"] == "f32[8,32,1024]"
+
+
+def test_a_bad_preset_option_is_refused_in_one_line():
+    with pytest.raises(SystemExit, match="^error: unknown option --warp"):
+        profile_update.main(["--set", "warp=1", "--no-write"])
