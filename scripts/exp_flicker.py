@@ -1,6 +1,6 @@
 """Flickering Catch: what a recurrent Q-network buys under partial observability.
 
-Catch (16x16, the preset's) with ``--flickering 0.5`` blanks each screen with probability 0.5, so a single frame
+Catch (16x16, the preset's; ``--size 24`` is the original's screen) with ``--flickering 0.5`` blanks each screen with probability 0.5, so a single frame
 often shows nothing and never shows the ball's drift. Three agents train for the same number
 of steps, ``--seeds`` seeds each, vmapped in one program per agent (the ``demo-recurrent``
 preset's settings; only what names the agent differs):
@@ -17,7 +17,8 @@ On the original's 24x24 Catch, even unflickered, a memoryless policy cannot reac
 Bayes-optimal catch rate from the last k frames is about 0.83 for k <= 4, 0.94 with full
 history), and the budget here is short, so the margins matter more than the absolute numbers.
 
-    PYTHONPATH=$PWD python scripts/exp_flicker.py [--steps N] [--out results/flicker-catch]
+    PYTHONPATH=$PWD python scripts/exp_flicker.py [--steps N] [--size 24] [--window T]
+        [--out results/flicker-catch]
 
 Writes ``<out>.json`` and ``<out>.md`` (catch rate per seed, mean, command, commit).
 """
@@ -54,7 +55,8 @@ def run_agent(overrides: dict, run_dir: Path) -> dict:
             "seconds": round(time.time() - started, 1),
             "options": {k: v for k, v in config.to_dict().items()
                         if k in ("recurrent", "hist_len", "hidden_size", "steps", "seeds",
-                                 "flickering", "loss_steps", "burn_in", "model_body")}}
+                                 "size", "batch_size", "flickering", "loss_steps", "burn_in",
+                                 "model_body")}}
 
 
 def main() -> int:
@@ -62,16 +64,24 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="agent steps per seed "
                         "(default: the preset's)")
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--size", type=int, default=None,
+                        help="Catch screen size (default: the preset's 16; 24 is the original's)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="DRQN sequence length in steps (default: the preset's --hist-len)")
     parser.add_argument("--agents", default=",".join(AGENTS), help="which of drqn,dqn1,dqn4")
     parser.add_argument("--out", default="results/flicker-catch")
     args = parser.parse_args()
     common = {"seeds": args.seeds}
     if args.steps is not None:
         common["steps"] = args.steps
+    if args.size is not None:
+        common["size"] = args.size
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.agents.split(","):
             label, overrides = AGENTS[name]
+            if name == "drqn" and args.window is not None:
+                overrides = {**overrides, "hist_len": args.window}
             results[name] = {"label": label,
                              **run_agent({**common, **overrides}, Path(scratch) / name)}
             print(f"{name}: catch rate {results[name]['catch_rate']} mean "
@@ -80,13 +90,15 @@ def main() -> int:
     record = {"experiment": "flickering Catch (flickering 0.5), greedy catch rate at the final "
                             "validation", "preset": PRESET, "command": command,
               "commit": commit_label(), "agents": results}
-    steps = build_config(PRESET, common).steps
+    config = build_config(PRESET, common)
+    window = args.window or build_config(PRESET, {}).hist_len
     out = Path(args.out)
     lines = ["# Flickering Catch: DRQN vs DQN", "",
-             f"Preset `{PRESET}` (Catch 16x16, flickering 0.5), {args.seeds} seeds per agent "
-             f"vmapped, {steps:,} steps per seed for all; greedy (epsilon 0) catch rate at the "
-             "final validation (6400 steps over 64 envs per seed). DQNs: batches of 32 "
-             "transitions; DRQN: 16 windows of 8 steps.", "",
+             f"Preset `{PRESET}` (Catch {config.size}x{config.size}, flickering "
+             f"{config.flickering}), {args.seeds} seeds per agent vmapped, {config.steps:,} steps "
+             f"per seed for all; greedy (epsilon 0) catch rate at the final validation "
+             f"({config.val_steps} steps over {config.val_envs} envs per seed). DQNs: batches of "
+             f"32 transitions; DRQN: {config.batch_size} windows of {window} steps.", "",
              "| agent | catch rate per seed | mean | wall s |", "|---|---|---|---|"]
     for name, result in results.items():
         per_seed = ", ".join(f"{x:.3f}" for x in result["catch_rate"])
