@@ -74,6 +74,7 @@ from jaxatari.config import Config, async_batch_size
 from jaxatari.envs import EnvSpec, JaxEnv
 from jaxatari.metrics import Evaluation, mean_score
 from jaxatari.types import TrainState
+from jaxatari.xla_options import edge_jit
 
 
 # ------------------------------------------------------------------------ configuration
@@ -201,7 +202,7 @@ class HeldOutRollouts:
                 return learner.loss(params, target_params, rollout, jax.random.PRNGKey(0))[1]
             metrics = jax.vmap(one)(rollouts)
             return metrics["q_mean"].mean(), metrics["td_error"].mean()
-        self._stats = jax.jit(stats)
+        self._stats = edge_jit(stats)
 
     def offer(self, seed: int, rollout: Rollout) -> None:
         """One seed's rollout [T(+1), N, ...] the learner consumed (kept while the seed has
@@ -376,15 +377,15 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
 
     def chunk_of(length):       # the last, shorter chunk compiles once more
         if length not in chunks:
-            chunks[length] = jax.jit(make_native_actor_chunk(learner, env, length, c.tau),
+            chunks[length] = edge_jit(make_native_actor_chunk(learner, env, length, c.tau),
                                      donate_argnums=0)
         return chunks[length]
 
-    evaluate = jax.jit(jax.vmap(make_native_actor_evaluate(
+    evaluate = edge_jit(jax.vmap(make_native_actor_evaluate(
         learner, env.for_mode("eval"), num_envs=c.val_envs, num_steps=_eval_steps_per_env(c),
         epsilon=c.val_epsilon)))
     if restored is None:
-        carry = jax.jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))(keys)
+        carry = edge_jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))(keys)
         iteration = 0
     else:
         items = restored.items
@@ -393,7 +394,7 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
     logger = session.logger
     evaluated_at = session.evaluations[-1].step if session.evaluations else -1
     heldout = HeldOutRollouts(learner, c)
-    play_heldout = jax.jit(jax.vmap(make_native_heldout(learner, env, heldout.count)))
+    play_heldout = edge_jit(jax.vmap(make_native_heldout(learner, env, heldout.count)))
     while True:
         step = iteration * steps_per_iteration
         if session.interrupt_requested:
@@ -403,7 +404,7 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
             total, episodes, partial = jax.device_get(
                 evaluate(carry.train.params, jax.random.split(session.next_eval_key(), c.seeds)))
             if heldout.rollouts is None:
-                start = jax.jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))(
+                start = edge_jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))(
                     keys)
                 heldout.fix(play_heldout(start.train.params, start.actors, start.env_state,
                                          start.score))
@@ -449,8 +450,8 @@ class HostEvaluator:
             return learner.observe(dummy, to_agent_frame(frame, learner.frame_dtype),
                                    is_first).stack
 
-        self.observe = jax.jit(jax.vmap(observe))
-        self.policy = jax.jit(jax.vmap(learner.evaluate_policy, in_axes=(0, 0, 0, None)))
+        self.observe = edge_jit(jax.vmap(observe))
+        self.policy = edge_jit(jax.vmap(learner.evaluate_policy, in_axes=(0, 0, 0, None)))
 
     def __call__(self, params, step: int, key) -> tuple[np.ndarray, np.ndarray]:
         c = self.config
@@ -522,12 +523,12 @@ def _run_host_sync(config: Config, env_factory, keys, session, restored=None):
     c = config
     seeds, envs, length = c.seeds, c.envs, c.batch_size
     learner = build_learner(c, env_factory.spec)
-    init = jax.jit(jax.vmap(learner.init))
-    observe = jax.jit(jax.vmap(lambda a, f, first: learner.observe(
+    init = edge_jit(jax.vmap(learner.init))
+    observe = edge_jit(jax.vmap(lambda a, f, first: learner.observe(
         a, to_agent_frame(f, learner.frame_dtype), first)))
-    act = jax.jit(jax.vmap(learner.act))
-    update = jax.jit(jax.vmap(learner.update), donate_argnums=0)
-    sync = jax.jit(jax.vmap(learner.sync_target))
+    act = edge_jit(jax.vmap(learner.act))
+    update = edge_jit(jax.vmap(learner.update), donate_argnums=0)
+    sync = edge_jit(jax.vmap(learner.sync_target))
     evaluator = HostEvaluator(c, env_factory, learner)
     heldout = HeldOutRollouts(learner, c)
     steps_per_update = length * envs
@@ -793,10 +794,10 @@ def _run_host_async(config: Config, env_factory, keys, session, restored=None,
     spec = env_factory.spec
     learner = make_actor_learner(learner_settings(c, spec, envs, batch))
     s = learner.settings
-    init = jax.jit(learner.init)
-    update = jax.jit(learner.update, donate_argnums=0)
-    sync = jax.jit(learner.sync_target)
-    policy_fn = jax.jit(learner.policy)
+    init = edge_jit(learner.init)
+    update = edge_jit(learner.update, donate_argnums=0)
+    sync = edge_jit(learner.sync_target)
+    policy_fn = edge_jit(learner.policy)
     evaluator = HostEvaluator(c, env_factory, learner)
     heldout = HeldOutRollouts(learner, c)
     make_pool = make_pool or (lambda seed, first: make_async_envpool(

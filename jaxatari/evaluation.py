@@ -31,6 +31,7 @@ import numpy as np
 from jaxatari.agents.dqn import QAgent
 from jaxatari.agents.native import to_agent_frame
 from jaxatari.types import ActorState, Transition
+from jaxatari.xla_options import edge_jit
 
 DEFAULT_VAL_SIZE = 500   # the original's -valSize
 
@@ -95,7 +96,7 @@ def greedy_policy(agent, params, epsilon: float, sample: bool = True) -> Callabl
     def act(actor: ActorState):
         return agent.act(params, actor, epsilon, sample)
 
-    return jax.jit(act)
+    return edge_jit(act)
 
 
 def play_episodes(*, env, num_episodes: int, seed: int, act: Callable | None,
@@ -124,7 +125,7 @@ def play_episodes(*, env, num_episodes: int, seed: int, act: Callable | None,
     if agent is not None:
         frame_dtype = agent.frame_dtype
         actor = agent.init_actor(n, actor_key)
-        observe = jax.jit(agent.observe)
+        observe = edge_jit(agent.observe)
         actor = observe(actor, to_agent_frame(jnp.asarray(frame), frame_dtype),
                         jnp.ones((n,), bool))
     running = np.ones(n, bool)
@@ -170,9 +171,9 @@ class _JaxEpisodes:
         self.env = env
         self.n = n
         self.key = key
-        self._reset = jax.jit(lambda k: jax.vmap(env.reset)(jax.random.split(k, n)))
-        self._step = jax.jit(lambda k, s, a: jax.vmap(env.step)(jax.random.split(k, n), s, a))
-        self._render = jax.jit(lambda s, i: env.render(jax.tree.map(lambda x: x[i], s)))
+        self._reset = edge_jit(lambda k: jax.vmap(env.reset)(jax.random.split(k, n)))
+        self._step = edge_jit(lambda k, s, a: jax.vmap(env.step)(jax.random.split(k, n), s, a))
+        self._render = edge_jit(lambda s, i: env.render(jax.tree.map(lambda x: x[i], s)))
 
     def reset(self):
         self.key, key = jax.random.split(self.key)

@@ -20,6 +20,7 @@ from jaxatari.agents.native import Cadence, to_agent_frame
 from jaxatari.config import Config
 from jaxatari.envs.base import SplitStep
 from jaxatari.metrics import mean_score
+from jaxatari.xla_options import edge_jit
 
 
 def _to_seeds(x: np.ndarray, seeds: int) -> np.ndarray:
@@ -110,7 +111,7 @@ class HostRunner:
         state_example = jax.eval_shape(agent.init, keys[0])
         replay_axes = agent.replay.seed_axes(state_example[1])
         self.replay_axes = replay_axes
-        self.init = jax.jit(jax.vmap(agent.init, out_axes=(0, replay_axes, 0)))
+        self.init = edge_jit(jax.vmap(agent.init, out_axes=(0, replay_axes, 0)))
 
         def observe(actor, frame, is_first):
             return agent.observe(actor, to_agent_frame(frame, agent.frame_dtype), is_first)
@@ -150,14 +151,14 @@ class HostRunner:
             zero = {"loss": jnp.float32(0), "td_error": jnp.float32(0), "q_mean": jnp.float32(0)}
             return jax.lax.fori_loop(0, cadence.updates_per_learn, body, (train, replay_state, zero))
 
-        self.observe = jax.jit(jax.vmap(observe))
-        self.act = jax.jit(jax.vmap(agent.act, in_axes=(0, 0, None, None, None)),
+        self.observe = edge_jit(jax.vmap(observe))
+        self.act = edge_jit(jax.vmap(agent.act, in_axes=(0, 0, None, None, None)),
                            static_argnums=(3, 4))
-        self.observe_act = jax.jit(jax.vmap(observe_act, in_axes=(0, 0, 0, 0, None, None)),
+        self.observe_act = edge_jit(jax.vmap(observe_act, in_axes=(0, 0, 0, 0, None, None)),
                                    static_argnums=5)
-        self.record = jax.jit(jax.vmap(record, in_axes=(replay_axes, 0, 0, 0, 0),
+        self.record = edge_jit(jax.vmap(record, in_axes=(replay_axes, 0, 0, 0, 0),
                                        out_axes=(replay_axes, 0)), donate_argnums=0)
-        self.take_in = jax.jit(jax.vmap(take_in))
+        self.take_in = edge_jit(jax.vmap(take_in))
 
         def record_take_in_many(replay_state, actor, frames, actions, steps):
             # frames [K+1, E, ...], actions [K, E], steps [K, E, 6]; unrolled (K is small
@@ -166,15 +167,15 @@ class HostRunner:
                 replay_state, actor = record_take_in(replay_state, actor, frames[k], actions[k],
                                                      frames[k + 1], steps[k])
             return replay_state, actor
-        self.record_take_in_many = jax.jit(
+        self.record_take_in_many = edge_jit(
             jax.vmap(record_take_in_many, in_axes=(replay_axes, 0, 0, 0, 0),
                      out_axes=(replay_axes, 0)), donate_argnums=0)
         # Uniform actions need no network; a feedforward agent then draws them on the host
         # (an LSTM must still read every frame through its core).
         self.host_explore = not agent.settings.recurrent
-        self.learn = jax.jit(jax.vmap(learn, in_axes=(0, replay_axes, None),
+        self.learn = edge_jit(jax.vmap(learn, in_axes=(0, replay_axes, None),
                                       out_axes=(0, replay_axes, 0)), donate_argnums=(0, 1))
-        self.sync = jax.jit(jax.vmap(agent.sync_target))
+        self.sync = edge_jit(jax.vmap(agent.sync_target))
         del seeds
 
     def evaluate(self, params, step: int, key) -> tuple[np.ndarray, np.ndarray]:

@@ -56,6 +56,7 @@ from jaxatari.config import Config, ConfigError, config_json, resolved_loss
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
 from jaxatari.evaluation import DEFAULT_VAL_SIZE, make_heldout_sampler, make_value_stats
 from jaxatari.metrics import Evaluation, RunLogger, mean_score
+from jaxatari.xla_options import edge_jit
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "rlax", "gymnasium", "ale-py", "envpool",
             "gymnax", "numpy", "orbax-checkpoint")
@@ -437,8 +438,8 @@ class Trainer:
         return key
 
     def _compile_validation(self, replay_axes) -> None:
-        self._sample_heldout = jax.jit(self._sample_heldout_fn(replay_axes))
-        self._value_stats = jax.jit(jax.vmap(make_value_stats(self.agent)))
+        self._sample_heldout = edge_jit(self._sample_heldout_fn(replay_axes))
+        self._value_stats = edge_jit(jax.vmap(make_value_stats(self.agent)))
 
     def validate(self, step: int, scores, episodes, train, replay_state, v=None,
                  td_error=None) -> Evaluation:
@@ -561,14 +562,14 @@ class Trainer:
 
         def chunk_of(run: int) -> Callable:   # the last, shorter chunk compiles once more
             if run not in chunks:
-                chunks[run] = jax.jit(make_native_chunk(agent, env, self.cadence, run),
+                chunks[run] = edge_jit(make_native_chunk(agent, env, self.cadence, run),
                                       donate_argnums=0)
             return chunks[run]
 
-        evaluate = jax.jit(jax.vmap(make_native_evaluate(
+        evaluate = edge_jit(jax.vmap(make_native_evaluate(
             agent, env.for_mode("eval"), num_envs=c.val_envs, num_steps=max(math.ceil(c.val_steps / c.val_envs), 1),
             epsilon=c.val_epsilon)))
-        init = jax.jit(lambda keys: init_native_seeds(agent, env, keys))
+        init = edge_jit(lambda keys: init_native_seeds(agent, env, keys))
         if restored is None:
             carry = init(self.keys)
             iteration = 0

@@ -53,6 +53,7 @@ import numpy as np
 
 from jaxatari.config import build_config
 from jaxatari.envs.atari import PROTOCOLS, envpool_kwargs
+from jaxatari.xla_options import edge_jit
 from scripts.provenance import cpu_model, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,7 +237,7 @@ def update_timing(conv: str, calls: int, repeats: int) -> dict:
     config = our_dqn_config(64, 1000, 1000, 1, {"conv": conv, "mem_size": 10_000})
     agent, train, replay_state = filled_agent(config, ATARI_SPEC, native=False)
     train, replay_state = jax.tree.map(lambda x: x[0], (train, replay_state))   # one seed
-    update = jax.jit(agent.update, donate_argnums=(0, 1))
+    update = edge_jit(agent.update, donate_argnums=(0, 1))
     compiled = update.lower(train, replay_state, 0.0).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

@@ -11,9 +11,12 @@ with ``jax.profiler``; each op is named by the network part it came from (XLA's 
 
 ``--gradient`` chooses the weight gradient of every dense matmul (and of PatchConv's): "kernel"
 (ours, ``x^T @ dy``) or "autodiff" (JAX's own transpose rule), or both side by side.
+``--xla`` chooses how the update is compiled: "package" (``xla_options.edge_jit``, as training
+compiles it) or "defaults" (XLA's default options), or both side by side.
 
     python -m scripts.profile_update                               # minatar-dqn, 1 and 8 seeds
     python -m scripts.profile_update --preset nature --seeds 1
+    python -m scripts.profile_update --gradient kernel --xla package defaults
     python -m scripts.profile_update --no-write --top 25
 
 Writes results/benchmarks/profile-<preset>.{json,md} unless ``--no-write``.
@@ -43,6 +46,7 @@ from jaxatari.config import ConfigError, build_config
 from jaxatari.envs import make_env
 from jaxatari.envs.base import EnvSpec, JaxEnv
 from jaxatari.loop import agent_settings
+from jaxatari.xla_options import compiler_options, edge_jit, xla_defaults
 from scripts.provenance import commit_label, cpu_model, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +84,7 @@ def filled_agent(config, spec: EnvSpec, native: bool):
                              (t == 0)[None], jnp.ones(1, bool), key)
         return agent.replay.add(replay, row)
 
-    add = jax.jit(jax.vmap(add, in_axes=(0, None, 0)), donate_argnums=0)
+    add = edge_jit(jax.vmap(add, in_axes=(0, None, 0)), donate_argnums=0)
     for t in range(REPLAY_ROWS):
         replay = add(replay, jnp.int32(t), jax.random.split(jax.random.PRNGKey(t), config.seeds))
     return agent, train, replay
@@ -116,12 +120,12 @@ def make_runner(agent, native: bool, calls: int):
                 return (train, replay), metrics["loss"]
             (train, replay), loss = jax.lax.scan(body, (train, replay), None, length=calls)
             return train, replay, loss
-        run = jax.jit(jax.vmap(many), donate_argnums=(0, 1))
+        run = edge_jit(jax.vmap(many), donate_argnums=(0, 1))
         return run, lambda train, replay: run.lower(train, replay).compile().as_text()
 
-    step = jax.jit(agent.update, donate_argnums=(0, 1))
-    first = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))
-    stack = jax.jit(lambda tree: jax.tree.map(lambda x: x[None], tree))
+    step = edge_jit(agent.update, donate_argnums=(0, 1))
+    first = edge_jit(lambda tree: jax.tree.map(lambda x: x[0], tree))
+    stack = edge_jit(lambda tree: jax.tree.map(lambda x: x[None], tree))
 
     def host_loop(train, replay):
         train, replay = first((train, replay))
@@ -190,8 +194,9 @@ def profile(run, train, replay, calls: int, top: int, hlo_text: str) -> list[dic
 
 
 def measure(preset: str, seeds: int, gradient: str, calls: int, repeats: int, top: int,
-            overrides: dict) -> dict:
-    with weight_gradient(gradient):
+            overrides: dict, xla: str = "package") -> dict:
+    compiled_with = xla_defaults() if xla == "defaults" else contextlib.nullcontext()
+    with weight_gradient(gradient), compiled_with:
         agent, train, replay, native = preset_agent(preset, seeds, overrides)
         run, hlo_of = make_runner(agent, native, calls)
         train, replay, loss = run(train, replay)                  # compile
@@ -203,7 +208,7 @@ def measure(preset: str, seeds: int, gradient: str, calls: int, repeats: int, to
             jax.block_until_ready(loss)
             times.append((time.perf_counter() - started) / calls * 1e3)
         ops = profile(run, train, replay, calls, top, hlo_of(train, replay))
-    return {"preset": preset, "seeds": seeds, "gradient": gradient, "calls": calls,
+    return {"preset": preset, "seeds": seeds, "gradient": gradient, "xla": xla, "calls": calls,
             "ms_per_update": {"median": statistics.median(times), "min": min(times),
                               "max": max(times)},
             "ms_per_seed_update": statistics.median(times) / seeds, "top_ops": ops}
@@ -215,18 +220,21 @@ def markdown(record: dict) -> list[str]:
              + (f" ({changed})" if changed else ""), "",
              f"{record['machine']}; {record['repeats']} repeats of {record['calls']} updates "
              "(median, [min-max]). `kernel`: our dense weight gradient `x^T @ dy`; "
-             "`autodiff`: JAX's transpose rule.", "",
-             "| seeds | weight gradient | ms per update | ms per seed-update |",
-             "|---:|---|---:|---:|"]
+             "`autodiff`: JAX's transpose rule. XLA `package`: compiled as training compiles "
+             f"it ({record['package_options'] or 'XLA defaults'}); `defaults`: XLA's default "
+             "options.", "",
+             "| seeds | weight gradient | XLA | ms per update | ms per seed-update |",
+             "|---:|---|---|---:|---:|"]
     for row in record["rows"]:
         t = row["ms_per_update"]
-        lines.append(f"| {row['seeds']} | {row['gradient']} | {t['median']:.3f} "
+        lines.append(f"| {row['seeds']} | {row['gradient']} | {row['xla']} | {t['median']:.3f} "
                      f"[{t['min']:.3f}-{t['max']:.3f}] | {row['ms_per_seed_update']:.3f} |")
-    for seeds, ratio in record["speedups"].items():
-        lines.append(f"\n{seeds} seed(s): autodiff / kernel = {ratio:.2f}x")
+    for label, ratio in record["speedups"].items():
+        lines.append(f"\n{label} = {ratio:.2f}x")
     for row in record["rows"]:
-        lines += ["", f"## {row['seeds']} seed(s), {row['gradient']} weight gradient: "
-                  "costliest ops", "", "| op | ms per update | shape | from |", "|---|---:|---|---|"]
+        lines += ["", f"## {row['seeds']} seed(s), {row['gradient']} weight gradient, XLA "
+                  f"{row['xla']}: costliest ops", "", "| op | ms per update | shape | from |",
+                  "|---|---:|---|---|"]
         lines += [f"| {op['op']} | {op['ms_per_update']:.3f} | `{op['shape']}` | "
                   f"{op['source']} |" for op in row["top_ops"]]
     return lines
@@ -238,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--gradient", nargs="+", choices=("kernel", "autodiff"),
                         default=["kernel", "autodiff"])
+    parser.add_argument("--xla", nargs="+", choices=("package", "defaults"), default=["package"],
+                        help="compile with the package's XLA options, XLA's defaults, or both")
     parser.add_argument("--set", nargs="+", default=[], metavar="OPTION=VALUE",
                         help="preset overrides, e.g. --set optimiser=adam grad_clip=10")
     parser.add_argument("--calls", type=int, default=100, help="updates per timed call")
@@ -256,18 +266,25 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for seeds in args.seeds:
         for gradient in args.gradient:
-            row = measure(args.preset, seeds, gradient, args.calls, args.repeats, args.top,
-                          overrides)
-            print(f"{args.preset}: {seeds} seed(s), {gradient} weight gradient: "
-                  f"{row['ms_per_update']['median']:.3f} ms per update", file=sys.stderr)
-            rows.append(row)
-    by = {(r["seeds"], r["gradient"]): r["ms_per_update"]["median"] for r in rows}
-    speedups = {str(s): by[s, "autodiff"] / by[s, "kernel"] for s in args.seeds
-                if (s, "autodiff") in by and (s, "kernel") in by}
+            for xla in args.xla:
+                row = measure(args.preset, seeds, gradient, args.calls, args.repeats, args.top,
+                              overrides, xla)
+                print(f"{args.preset}: {seeds} seed(s), {gradient} weight gradient, XLA {xla}: "
+                      f"{row['ms_per_update']['median']:.3f} ms per update", file=sys.stderr)
+                rows.append(row)
+    by = {(r["seeds"], r["gradient"], r["xla"]): r["ms_per_update"]["median"] for r in rows}
+    speedups = {}
+    for s in args.seeds:
+        if (s, "autodiff", "package") in by and (s, "kernel", "package") in by:
+            speedups[f"{s} seed(s): autodiff / kernel"] = (by[s, "autodiff", "package"]
+                                                           / by[s, "kernel", "package"])
+        if (s, "kernel", "defaults") in by and (s, "kernel", "package") in by:
+            speedups[f"{s} seed(s): XLA defaults / package"] = (by[s, "kernel", "defaults"]
+                                                               / by[s, "kernel", "package"])
     record = {"command": shlex.join(["python", "-m", "scripts.profile_update",
                                      *(sys.argv[1:] if argv is None else argv)]),
               "commit": commit, "machine": cpu_model(), "preset": args.preset,
-              "overrides": overrides,
+              "overrides": overrides, "package_options": compiler_options(),
               "calls": args.calls, "repeats": args.repeats, "rows": rows,
               "speedups": speedups}
     if args.no_write:

@@ -19,11 +19,23 @@ def test_profile_writes_both_gradients_with_named_ops(tmp_path):
         # every listed op is an XLA instruction of the compiled update, most named by its layer
         assert all(op["shape"] and op["ms_per_update"] >= 0 for op in row["top_ops"])
         assert any(op["source"] for op in row["top_ops"])
-    assert set(record["speedups"]) == {"1", "2"}
+    assert set(record["speedups"]) == {"1 seed(s): autodiff / kernel",
+                                       "2 seed(s): autodiff / kernel"}
     saved = json.loads((tmp_path / "profile-demo.json").read_text())
     assert saved["overrides"] == {"mem_priority": "none"}
     table = (tmp_path / "profile-demo.md").read_text()
     assert "autodiff / kernel" in table and "Command: `python -m scripts.profile_update" in table
+
+
+def test_profile_times_the_package_options_against_xla_defaults(tmp_path):
+    record = profile_update.main(["--preset", "demo", "--seeds", "1", "--calls", "3",
+                                  "--repeats", "1", "--top", "3", "--gradient", "kernel",
+                                  "--xla", "package", "defaults", "--set", "mem_priority=none",
+                                  "--output-dir", str(tmp_path)])
+    assert [row["xla"] for row in record["rows"]] == ["package", "defaults"]
+    assert set(record["speedups"]) == {"1 seed(s): XLA defaults / package"}
+    table = (tmp_path / "profile-demo.md").read_text()
+    assert "| 1 | kernel | defaults |" in table and "XLA defaults / package" in table
 
 
 def test_op_sources_follow_a_fusion_into_its_computation():

@@ -200,6 +200,7 @@ def run_eval(args) -> int:
     from jaxatari.envs import make_env
     from jaxatari.evaluation import greedy_policy
     from jaxatari.export import load_agent, pick_seed
+    from jaxatari.xla_options import edge_jit
 
     _check_play_arguments(args)
     if args.epsilon is not None and not 0.0 <= args.epsilon <= 1.0:
@@ -223,7 +224,7 @@ def run_eval(args) -> int:
     saliency = None
     if args.saliency is not None:
         from jaxatari.saliency import make_saliency
-        salient = jax.jit(make_saliency(agent.settings, args.saliency))
+        salient = edge_jit(make_saliency(agent.settings, args.saliency))
         ensemble = agent.num_heads > 1
 
         def saliency(stack, actions, actor):
