@@ -384,8 +384,9 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
     evaluate = edge_jit(jax.vmap(make_native_actor_evaluate(
         learner, env.for_mode("eval"), num_envs=c.val_envs, num_steps=_eval_steps_per_env(c),
         epsilon=c.val_epsilon)))
+    init_carry = edge_jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))
     if restored is None:
-        carry = edge_jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))(keys)
+        carry = init_carry(keys)
         iteration = 0
     else:
         items = restored.items
@@ -404,8 +405,7 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
             total, episodes, partial = jax.device_get(
                 evaluate(carry.train.params, jax.random.split(session.next_eval_key(), c.seeds)))
             if heldout.rollouts is None:
-                start = edge_jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))(
-                    keys)
+                start = init_carry(keys)
                 heldout.fix(play_heldout(start.train.params, start.actors, start.env_state,
                                          start.score))
             v, td = heldout.stats(lambda seed: jax.tree.map(lambda x: x[seed], carry.train))

@@ -2,9 +2,9 @@
 
 On CPU, XLA (jaxlib 0.10.2) hands single dots and convolutions to its experimental YNNPACK
 library fusions. For our updates these run slower than XLA's own kernels: with them off, the
-Nature update at batch 32 takes about 18 ms instead of 23 ms, and the one-seed MinAtar update
-about 0.54 instead of 0.60 ms (``python -m scripts.profile_update --xla package defaults``, which
-times both in one process; results/benchmarks/profile-*.md). The option goes to each compiled
+Nature update at batch 32 takes 17.9 ms instead of 20.9 ms, and the one-seed MinAtar update
+0.44 instead of 0.51 ms (``python -m scripts.profile_update --xla package defaults``, which
+times both in one process; results/benchmarks/profile-{nature,minatar-dqn}.md). The option goes to each compiled
 function, not to ``XLA_FLAGS``, so JAX code of the user's in the same process keeps XLA's
 defaults.
 

@@ -91,7 +91,7 @@ def main() -> int:
                             "validation", "preset": PRESET, "command": command,
               "commit": commit_label(), "agents": results}
     config = build_config(PRESET, common)
-    window = args.window or build_config(PRESET, {}).hist_len
+    window = args.window or config.hist_len     # common never sets hist_len
     out = Path(args.out)
     lines = ["# Flickering Catch: DRQN vs DQN", "",
              f"Preset `{PRESET}` (Catch {config.size}x{config.size}, flickering "
