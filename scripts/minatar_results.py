@@ -16,7 +16,8 @@ the last ``--window`` steps of training (epsilon-greedy at 0.1), the figure Youn
 (2019) report, whose DQN reaches about 43 at 5M frames (MinAtar has no frame skip, so frames
 are agent steps). Validation score: the preset's greedy evaluation (epsilon 0.001, 16 envs,
 20k steps per seed) at the latest validation. Writes ``<out>.json``, ``<out>.md``,
-``<out>-training.png`` and ``<out>-validation.png``.
+``<out>-training.png`` and ``<out>-validation.png``; what is written by hand about the runs goes
+in ``<out>-notes.md``, which each rerun copies to the end of ``<out>.md``.
 """
 from __future__ import annotations
 

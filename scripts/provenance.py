@@ -40,10 +40,15 @@ def cpu_model() -> str:
 
 def write_result(out: Path, record: dict, table: list[str]) -> None:
     """Writes ``<out>.json`` (the record) and ``<out>.md`` (the table, then the record's
-    command and commit), and prints the markdown."""
+    command and commit, then ``<out>-notes.md`` verbatim when that file exists), and prints the
+    markdown. The notes file holds what a person wrote about the result, so that rerunning the
+    script to refresh the numbers keeps it."""
     import json
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [*table, "", f"Command: `{record['command']}`", "", f"Commit: `{record['commit']}`", ""]
+    notes = out.with_name(out.name + "-notes.md")
+    if notes.is_file():
+        lines += [notes.read_text().rstrip("\n"), ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))

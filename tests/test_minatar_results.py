@@ -44,3 +44,17 @@ def test_a_directory_that_is_not_a_run_is_refused_in_one_line(tmp_path, monkeypa
     monkeypatch.setattr(sys, "argv", ["minatar_results.py", str(tmp_path)])
     with pytest.raises(SystemExit, match="not a run directory"):
         minatar_results.main()
+
+
+def test_hand_written_notes_survive_a_regeneration(tmp_path, monkeypatch):
+    run_dir = tmp_path / "minatar-dqn"
+    _fake_run(run_dir, [100_000], [[1, 2]], [3, 4])
+    out = tmp_path / "minatar"
+    notes = "Reading: written by hand, kept across reruns.\n"
+    (tmp_path / "minatar-notes.md").write_text(notes)
+    monkeypatch.setattr(sys, "argv", ["minatar_results.py", str(run_dir), "--out", str(out)])
+    for _ in range(2):
+        assert minatar_results.main() == 0
+        table = out.with_suffix(".md").read_text()
+        assert table.count(notes.strip()) == 1
+        assert table.index("Commit: ") < table.index(notes.strip())
