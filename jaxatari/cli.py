@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"jaxatari: error: {error}", file=sys.stderr)
             return 2
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("jaxatari: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(interrupt, "signum", signal.SIGINT)   # 130, or 143 for SIGTERM
     return 2

@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import platform
 import shutil
 import signal
@@ -177,53 +178,69 @@ def _jsonable(value):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by Ctrl+C at a safe point (after saving the agent if asked)."""
+    """Training stopped by Ctrl+C or SIGTERM at a safe point (after saving the agent if
+    asked). ``signum`` is the signal that stopped it, for the exit status (128 + signum)."""
 
-    def __init__(self, message: str, saved: Path | None):
+    def __init__(self, message: str, saved: Path | None, signum: int = signal.SIGINT):
         super().__init__(message)
         self.saved = saved
+        self.signum = int(signum)
 
 
 class InterruptGuard:
-    """SIGINT during training, as the original's ``catchSigInt``.
+    """SIGINT and SIGTERM during training; SIGINT as the original's ``catchSigInt``.
 
     The first SIGINT only sets ``requested``; the loop looks at it at its next safe point
     (between chunks, or between steps for host envs) and asks ``confirm_save``: "Save agent
-    (y/n)?" on an interactive terminal, yes without one. The first SIGINT also restores the
-    default action, so a second one ends the process at once (even inside a jitted chunk),
-    without saving. Installed only in the main thread, and not where SIGINT is ignored.
+    (y/n)?" on an interactive terminal, yes without one. SIGTERM, what a cluster's scheduler
+    or ``kill`` sends before it stops a job, does the same but saves without asking, since
+    nobody is there to answer. The first signal also restores its default action, so a
+    second one ends the process at once (even inside a jitted chunk), without saving.
+    Installed only in the main thread, and not for a signal that is ignored.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, interactive: bool):
         self.interactive = interactive
         self.requested = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self):
-        # Not in a worker thread (signals go to the main one), and not where SIGINT is
-        # ignored (a background job of a shell script): there Ctrl+C is not for us.
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        # Not in a worker thread (signals go to the main one), and not where a signal is
+        # ignored (SIGINT in a background job of a shell script): there it is not for us.
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        del frame
+        if self.requested:   # the other signal after one was already taken: leave now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.requested, self.signum = True, signum
+        signal.signal(signum, signal.SIG_DFL)
+        name = signal.Signals(signum).name
+        how = "Ctrl+C" if signum == signal.SIGINT else "send it"
         try:
-            print("\nSIGINT received: stopping at the next safe point "
-                  "(Ctrl+C again to leave at once, without saving)", file=sys.stderr, flush=True)
+            print(f"\n{name} received: stopping at the next safe point "
+                  f"({how} again to leave at once, without saving)", file=sys.stderr,
+                  flush=True)
         except (OSError, ValueError, RuntimeError):
             pass
 
     def __exit__(self, *exc_info):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
         return False
 
     def confirm_save(self) -> bool:
-        if not self.interactive:
+        if not self.interactive or self.signum == signal.SIGTERM:
             return True
         return ask("Save agent (y/n)? ")
 
@@ -540,7 +557,8 @@ class Trainer:
                               self._include_replay())
             print(f"Saved agent at step {step:,} to {saved}; continue it with --resume "
                   f"{self.run_dir}", file=sys.stderr, flush=True)
-        raise TrainingInterrupted(f"interrupted at step {step}", saved)
+        raise TrainingInterrupted(f"interrupted at step {step}", saved,
+                                  self.guard.signum or signal.SIGINT)
 
     def _note_replay(self) -> None:
         size = self.replay_bytes / 2 ** 20

@@ -1,5 +1,6 @@
 """Ctrl+C: "Save agent (y/n)?" on a terminal, saving without one, leaving at once on a
-second interrupt, and the resume question when a run directory holds a saved agent."""
+second interrupt, and the resume question when a run directory holds a saved agent; SIGTERM
+saving without a question."""
 from __future__ import annotations
 
 import os
@@ -132,6 +133,43 @@ def test_ctrl_c_on_a_terminal_asks_saves_and_resume_is_offered(tmp_path):
     term.interrupt()
     assert term.wait(timeout=30) == 128 + signal.SIGINT
     assert ckpt.read_metadata(run_dir / "checkpoints" / "last")["step"] == saved_step
+
+
+def test_sigterm_saves_without_asking_even_on_a_terminal_and_exits_143(tmp_path):
+    """What a cluster's scheduler sends before it stops a job: nobody is there to answer."""
+    run_dir = tmp_path / "run"
+    term = Terminal([*TRAIN_ARGS, "--val-freq", str(LONG), "--run-dir", str(run_dir)])
+    term.wait_for(lambda: len(progress_steps(run_dir)) >= 2, what="training progress")
+    os.kill(term.pid, signal.SIGTERM)
+    assert term.wait() == 128 + signal.SIGTERM, term.output[-2000:]
+    assert "SIGTERM received" in term.output and "Save agent (y/n)?" not in term.output
+    meta = ckpt.read_metadata(run_dir / "checkpoints" / "last")
+    assert meta["reason"] == "interrupt" and meta["step"] > 0
+
+
+def test_sigterm_is_taken_where_sigint_is_ignored_and_both_handlers_are_restored():
+    """A background job of a shell script ignores SIGINT, which training leaves alone; a
+    SIGTERM there still stops it at a safe point, with the agent saved."""
+    from jaxatari.loop import InterruptGuard
+    previous = (signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    try:
+        guard = InterruptGuard(interactive=True)
+        with guard:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.time() + 10
+            while not guard.requested and time.time() < deadline:
+                time.sleep(0.01)
+            assert guard.requested and guard.signum == signal.SIGTERM
+            assert guard.confirm_save()   # no question, though interactive
+            # a second SIGTERM would end the process at once
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
 
 
 def test_without_a_terminal_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
