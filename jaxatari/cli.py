@@ -66,7 +66,10 @@ def make_parser() -> OneLineParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     train = commands.add_parser(
         "train", help="train a preset (see 'presets'); options override the preset",
-        description="Train a preset. Options override the preset's values; later ones win.")
+        description="Train a preset. Options override the preset's values; later ones win.",
+        epilog="Ctrl+C stops at the next safe point and asks 'Save agent (y/n)?' (without a "
+               "terminal it saves); SIGTERM saves without asking (exit status 143). A second "
+               "signal leaves at once. Continue a saved run with --resume.")
     train.add_argument("preset", help="preset name (see 'jaxatari presets')")
     train.add_argument("game", nargs="?", default=None,
                        help="Atari game (e.g. SpaceInvaders) or a MinAtar game "
