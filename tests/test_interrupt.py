@@ -149,7 +149,7 @@ def test_sigterm_saves_without_asking_even_on_a_terminal_and_exits_143(tmp_path)
 
 def test_sigterm_is_taken_where_sigint_is_ignored_and_both_handlers_are_restored():
     """A background job of a shell script ignores SIGINT, which training leaves alone; a
-    SIGTERM there still stops it at a safe point, with the agent saved."""
+    SIGTERM there is still taken, and the save it leads to asks no question."""
     from jaxatari.loop import InterruptGuard
     previous = (signal.signal(signal.SIGINT, signal.SIG_IGN),
                 signal.signal(signal.SIGTERM, signal.SIG_DFL))
