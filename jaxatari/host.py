@@ -100,6 +100,25 @@ class _ExploreSteps:
         return replay_state, actor
 
 
+class _UniformActions:
+    """Uniform actions [S, E], drawn from ``rng`` a block of steps at a time: one draw per
+    step cost more than the rest of the host's path from an env's result to its next action."""
+
+    def __init__(self, rng: np.random.Generator, num_actions: int, shape: tuple[int, int],
+                 block: int = 256):
+        self._rng, self._num_actions, self._shape, self._block_size = rng, num_actions, shape, block
+        self._block = np.zeros((0, *shape), np.int32)
+        self._next = 0
+
+    def next(self) -> np.ndarray:
+        if self._next == len(self._block):
+            self._block = self._rng.integers(0, self._num_actions,
+                                             (self._block_size, *self._shape), dtype=np.int32)
+            self._next = 0
+        self._next += 1
+        return self._block[self._next - 1]
+
+
 class HostRunner:
     def __init__(self, config: Config, env_factory, agent: QAgent, cadence: Cadence, keys):
         self.config = config
@@ -249,7 +268,8 @@ class HostRunner:
         def items():
             return {"train": train, "actor": actor, "replay": replay_state}
 
-        explore_rng = np.random.default_rng([c.seed, start])
+        uniform = _UniformActions(np.random.default_rng([c.seed, start]), num_actions,
+                                  (seeds, envs))
 
         explored = _ExploreSteps(self.record_take_in_many, size=8)
 
@@ -257,17 +277,25 @@ class HostRunner:
             """Uniform actions drawn on the host, their steps stored in batches."""
             return self.host_explore and epsilon >= 1.0
 
+        def send_uniform(step):
+            """Before learning starts every action is uniform: drawn here and sent at once,
+            so the device work of this step overlaps the envs. Returns (actions, epsilon),
+            or None where the actions need the network."""
+            epsilon = float(cadence.epsilon(step))
+            if not explores_on_host(epsilon):
+                return None
+            actions = uniform.next()
+            stepping.send(actions.reshape(-1))
+            return actions, epsilon
+
         def act(params, actor, step, frame, numbers):
             """Sends the next actions for ``frame`` (host arrays); returns the actions, the
             actor, epsilon, the frame and numbers (on the device once the actor has used
             them), and whether the actor has taken the frame in yet."""
+            sent = send_uniform(step)
+            if sent is not None:
+                return sent[0], actor, sent[1], frame, numbers, False
             epsilon = float(cadence.epsilon(step))
-            if explores_on_host(epsilon):
-                # Before learning starts every action is uniform: drawn here, so the envs
-                # start at once and the device work of this step overlaps them.
-                actions = explore_rng.integers(0, num_actions, (seeds, envs), dtype=np.int32)
-                stepping.send(actions.reshape(-1))
-                return actions, actor, epsilon, frame, numbers, False
             nonlocal replay_state
             replay_state, actor = explored.flush(replay_state, actor)
             frame, numbers = jax.device_put(frame), jax.device_put(numbers)
@@ -297,6 +325,11 @@ class HostRunner:
                 step, step_after = iteration * envs, (iteration + 1) * envs
                 last = iteration + 1 == total_iterations
                 result = stepping.wait()
+                learned = bool(cadence.learns(iteration))
+                transition = (frame, actions)
+                # Uniform next actions need nothing from this step: they go to the envs
+                # before its bookkeeping, which then overlaps them.
+                early = None if learned or last else send_uniform(step_after)
                 reward = _to_seeds(result.reward, seeds)
                 terminated = _to_seeds(result.terminated, seeds)
                 done = terminated | _to_seeds(result.truncated, seeds)
@@ -304,10 +337,8 @@ class HostRunner:
                 numbers = _pack((seeds, envs), reward=reward, terminated=terminated,
                                 is_first=is_first, valid=~after_done, next_is_first=after_done,
                                 after_done=done)
-                transition = (frame, actions)
                 next_frame = _to_seeds(result.obs, seeds)
                 is_first, after_done = after_done, done
-                learned = bool(cadence.learns(iteration))
                 if learned or last:
                     replay_state, actor = explored.flush(replay_state, actor)
                 if learned:
@@ -318,7 +349,9 @@ class HostRunner:
                 if bool(cadence.syncs(iteration)):
                     train = self.sync(train)
                 epsilon_now, taken = epsilon, True
-                if not last:
+                if early is not None:
+                    (actions, epsilon), frame, taken = early, next_frame, False
+                elif not last:
                     actions, actor, epsilon, frame, numbers, taken = act(
                         train.params, actor, step_after, next_frame, numbers)
                 elif not learned and explores_on_host(float(cadence.epsilon(step_after))):

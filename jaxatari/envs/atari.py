@@ -282,6 +282,15 @@ class _AtariBatch:
 
     def step_wait(self) -> StepResult:
         ids = self._sent
+        if ids.size == self.num_envs:
+            # Every env stepped: the received arrays are fresh and complete. This is the
+            # host loop's critical path (result to next action), so no copies or scatters.
+            obs, reward, game_over, truncated, lives = self._receive()
+            lost_life = lives < self._lives
+            self._lives = np.asarray(lives, np.int64)
+            reward = np.asarray(reward, np.float32)
+            game_over, truncated = np.asarray(game_over, bool), np.asarray(truncated, bool)
+            return self._finish(obs, reward, game_over, truncated, lost_life)
         obs = self._obs.copy()      # held envs show their last observation again
         reward = np.zeros(self.num_envs, np.float32)
         game_over = np.zeros(self.num_envs, bool)
@@ -292,6 +301,9 @@ class _AtariBatch:
             obs[ids], reward[ids], game_over[ids], truncated[ids] = o, r, g, t
             lost_life[ids] = lives < self._lives[ids]
             self._lives[ids] = lives
+        return self._finish(obs, reward, game_over, truncated, lost_life)
+
+    def _finish(self, obs, reward, game_over, truncated, lost_life) -> StepResult:
         ended = game_over | truncated
         life_cut = lost_life & ~ended & (self._train and self._life_loss_terminal)
         self._held = life_cut
@@ -345,7 +357,7 @@ class _EnvpoolAtari(_AtariBatch):
     def _receive(self):
         obs, _, _, truncated, info = self._pool.recv()
         order = np.argsort(info["env_id"])  # results need not come back in id order
-        return (obs[order].transpose(0, 2, 3, 1), info["reward"][order],
+        return (np.ascontiguousarray(obs[order].transpose(0, 2, 3, 1)), info["reward"][order],
                 info["terminated"][order].astype(bool), truncated[order],
                 info["lives"][order])
 
