@@ -22,7 +22,6 @@ Prints a table and writes results/catch-ceiling.json and results/catch-ceiling.m
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import jax
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxatari.envs.catch import make_catch
-from scripts.provenance import commit_label
+from scripts.provenance import commit_label, write_result
 
 WINDOWS = (1, 2, 4, 8, 10, 12, 16, 23)
 OUTPUT = Path("results/catch-ceiling")
@@ -106,14 +105,11 @@ def main() -> None:
               "command": f"python -m scripts.catch_ceiling --episodes {args.episodes}",
               "env": "jaxatari.envs.catch.make_catch(size=24), the original's rules",
               "ceilings": rows}
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    table = ["| frames seen | best greedy catch rate |", "|---:|---:|"]
+    table = ["# Catch: the best catch rate from the last k frames", "",
+             episodes_line(args.episodes), "",
+             "| frames seen | best greedy catch rate |", "|---:|---:|"]
     table += [f"| {row['frames']} | {row['best_catch_rate']:.3f} |" for row in rows]
-    OUTPUT.with_suffix(".md").write_text(
-        "# Catch: the best catch rate from the last k frames\n\n"
-        f"{episodes_line(args.episodes)}\n\n" + "\n".join(table) + "\n\n"
-        f"Command: `{result['command']}` (commit {result['commit'][:10]}).\n")
+    write_result(OUTPUT, result, table)
 
 
 def episodes_line(episodes: int) -> str:
