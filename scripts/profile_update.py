@@ -1,8 +1,11 @@
 """Where a DQN update's time goes: ms per update and the costliest XLA ops, with and without
 the kernel-layout weight gradient of ``networks.dense_matmul``.
 
-For each seed count it times the preset's update the way training runs it, and profiles it
-with ``jax.profiler``; each op is named by the network part it came from (XLA's metadata).
+For each seed count it times the preset's update the way training runs it, times each stage
+of it on its own (sample, online forward, loss, gradient, whole update), and profiles it with
+``jax.profiler``; each op is named by the network part it came from (XLA's metadata). The
+profiler's per-op events overlap where XLA runs ops beside a multi-threaded convolution, so
+an op's event can include waiting; the stage timings are the direct measure.
 
 - JAX-native presets (MinAtar, Catch): ``calls`` updates in one ``lax.scan``, vmapped over
   the seeds, as the whole-loop-in-XLA path runs them (conv "patch").
@@ -207,11 +210,74 @@ def measure(preset: str, seeds: int, gradient: str, calls: int, repeats: int, to
             train, replay, loss = run(train, replay)
             jax.block_until_ready(loss)
             times.append((time.perf_counter() - started) / calls * 1e3)
+        parts = []
+        if gradient == "kernel" and xla == "package":
+            parts, train, replay = stage_timings(agent, train, replay, calls, repeats)
         ops = profile(run, train, replay, calls, top, hlo_of(train, replay))
     return {"preset": preset, "seeds": seeds, "gradient": gradient, "xla": xla, "calls": calls,
             "ms_per_update": {"median": statistics.median(times), "min": min(times),
                               "max": max(times)},
-            "ms_per_seed_update": statistics.median(times) / seeds, "top_ops": ops}
+            "ms_per_seed_update": statistics.median(times) / seeds, "top_ops": ops,
+            "stages": parts}
+
+
+STAGES = ("sample a batch", "online forward", "loss: online + target forward", "gradient",
+          "whole update")
+
+
+def stage_timings(agent, train, replay, calls: int, repeats: int):
+    """(rows, train, replay): ms per call of each cumulative stage of an update, each jitted on its own (vmapped
+    over the seeds) and called from Python, with XLA's FLOP count of the compiled stage.
+
+    The profile's per-op events overlap where XLA runs ops side by side with a multi-threaded
+    convolution, and an op's event then includes its wait: these direct timings say what
+    each stage costs. No rows for recurrent agents, whose batches are sequences. The whole
+    update donates ``train`` and ``replay``: use the ones returned."""
+    if agent.settings.recurrent:
+        return [], train, replay
+    size = agent.settings.batch_size
+    key = jax.random.PRNGKey(1)
+
+    def sample(replay):
+        return agent.replay.sample(replay, key, size)[0]
+
+    batch = edge_jit(jax.vmap(sample))(replay)
+    weights = jnp.ones((jax.tree.leaves(train.key)[0].shape[0], size))
+    stages = {
+        "sample a batch": (sample, (replay,), ()),
+        "online forward": (lambda p, b: agent.network.apply(p, b.obs_tm1),
+                           (train.params, batch), ()),
+        "loss: online + target forward": (lambda p, tp, b, w: agent.loss(p, tp, b, w)[0],
+                                          (train.params, train.target_params, batch, weights), ()),
+        "gradient": (lambda p, tp, b, w: jax.grad(agent.loss, has_aux=True)(p, tp, b, w)[0],
+                     (train.params, train.target_params, batch, weights), ()),
+        # donated like training's: without it each call copies the replay memory
+        "whole update": (lambda t, r: agent.update(t, r, 0.0)[:2], (train, replay), (0, 1)),
+    }
+    rows = []
+    for name in STAGES:
+        fn, args, donated = stages[name]
+        compiled = edge_jit(jax.vmap(fn), donate_argnums=donated).lower(*args).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        out = compiled(*args)
+        if donated:
+            args = out
+        jax.block_until_ready(out)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(calls):
+                out = compiled(*args)
+                if donated:
+                    args = out
+            jax.block_until_ready(out)
+            times.append((time.perf_counter() - started) / calls * 1e3)
+        ms = statistics.median(times)
+        gflop = float(cost.get("flops", float("nan"))) / 1e9
+        rows.append({"stage": name, "ms": {"median": ms, "min": min(times), "max": max(times)},
+                     "gflop": gflop, "gflop_per_s": gflop / ms * 1e3})
+    return rows, *args
 
 
 def markdown(record: dict) -> list[str]:
@@ -232,9 +298,22 @@ def markdown(record: dict) -> list[str]:
     for label, ratio in record["speedups"].items():
         lines.append(f"\n{label} = {ratio:.2f}x")
     for row in record["rows"]:
+        if not row["stages"]:
+            continue
         lines += ["", f"## {row['seeds']} seed(s), {row['gradient']} weight gradient, XLA "
-                  f"{row['xla']}: costliest ops", "", "| op | ms per update | shape | from |",
-                  "|---|---:|---|---|"]
+                  f"{row['xla']}: each stage timed on its own", "",
+                  "Each stage includes the ones above it; jitted alone and called from Python "
+                  "(a few tens of us of dispatch each). These are the direct timings: the "
+                  "op lists below come from profiler events, which overlap and include "
+                  "waiting where XLA runs ops beside a multi-threaded convolution.", "",
+                  "| stage | ms per call | GFLOP (XLA) | GFLOP/s |", "|---|---:|---:|---:|"]
+        lines += [f"| {st['stage']} | {st['ms']['median']:.3f} [{st['ms']['min']:.3f}-"
+                  f"{st['ms']['max']:.3f}] | {st['gflop']:.3f} | {st['gflop_per_s']:.0f} |"
+                  for st in row["stages"]]
+    for row in record["rows"]:
+        lines += ["", f"## {row['seeds']} seed(s), {row['gradient']} weight gradient, XLA "
+                  f"{row['xla']}: costliest ops (profiler events)", "",
+                  "| op | ms per update | shape | from |", "|---|---:|---|---|"]
         lines += [f"| {op['op']} | {op['ms_per_update']:.3f} | `{op['shape']}` | "
                   f"{op['source']} |" for op in row["top_ops"]]
     return lines

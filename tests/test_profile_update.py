@@ -21,10 +21,22 @@ def test_profile_writes_both_gradients_with_named_ops(tmp_path):
         assert any(op["source"] for op in row["top_ops"])
     assert set(record["speedups"]) == {"1 seed(s): autodiff / kernel",
                                        "2 seed(s): autodiff / kernel"}
+    # the stages are timed once per seed count (our gradient, package options); each one
+    # contains the one before it, so XLA's FLOP count grows down the list
+    for (seeds, gradient), row in rows.items():
+        stages = row["stages"]
+        if gradient == "autodiff":
+            assert stages == []
+            continue
+        assert [st["stage"] for st in stages] == list(profile_update.STAGES)
+        assert all(st["ms"]["median"] > 0 for st in stages)
+        flops = [st["gflop"] for st in stages[1:]]
+        assert flops == sorted(flops) and flops[0] < flops[-1]
     saved = json.loads((tmp_path / "profile-demo.json").read_text())
     assert saved["overrides"] == {"mem_priority": "none"}
     table = (tmp_path / "profile-demo.md").read_text()
     assert "autodiff / kernel" in table and "Command: `python -m scripts.profile_update" in table
+    assert "each stage timed on its own" in table and "| gradient |" in table
 
 
 def test_profile_times_the_package_options_against_xla_defaults(tmp_path):
