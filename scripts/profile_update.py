@@ -4,8 +4,9 @@ the kernel-layout weight gradient of ``networks.dense_matmul``.
 For each seed count it times the preset's update the way training runs it, times each stage
 of it on its own (sample, online forward, loss, gradient, whole update), and profiles it with
 ``jax.profiler``; each op is named by the network part it came from (XLA's metadata). The
-profiler's per-op events overlap where XLA runs ops beside a multi-threaded convolution, so
-an op's event can include waiting; the stage timings are the direct measure.
+profiler's per-op events do not time XLA's multi-threaded convolutions reliably (a
+convolution's event can be short while an op beside it, or waiting for it, looks costly), so
+the stage timings are the direct measure and the op list a pointer.
 
 - JAX-native presets (MinAtar, Catch): ``calls`` updates in one ``lax.scan``, vmapped over
   the seeds, as the whole-loop-in-XLA path runs them (conv "patch").
@@ -229,9 +230,8 @@ def stage_timings(agent, train, replay, calls: int, repeats: int):
     """(rows, train, replay): ms per call of each cumulative stage of an update, each jitted on its own (vmapped
     over the seeds) and called from Python, with XLA's FLOP count of the compiled stage.
 
-    The profile's per-op events overlap where XLA runs ops side by side with a multi-threaded
-    convolution, and an op's event then includes its wait: these direct timings say what
-    each stage costs. No rows for recurrent agents, whose batches are sequences. The whole
+    The profiler's per-op events do not time XLA's multi-threaded convolutions reliably:
+    these direct timings say what each stage costs. No rows for recurrent agents, whose batches are sequences. The whole
     update donates ``train`` and ``replay``: use the ones returned."""
     if agent.settings.recurrent:
         return [], train, replay
@@ -303,9 +303,10 @@ def markdown(record: dict) -> list[str]:
         lines += ["", f"## {row['seeds']} seed(s), {row['gradient']} weight gradient, XLA "
                   f"{row['xla']}: each stage timed on its own", "",
                   "Each stage includes the ones above it; jitted alone and called from Python "
-                  "(a few tens of us of dispatch each). These are the direct timings: the "
-                  "op lists below come from profiler events, which overlap and include "
-                  "waiting where XLA runs ops beside a multi-threaded convolution.", "",
+                  "(a few tens of us of dispatch each). These are the direct timings. The "
+                  "op lists below come from profiler events, which do not time XLA's "
+                  "multi-threaded convolutions reliably: a convolution's event can be short "
+                  "while an op that runs beside it or waits for it looks costly.", "",
                   "| stage | ms per call | GFLOP (XLA) | GFLOP/s |", "|---|---:|---:|---:|"]
         lines += [f"| {st['stage']} | {st['ms']['median']:.3f} [{st['ms']['min']:.3f}-"
                   f"{st['ms']['max']:.3f}] | {st['gflop']:.3f} | {st['gflop_per_s']:.0f} |"

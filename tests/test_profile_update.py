@@ -16,9 +16,11 @@ def test_profile_writes_both_gradients_with_named_ops(tmp_path):
     assert set(rows) == {(s, g) for s in (1, 2) for g in ("kernel", "autodiff")}
     for row in rows.values():
         assert row["ms_per_update"]["median"] > 0 and len(row["top_ops"]) == 4
-        # every listed op is an XLA instruction of the compiled update, most named by its layer
+        # every listed op is an XLA instruction of the compiled update
         assert all(op["shape"] and op["ms_per_update"] >= 0 for op in row["top_ops"])
-        assert any(op["source"] for op in row["top_ops"])
+    # and ops are named by their layer (which 4 ops lead a tiny update's profile varies from
+    # run to run, and some, e.g. a bare dot, carry no name: so over all rows)
+    assert any(op["source"] for row in rows.values() for op in row["top_ops"])
     assert set(record["speedups"]) == {"1 seed(s): autodiff / kernel",
                                        "2 seed(s): autodiff / kernel"}
     # the stages are timed once per seed count (our gradient, package options); each one
