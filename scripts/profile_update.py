@@ -227,12 +227,14 @@ STAGES = ("sample a batch", "online forward", "loss: online + target forward", "
 
 
 def stage_timings(agent, train, replay, calls: int, repeats: int):
-    """(rows, train, replay): ms per call of each cumulative stage of an update, each jitted on its own (vmapped
-    over the seeds) and called from Python, with XLA's FLOP count of the compiled stage.
+    """(rows, train, replay): ms per call of each cumulative stage of an update, each jitted
+    on its own (vmapped over the seeds) and called from Python, with XLA's FLOP count of the
+    compiled stage.
 
     The profiler's per-op events do not time XLA's multi-threaded convolutions reliably:
-    these direct timings say what each stage costs. No rows for recurrent agents, whose batches are sequences. The whole
-    update donates ``train`` and ``replay``: use the ones returned."""
+    these direct timings say what each stage costs. No rows for recurrent agents, whose
+    batches are sequences. The whole update donates ``train`` and ``replay``: use the ones
+    returned."""
     if agent.settings.recurrent:
         return [], train, replay
     size = agent.settings.batch_size
@@ -242,7 +244,8 @@ def stage_timings(agent, train, replay, calls: int, repeats: int):
         return agent.replay.sample(replay, key, size)[0]
 
     batch = edge_jit(jax.vmap(sample))(replay)
-    weights = jnp.ones((jax.tree.leaves(train.key)[0].shape[0], size))
+    seeds = jax.tree.leaves(train.key)[0].shape[0]
+    weights = jnp.ones((seeds, size))
     stages = {
         "sample a batch": (sample, (replay,), ()),
         "online forward": (lambda p, b: agent.network.apply(p, b.obs_tm1),
