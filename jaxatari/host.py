@@ -278,25 +278,23 @@ class HostRunner:
             """Uniform actions drawn on the host, their steps stored in batches."""
             return self.host_explore and epsilon >= 1.0
 
-        def send_uniform(step):
+        def send_uniform(epsilon: float):
             """Before learning starts every action is uniform: drawn here and sent at once,
-            so the device work of this step overlaps the envs. Returns (actions, epsilon),
-            or None where the actions need the network."""
-            epsilon = float(cadence.epsilon(step))
+            so the device work of this step overlaps the envs. Returns the actions, or None
+            where they need the network."""
             if not explores_on_host(epsilon):
                 return None
             actions = uniform.next()
             stepping.send(actions.reshape(-1))
-            return actions, epsilon
+            return actions
 
-        def act(params, actor, step, frame, numbers):
+        def act(params, actor, epsilon: float, frame, numbers):
             """Sends the next actions for ``frame`` (host arrays); returns the actions, the
-            actor, epsilon, the frame and numbers (on the device once the actor has used
-            them), and whether the actor has taken the frame in yet."""
-            sent = send_uniform(step)
-            if sent is not None:
-                return sent[0], actor, sent[1], frame, numbers, False
-            epsilon = float(cadence.epsilon(step))
+            actor, the frame and numbers (on the device once the actor has used them), and
+            whether the actor has taken the frame in yet."""
+            actions = send_uniform(epsilon)
+            if actions is not None:
+                return actions, actor, frame, numbers, False
             nonlocal replay_state
             replay_state, actor = explored.flush(replay_state, actor)
             frame, numbers = jax.device_put(frame), jax.device_put(numbers)
@@ -304,7 +302,7 @@ class HostRunner:
             actions, actor = self.observe_act(params, actor, frame, numbers, epsilon,
                                               epsilon >= 1.0)
             stepping.send(np.asarray(actions).reshape(-1))
-            return actions, actor, epsilon, frame, numbers, True
+            return actions, actor, frame, numbers, True
 
         # The envs step while the host works: each iteration waits for the step in flight,
         # chooses the next actions and sends them at once, and only then stores the
@@ -318,8 +316,8 @@ class HostRunner:
                 evaluated_at = start * envs
             if start < total_iterations:
                 first = _pack((seeds, envs), next_is_first=is_first)
-                actions, actor, epsilon, frame, _, taken = act(train.params, actor, start * envs,
-                                                               frame, first)
+                epsilon = float(cadence.epsilon(start * envs))
+                actions, actor, frame, _, taken = act(train.params, actor, epsilon, frame, first)
                 if not taken:
                     actor = self.take_in(actor, frame, first)
             for iteration in range(start, total_iterations):
@@ -327,10 +325,11 @@ class HostRunner:
                 last = iteration + 1 == total_iterations
                 result = stepping.wait()
                 learned = bool(cadence.learns(iteration))
+                epsilon_next = float(cadence.epsilon(step_after))
                 transition = (frame, actions)
                 # Uniform next actions need nothing from this step: they go to the envs
                 # before its bookkeeping, which then overlaps them.
-                early = None if learned or last else send_uniform(step_after)
+                early = None if learned or last else send_uniform(epsilon_next)
                 reward = _to_seeds(result.reward, seeds)
                 terminated = _to_seeds(result.terminated, seeds)
                 done = terminated | _to_seeds(result.truncated, seeds)
@@ -351,11 +350,12 @@ class HostRunner:
                     train = self.sync(train)
                 epsilon_now, taken = epsilon, True
                 if early is not None:
-                    (actions, epsilon), frame, taken = early, next_frame, False
+                    actions, epsilon, frame, taken = early, epsilon_next, next_frame, False
                 elif not last:
-                    actions, actor, epsilon, frame, numbers, taken = act(
-                        train.params, actor, step_after, next_frame, numbers)
-                elif not learned and explores_on_host(float(cadence.epsilon(step_after))):
+                    epsilon = epsilon_next
+                    actions, actor, frame, numbers, taken = act(
+                        train.params, actor, epsilon, next_frame, numbers)
+                elif not learned and explores_on_host(epsilon_next):
                     # A run that ends before learning starts: its last step joins the other
                     # uniform ones, so no write path is compiled just for it.
                     frame, taken = next_frame, False
