@@ -233,24 +233,15 @@ def matmul_gflops(size: int, repeats: int) -> dict:
 
 def update_timing(conv: str, calls: int, repeats: int) -> dict:
     """Median ms of our jitted, donated DQN update at batch 32 (Nature body) and its FLOPs."""
-    from scripts.profile_update import ATARI_SPEC, filled_agent
+    from scripts.profile_update import ATARI_SPEC, filled_agent, time_calls, xla_gflop
     config = our_dqn_config(64, 1000, 1000, 1, {"conv": conv, "mem_size": 10_000})
     agent, train, replay_state = filled_agent(config, ATARI_SPEC, native=False)
     train, replay_state = jax.tree.map(lambda x: x[0], (train, replay_state))   # one seed
-    update = edge_jit(agent.update, donate_argnums=(0, 1))
-    compiled = update.lower(train, replay_state, 0.0).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    train, replay_state, metrics = update(train, replay_state, 0.0)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(calls):
-            train, replay_state, metrics = update(train, replay_state, 0.0)
-        jax.block_until_ready((train, metrics))
-        times.append((time.perf_counter() - started) / calls * 1e3)
-    return {"ms": summary(times), "xla_gflop": float(cost.get("flops", float("nan"))) / 1e9}
+    compiled = edge_jit(agent.update, donate_argnums=(0, 1)).lower(
+        train, replay_state, 0.0).compile()
+    times, _ = time_calls(compiled, (train, replay_state, 0.0), calls, repeats,
+                          lambda out: (out[0], out[1], 0.0))
+    return {"ms": summary(times), "xla_gflop": xla_gflop(compiled)}
 
 
 def section_learner(args) -> dict:

@@ -261,26 +261,39 @@ def stage_timings(agent, train, replay, calls: int, repeats: int):
     for name in STAGES:
         fn, args, donated = stages[name]
         compiled = edge_jit(jax.vmap(fn), donate_argnums=donated).lower(*args).compile()
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        out = compiled(*args)
-        if donated:
-            args = out
-        jax.block_until_ready(out)
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            for _ in range(calls):
-                out = compiled(*args)
-                if donated:
-                    args = out
-            jax.block_until_ready(out)
-            times.append((time.perf_counter() - started) / calls * 1e3)
-        ms = statistics.median(times)
-        gflop = float(cost.get("flops", float("nan"))) / 1e9
+        times, args = time_calls(compiled, args, calls, repeats,
+                                 (lambda out: out) if donated else None)
+        ms, gflop = statistics.median(times), xla_gflop(compiled)
         rows.append({"stage": name, "ms": {"median": ms, "min": min(times), "max": max(times)},
                      "gflop": gflop, "gflop_per_s": gflop / ms * 1e3})
     return rows, *args
+
+
+def xla_gflop(compiled) -> float:
+    """XLA's FLOP count of a compiled function, in GFLOP (NaN where XLA gives none)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan"))) / 1e9
+
+
+def time_calls(compiled, args: tuple, calls: int, repeats: int, feed=None):
+    """(ms per call for each of ``repeats`` runs of ``calls`` calls, the last args), after
+    one untimed call. ``feed(out) -> args`` gives a donating function its next arguments
+    from its outputs (its inputs are gone); without it the same args are used throughout."""
+    out = compiled(*args)
+    if feed is not None:
+        args = feed(out)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(calls):
+            out = compiled(*args)
+            if feed is not None:
+                args = feed(out)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - started) / calls * 1e3)
+    return times, args
 
 
 def markdown(record: dict) -> list[str]:
