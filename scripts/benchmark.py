@@ -85,14 +85,27 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-class ChunkTimer:
-    """A RunLogger stand-in that keeps each chunk's end step, steps and seconds."""
+class TimeBudgetSpent(Exception):
+    """Raised by ChunkTimer to end a run once its timed chunks have used their budget."""
 
-    def __init__(self):
+
+class ChunkTimer:
+    """A RunLogger stand-in that keeps each chunk's end step, steps and seconds.
+
+    With ``budget_s``, the run is stopped (TimeBudgetSpent) once the chunks that start at or
+    after ``timed_from`` add up to that many seconds, so a run on unknown hardware takes a
+    known time."""
+
+    def __init__(self, timed_from: int = 0, budget_s: float | None = None):
         self.chunks: list[tuple[int, int, float]] = []
+        self.timed_from, self.budget_s = timed_from, budget_s
 
     def log_chunk(self, step, out, epsilon, seconds, steps):
         self.chunks.append((step, steps, seconds))
+        if self.budget_s is not None:
+            spent = sum(t for end, n, t in self.chunks if end - n >= self.timed_from)
+            if spent >= self.budget_s:
+                raise TimeBudgetSpent
 
     def log_eval(self, *args, **kwargs):
         pass
@@ -121,17 +134,37 @@ def our_dqn_config(learn_start: int, total: int, chunk: int, seed: int, override
 
 
 def our_dqn_speed(learn_start: int, warmup: int, timed: int, chunk: int, seed: int,
-                  overrides=None) -> float:
-    """Steps/s of our host loop after ``learn_start + warmup`` steps (one seed, one env)."""
-    from jaxatari.loop import Trainer
+                  overrides=None, budget_s: float | None = None) -> float:
+    """Per-seed steps/s of our host loop after ``learn_start + warmup`` steps; with
+    ``budget_s`` the timed part ends after that many seconds even if ``timed`` is not reached."""
     total = learn_start + warmup + timed
     config = our_dqn_config(learn_start, total, chunk, seed, overrides)
+    return timed_trainer_speed(config, learn_start + warmup, budget_s)
+
+
+def timed_trainer_speed(config, timed_from: int, budget_s: float | None = None) -> float:
+    """Per-seed steps/s of a Trainer's chunks that start at or after step ``timed_from``
+    (compilation and replay filling come before it), on the host or the JAX-native path."""
+    from jaxatari.loop import Trainer
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, Path(run_dir), quiet=True)
-        timer = ChunkTimer()
+        timer = ChunkTimer(timed_from, budget_s)
         trainer.logger = timer
-        trainer._run_host(None)
-    return timer.speed_after(learn_start + warmup)
+        try:
+            trainer._run_native(None) if trainer.native else trainer._run_host(None)
+        except TimeBudgetSpent:
+            pass
+    return timer.speed_after(timed_from)
+
+
+def minatar_speed(seeds: int, timed_from: int, chunk: int, budget_s: float, seed: int = 1) -> float:
+    """Per-seed steps/s of the minatar-dqn preset (Space Invaders, the whole loop in XLA) with
+    ``seeds`` vmapped seeds, after ``timed_from`` steps, for about ``budget_s`` seconds."""
+    config = build_config("minatar-dqn", {
+        "seeds": seeds, "seed": seed, "steps": 100_000_000, "chunk_steps": chunk,
+        "learn_start": min(5000, timed_from), "val_freq": 10 ** 9, "val_envs": 1, "val_steps": 1,
+        "checkpoint_replay": "false"})
+    return timed_trainer_speed(config, timed_from, budget_s)
 
 
 def peer_settings(framework: str, learn_start: int, warmup: int, timed: int, seed: int,
@@ -231,10 +264,11 @@ def matmul_gflops(size: int, repeats: int) -> dict:
     return summary(rates)
 
 
-def update_timing(conv: str, calls: int, repeats: int) -> dict:
-    """Median ms of our jitted, donated DQN update at batch 32 (Nature body) and its FLOPs."""
+def update_timing(conv: str, calls: int, repeats: int, batch: int = 32) -> dict:
+    """Median ms of our jitted, donated DQN update (Nature body) at ``batch`` and its FLOPs."""
     from scripts.profile_update import ATARI_SPEC, filled_agent, time_calls, xla_gflop
-    config = our_dqn_config(64, 1000, 1000, 1, {"conv": conv, "mem_size": 10_000})
+    config = our_dqn_config(64, 1000, 1000, 1, {"conv": conv, "mem_size": 10_000,
+                                                  "batch_size": batch})
     agent, train, replay_state = filled_agent(config, ATARI_SPEC, native=False)
     train, replay_state = jax.tree.map(lambda x: x[0], (train, replay_state))   # one seed
     compiled = edge_jit(agent.update, donate_argnums=(0, 1)).lower(
@@ -376,27 +410,75 @@ def section_actor(args) -> dict:
 
 
 # ------------------------------------------------------------------ GPU
+def gpu_learner(s: dict, repeats: int) -> dict:
+    """The Nature update's ms and GFLOP/s at each batch size (XLA's convolutions)."""
+    rows = []
+    for batch in s["batches"]:
+        timing = update_timing("xla", s["calls"], repeats, batch)
+        timing["batch"] = batch
+        timing["gflop_per_second"] = timing["xla_gflop"] / (timing["ms"]["median"] / 1e3)
+        rows.append(timing)
+        log(f"  update B={batch}: {timing['ms']['median']:.2f} ms, "
+            f"{timing['gflop_per_second']:.0f} GFLOP/s")
+    return {"updates": rows}
+
+
+def gpu_atari(s: dict, repeats: int, deadline: float | None = None) -> dict:
+    """Atari DQN with E envpool envs x S vmapped seeds at the Nature replay ratio: 8 sampled
+    transitions per env step per seed (batch 32 every 4 env steps, so E envs stepping together
+    make E / 4 updates per iteration). Configurations that would start after ``deadline``
+    (time.monotonic) are skipped and listed."""
+    rows, skipped = [], []
+    for envs, seeds in s["grid"]:
+        if deadline is not None and time.monotonic() + s["budget_s"] * 2 > deadline:
+            skipped.append({"envs": envs, "seeds": seeds})
+            continue
+        speeds = []
+        for repeat in range(repeats):
+            overrides = {"envs": envs, "seeds": seeds, "mem_sample_freq": 4, "conv": "auto",
+                         "mem_size": s["mem_size"]}
+            speed = our_dqn_speed(s["learn_start"], s["warmup"], 10 ** 8, s["chunk"] * envs,
+                                  repeat + 1, overrides, budget_s=s["budget_s"])
+            speeds.append(speed * seeds)
+        rows.append({"envs": envs, "seeds": seeds, "aggregate_steps_per_second": summary(speeds)})
+        log(f"  atari E={envs} S={seeds}: {statistics.median(speeds):.0f} aggregate steps/s")
+    return {"configurations": rows, "skipped": skipped, "settings": s}
+
+
+def gpu_minatar(s: dict, repeats: int) -> dict:
+    """minatar-dqn (Space Invaders, whole loop in XLA) with 1 and more vmapped seeds."""
+    rows = []
+    for seeds in s["seed_counts"]:
+        speeds = [minatar_speed(seeds, s["timed_from"], s["chunk"], s["budget_s"], repeat + 1)
+                  * seeds for repeat in range(repeats)]
+        rows.append({"seeds": seeds, "aggregate_steps_per_second": summary(speeds)})
+        log(f"  minatar S={seeds}: {statistics.median(speeds):.0f} aggregate steps/s")
+    return {"configurations": rows, "settings": s}
+
+
 def section_gpu(args) -> dict | None:
-    """Atari DQN with E envs x S vmapped seeds at the Nature replay ratio, on a GPU."""
+    """The GPU measurements (scripts/gpu/session.sh runs the same parts one by one)."""
     if not any(d.platform == "gpu" for d in jax.devices()):
         log("gpu section skipped: JAX sees no GPU")
         return None
     s = args.sizes["gpu"]
-    result = {"device": str(jax.devices()[0].device_kind), "configurations": []}
-    for envs, seeds in s["grid"]:
-        speeds = []
-        for repeat in range(args.repeats):
-            # 8 sampled transitions per env step per seed: batch 32 every 4 env steps, so
-            # E envs stepping together need E / 4 updates per iteration.
-            overrides = {"envs": envs, "seeds": seeds, "mem_sample_freq": 4,
-                         "conv": "auto"}
-            speed = our_dqn_speed(s["learn_start"], s["warmup"], s["timed"], s["chunk"],
-                                  repeat + 1, overrides)
-            speeds.append(speed * seeds)
-        result["configurations"].append({"envs": envs, "seeds": seeds,
-                                         "aggregate_steps_per_second": summary(speeds)})
-        log(f"  gpu E={envs} S={seeds}: {statistics.median(speeds):.0f} aggregate steps/s")
-    return result
+    return {"device": str(jax.devices()[0].device_kind),
+            "learner": gpu_learner(s["learner"], args.repeats),
+            "atari": gpu_atari(s["atari"], args.repeats),
+            "minatar": gpu_minatar(s["minatar"], args.repeats)}
+
+
+def gpu_sizes(quick: bool) -> dict:
+    """The GPU section's sizes; ``quick`` runs every part in seconds (on a CPU too)."""
+    if quick:
+        return {"learner": dict(batches=(32, 64), calls=2),
+                "atari": dict(grid=((4, 1), (4, 2)), learn_start=64, warmup=32, chunk=8,
+                              mem_size=2000, budget_s=1.0),
+                "minatar": dict(seed_counts=(1, 2), timed_from=600, chunk=200, budget_s=1.0)}
+    return {"learner": dict(batches=(32, 256), calls=50),
+            "atari": dict(grid=((8, 1), (32, 8), (64, 16)), learn_start=2000, warmup=512,
+                          chunk=32, mem_size=100_000, budget_s=12.0),
+            "minatar": dict(seed_counts=(1, 8), timed_from=10_000, chunk=5000, budget_s=20.0)}
 
 
 # ------------------------------------------------------------------ report
@@ -407,14 +489,13 @@ def sizes(quick: bool) -> dict:
                 "overhead": dict(steps=64, chunk=32),
                 "seeds": dict(catch_steps=512, minatar_steps=512, seed_counts=(1, 2)),
                 "actor": dict(steps=160, chunk=40, warmup=2),
-                "gpu": dict(grid=((8, 1),), learn_start=256, warmup=64, timed=128, chunk=64)}
+                "gpu": gpu_sizes(True)}
     return {"peers": dict(learn_start=500, warmup=100, timed=400, chunk=100),
             "learner": dict(matmul=2048, calls=10),
             "overhead": dict(steps=2000, chunk=250),
             "seeds": dict(catch_steps=10_000, minatar_steps=10_000, seed_counts=(1, 2, 4, 8)),
             "actor": dict(steps=2400, chunk=400, warmup=2),
-            "gpu": dict(grid=((8, 1), (8, 8), (32, 8), (64, 16)), learn_start=5000,
-                        warmup=2000, timed=20_000, chunk=1000)}
+            "gpu": gpu_sizes(False)}
 
 
 def markdown(record: dict) -> str:
