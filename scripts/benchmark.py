@@ -267,8 +267,8 @@ def matmul_gflops(size: int, repeats: int) -> dict:
 def update_timing(conv: str, calls: int, repeats: int, batch: int = 32) -> dict:
     """Median ms of our jitted, donated DQN update (Nature body) at ``batch`` and its FLOPs."""
     from scripts.profile_update import ATARI_SPEC, filled_agent, time_calls, xla_gflop
-    config = our_dqn_config(64, 1000, 1000, 1, {"conv": conv, "mem_size": 10_000,
-                                                  "batch_size": batch})
+    config = our_dqn_config(max(64, batch), 1000, 1000, 1, {"conv": conv, "mem_size": 10_000,
+                                                            "batch_size": batch})
     agent, train, replay_state = filled_agent(config, ATARI_SPEC, native=False)
     train, replay_state = jax.tree.map(lambda x: x[0], (train, replay_state))   # one seed
     compiled = edge_jit(agent.update, donate_argnums=(0, 1)).lower(
@@ -471,7 +471,7 @@ def section_gpu(args) -> dict | None:
 def gpu_sizes(quick: bool) -> dict:
     """The GPU section's sizes; ``quick`` runs every part in seconds (on a CPU too)."""
     if quick:
-        return {"learner": dict(batches=(32, 64), calls=2),
+        return {"learner": dict(batches=(32, 128), calls=2),
                 "atari": dict(grid=((4, 1), (4, 2)), learn_start=64, warmup=32, chunk=8,
                               mem_size=2000, budget_s=1.0),
                 "minatar": dict(seed_counts=(1, 2), timed_from=600, chunk=200, budget_s=1.0)}

