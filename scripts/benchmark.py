@@ -137,7 +137,8 @@ def our_dqn_speed(learn_start: int, warmup: int, timed: int, chunk: int, seed: i
                   overrides=None, budget_s: float | None = None) -> float:
     """Per-seed steps/s of our host loop after ``learn_start + warmup`` steps; with
     ``budget_s`` the timed part ends after that many seconds even if ``timed`` is not reached."""
-    total = learn_start + warmup + timed
+    envs = (overrides or {}).get("envs", 1)
+    total = -(-(learn_start + warmup + timed) // envs) * envs     # a multiple of --envs
     config = our_dqn_config(learn_start, total, chunk, seed, overrides)
     return timed_trainer_speed(config, learn_start + warmup, budget_s)
 

@@ -48,7 +48,7 @@ def source_commit() -> dict:
     from scripts.provenance import git_commit
     commit, dirty = git_commit()
     carried = ROOT / ".whl" / "source.json"
-    if commit == "unknown" and carried.is_file():
+    if carried.is_file():     # the GPU machine's copy can hold a .git of another commit
         return json.loads(carried.read_text())
     return {"commit": commit, "dirty": dirty}
 
