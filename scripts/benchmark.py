@@ -435,12 +435,17 @@ def gpu_atari(s: dict, repeats: int, deadline: float | None = None) -> dict:
             skipped.append({"envs": envs, "seeds": seeds})
             continue
         speeds = []
-        for repeat in range(repeats):
-            overrides = {"envs": envs, "seeds": seeds, "mem_sample_freq": 4, "conv": "auto",
-                         "mem_size": s["mem_size"]}
-            speed = our_dqn_speed(s["learn_start"], s["warmup"], 10 ** 8, s["chunk"] * envs,
-                                  repeat + 1, overrides, budget_s=s["budget_s"])
-            speeds.append(speed * seeds)
+        overrides = {"envs": envs, "seeds": seeds, "mem_sample_freq": 4, "conv": "auto",
+                     "mem_size": s["mem_size"] // envs * envs}     # a multiple of --envs
+        try:
+            for repeat in range(repeats):
+                speed = our_dqn_speed(s["learn_start"], s["warmup"], 10 ** 8, s["chunk"] * envs,
+                                      repeat + 1, overrides, budget_s=s["budget_s"])
+                speeds.append(speed * seeds)
+        except Exception as error:     # one configuration's failure keeps the others' rows
+            skipped.append({"envs": envs, "seeds": seeds, "error": f"{type(error).__name__}: {error}"})
+            log(f"  atari E={envs} S={seeds} failed: {error}")
+            continue
         rows.append({"envs": envs, "seeds": seeds, "aggregate_steps_per_second": summary(speeds)})
         log(f"  atari E={envs} S={seeds}: {statistics.median(speeds):.0f} aggregate steps/s")
     return {"configurations": rows, "skipped": skipped, "settings": s}
