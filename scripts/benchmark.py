@@ -478,9 +478,9 @@ def gpu_sizes(quick: bool) -> dict:
     """The GPU section's sizes; ``quick`` runs every part in seconds (on a CPU too)."""
     if quick:
         return {"learner": dict(batches=(32, 128), calls=2),
-                "atari": dict(grid=((4, 1), (4, 2)), learn_start=64, warmup=32, chunk=8,
+                "atari": dict(grid=((4, 2),), learn_start=64, warmup=32, chunk=8,
                               mem_size=2000, budget_s=1.0),
-                "minatar": dict(seed_counts=(1, 2), timed_from=600, chunk=200, budget_s=1.0)}
+                "minatar": dict(seed_counts=(2,), timed_from=600, chunk=200, budget_s=1.0)}
     return {"learner": dict(batches=(32, 256), calls=50),
             "atari": dict(grid=((8, 1), (32, 8), (64, 16)), learn_start=2000, warmup=512,
                           chunk=32, mem_size=100_000, budget_s=12.0),

@@ -3,6 +3,11 @@
 Identical tiny programs recur across the tests (and the CLI subprocesses compile their own):
 a persistent XLA cache makes every compilation after the first a file read. It only speeds
 things up; results are the same.
+
+On a GPU, float32 matmuls and convolutions default to TF32 (10-bit mantissas), so tests that
+compare two ways of computing the same thing (patch convolution against lax's, our weight
+gradient against numpy's) differ by about 1e-3. The tests check the maths, so they run at
+full float32 precision everywhere; training keeps the backend's default.
 """
 import tempfile
 from pathlib import Path
@@ -12,3 +17,6 @@ import jax
 jax.config.update("jax_compilation_cache_dir",
                   str(Path(tempfile.gettempdir()) / "jaxatari-test-xla-cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+
+if jax.default_backend() == "gpu":
+    jax.config.update("jax_default_matmul_precision", "highest")

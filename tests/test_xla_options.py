@@ -23,7 +23,8 @@ def _dense_grad(x, w):
 
 
 def test_cpu_edge_compiles_without_library_fusions_and_computes_the_same(fresh_options):
-    assert jax.default_backend() == "cpu"
+    if jax.default_backend() != "cpu":
+        pytest.skip("the YNN library-fusion option is XLA-CPU's")
     assert compiler_options() == {YNN_OPTION: ""}
     x = jax.random.normal(jax.random.key(0), (32, 256))
     w = jax.random.normal(jax.random.key(1), (256, 64)) / 16

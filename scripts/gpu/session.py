@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     command = "scripts/gpu/session.sh" + (" --cpu-dry-run" if args.dry_run else "")
     session = {"command": command, "argv": sys.argv[1:] if argv is None else argv,
                "dry_run": args.dry_run, "budget_s": args.budget_s, "sizes": args.sizes,
-               "steps": {}}
+               "steps": {}, "load": [round(os.getloadavg()[0], 2)]}
     for name in STEPS:
         if name not in args.only:
             continue
@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
         (args.out / "session.json").write_text(json.dumps(session, indent=2, default=str) + "\n")
         (args.out / "session.md").write_text(markdown(session))
         print(f"[{name}] {step['status']} in {step['seconds']} s", flush=True)
+    session["load"].append(round(os.getloadavg()[0], 2))     # before and after, 1-minute
+    (args.out / "session.json").write_text(json.dumps(session, indent=2, default=str) + "\n")
     print(markdown(session))
     return session
 
