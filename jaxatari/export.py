@@ -1,4 +1,5 @@
-"""Export a saved agent as a folder that runs without jaxatari or flax (jax and numpy only).
+"""Export a saved agent as a folder that runs without jaxatari or flax (jax, numpy and
+flatbuffers only).
 
 ``export_policy(checkpoint, out)`` writes, atomically (a temporary folder renamed at the end):
 
@@ -10,7 +11,13 @@
   policy.jax_export   jax.export of the greedy policy: observations [B, *stack_shape]
                       (dtype as metadata.json says) -> actions [B] int32, any batch size B,
                       parameters baked in, lowered for CPU and CUDA
-  run_policy.py       the ten-line script that loads and runs it
+  observation.npy     a sample input [2, *stack_shape]: real observations of the run's env
+                      (evaluation mode, reset and played hist_len greedy steps), whose
+                      greedy actions metadata.json's "sample" records
+  run_policy.py       the short script that loads and runs it: needs only
+                      ``pip install jax numpy flatbuffers`` (INSTALL); any jaxlib built up to
+                      6 months after the exporting one loads the policy (jax.export's
+                      backward-compatibility promise; see docs/export.md)
 
 The greedy policy is argmax_a Q(s, a) (ties: the lowest action index); with bootstrap heads
 each head votes for its argmax and the most voted action wins (ties: the lowest index),
@@ -44,16 +51,33 @@ from jaxatari.config import ConfigError
 from jaxatari.types import ActorState
 
 POLICY_FILE = "policy.jax_export"
+SAMPLE_FILE = "observation.npy"
+SAMPLE_SIZE = 2    # observations in the sample saved beside the export
 KINDS = {"q-agent": QAgentSettings, "actor-learner": ActorLearnerSettings}
-RUNNER = '''"""Runs the exported greedy policy with jax and numpy only (no jaxatari, no flax)."""
+# All that running an export needs: jax.export reads the file with flatbuffers, which jax
+# does not install.
+INSTALL = "pip install jax numpy flatbuffers"
+RUNNER = '''"""The exported greedy policy, with jax, numpy and flatbuffers only (no jaxatari):
+
+  pip install jax numpy flatbuffers
+  python run_policy.py [FOLDER] [OBSERVATIONS.npy]   # default: FOLDER/observation.npy
+
+OBSERVATIONS: [B, *input_shape] of input_dtype (metadata.json's "policy"); one action each.
+"""
 import json, sys
-import numpy as np
-from jax import export
+try:
+    import flatbuffers, numpy as np  # noqa: F401  (flatbuffers: jax.export reads the file)
+    from jax import export
+except ImportError as error:
+    sys.exit(f"run_policy.py needs {error.name or error}: pip install jax numpy flatbuffers")
 
 folder = sys.argv[1] if len(sys.argv) > 1 else "."
-meta = json.load(open(f"{folder}/metadata.json"))
+obs = np.load(sys.argv[2] if len(sys.argv) > 2 else f"{folder}/observation.npy")
+spec = json.load(open(f"{folder}/metadata.json"))["policy"]
+if list(obs.shape[1:]) != spec["input_shape"] or obs.dtype != spec["input_dtype"]:
+    sys.exit(f"observations must be {spec['input_dtype']} [B, {str(spec['input_shape'])[1:-1]}]"
+             f", got {obs.dtype} {list(obs.shape)}")
 policy = export.deserialize(open(f"{folder}/policy.jax_export", "rb").read())
-obs = np.zeros([2, *meta["policy"]["input_shape"]], meta["policy"]["input_dtype"])
 print(np.asarray(policy.call(obs)))   # one action per observation
 '''
 VERSION_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint",
@@ -197,6 +221,52 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+def sample_observations(config_record: dict[str, Any], agent: LoadedAgent, policy,
+                        num: int = SAMPLE_SIZE, seed: int = 0) -> np.ndarray:
+    """[num, *stack_shape] real observations, stacked as the agent stacks them: ``num``
+    evaluation-mode envs of the run's own options are reset and played ``hist_len`` steps
+    with ``policy``, so every frame of each stack is one the env gave (no zero padding)."""
+    from jaxatari.agents.native import to_agent_frame
+    from jaxatari.commands._common import config_from_record
+    from jaxatari.envs import JaxEnv, make_env
+    from jaxatari.evaluation import _HostEpisodes, _JaxEpisodes
+
+    env = make_env(config_from_record(config_record, "the checkpoint's config"))
+    runner = (_JaxEpisodes(env.for_mode("eval"), num, jax.random.PRNGKey(seed))
+              if isinstance(env, JaxEnv) else _HostEpisodes(env, num, seed))
+    observe = jax.jit(agent.observe)
+    try:
+        actor = agent.init_actor(num, jax.random.PRNGKey(seed))
+        frame = runner.reset()
+        actor = observe(actor, to_agent_frame(jnp.asarray(frame), agent.frame_dtype),
+                        jnp.ones((num,), bool))
+        for _ in range(agent.settings.hist_len):
+            frame, _, done, _ = runner.step(np.asarray(policy(actor.stack)))
+            actor = observe(actor.replace(after_done=jnp.asarray(done)),
+                            to_agent_frame(jnp.asarray(frame), agent.frame_dtype),
+                            jnp.zeros((num,), bool))
+    finally:
+        runner.close()
+    return np.asarray(actor.stack)
+
+
+def _export_versions(exported) -> dict[str, Any]:
+    """What the policy file was written with, for whoever loads it later (see the docs)."""
+    try:
+        from jax._src.export import serialization
+        schema = getattr(serialization, "_SERIALIZATION_VERSION", None)
+    except ImportError:
+        schema = None
+    return {"jax": jax.__version__,
+            "jaxlib": _versions().get("jaxlib"),
+            "calling_convention_version": exported.calling_convention_version,
+            "serialization_version": schema,
+            "loads_with": "jax.export promises that a jaxlib built up to 6 months after "
+                          "this one (backward compatibility) or up to 3 weeks before it "
+                          "(forward compatibility) loads and runs it; newer ones usually do "
+                          "too, with no promise; " + INSTALL}
+
+
 def check_exportable(settings: QAgentSettings) -> None:
     """The exported policy maps one observation to one action; a recurrent agent would also
     need its LSTM state in and out, which the export format does not carry yet."""
@@ -235,6 +305,19 @@ def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) ->
     env_spec = meta.get("env_spec", {})
     config = meta.get("config", {})
     scores = meta.get("validation_scores")
+    greedy = jax.jit(policy)
+    try:
+        sample = sample_observations(config, agent, greedy)
+        sample_record = {"file": SAMPLE_FILE, "shape": list(sample.shape),
+                         "dtype": sample.dtype.name,
+                         "actions": [int(a) for a in np.asarray(greedy(sample))],
+                         "how": f"{len(sample)} evaluation-mode envs of the run's options, "
+                                f"reset (seed 0) and played hist_len steps greedily"}
+    except Exception as error:   # an env this machine cannot build: no sample, say why
+        sample, sample_record = None, {"file": None, "why_not": f"{type(error).__name__}: "
+                                                                f"{error}"}
+        print(f"export: no sample observation ({sample_record['why_not']}); run_policy.py "
+              "then needs an observations file", file=sys.stderr)
     record = {
         "format": "jaxatari-export-1",
         "env_id": env_spec.get("name"),
@@ -257,7 +340,10 @@ def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) ->
                             "training and validation sampled from the policy)"
                             if agent.samples_policy else
                             "greedy argmax (bootstrap heads: majority vote)") + ", ties to the "
-                           "lowest action", "platforms": list(exported.platforms)},
+                           "lowest action", "platforms": list(exported.platforms),
+                   "install": INSTALL, "run": "python run_policy.py [FOLDER] [OBS.npy]"},
+        "sample": sample_record,
+        "jax_export": _export_versions(exported),
         "network": {"body": agent.settings.body, "hidden_size": agent.settings.hidden_size,
                     "dueling": agent.settings.dueling, "heads": agent.num_heads,
                     "agent": agent.kind, "async": getattr(agent.settings, "method", None)},
@@ -282,6 +368,8 @@ def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) ->
         (tmp / "metadata.json").write_text(json.dumps(record, indent=2, default=str))
         (tmp / POLICY_FILE).write_bytes(exported.serialize())
         (tmp / "run_policy.py").write_text(RUNNER)
+        if sample is not None:
+            np.save(tmp / SAMPLE_FILE, sample)
         os.rename(tmp, out)
     finally:
         if tmp.exists():

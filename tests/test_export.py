@@ -43,9 +43,11 @@ def test_exported_policy_runs_without_jaxatari_or_flax(run_dir, tmp_path, capsys
     assert main(["export", str(run_dir), "--out", str(out)]) == 0
     assert "exported" in capsys.readouterr().out
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.json", "metadata.json", "params.msgpack", "policy.jax_export",
-                     "run_policy.py"]
-    assert len((out / "run_policy.py").read_text().strip().splitlines()) <= 10
+    assert names == ["config.json", "metadata.json", "observation.npy", "params.msgpack",
+                     "policy.jax_export", "run_policy.py"]
+    code = [line for line in (out / "run_policy.py").read_text().split('"""')[2].splitlines()
+            if line.strip()]
+    assert len(code) <= 16   # the import guard, then about ten lines
     # Only jax and numpy: no PYTHONPATH to the repository, run from the export folder.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", CLEAN_RUN, str(out)], cwd=out, env=env,
@@ -54,7 +56,10 @@ def test_exported_policy_runs_without_jaxatari_or_flax(run_dir, tmp_path, capsys
     lines = result.stdout.strip().splitlines()
     assert lines[-1] == "clean"
     actions = np.array(lines[-2].strip("[]").split(), int)
-    assert actions.shape == (2,) and ((0 <= actions) & (actions < 3)).all()
+    # the sample saved beside the export, and its greedy actions as the export recorded them
+    meta = json.loads((out / "metadata.json").read_text())
+    assert actions.tolist() == meta["sample"]["actions"] and len(actions) == 2
+    assert ((0 <= actions) & (actions < 3)).all()
 
 
 def test_export_matches_the_agent_and_records_its_metadata(run_dir, tmp_path):

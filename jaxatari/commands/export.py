@@ -1,4 +1,4 @@
-"""``export``: a saved agent as a folder that runs with jax and numpy only.
+"""``export``: a saved agent as a folder that runs with jax, numpy and flatbuffers only.
 
   jaxatari export RUN_DIR_OR_CHECKPOINT [--out DIR] [--checkpoint best|last] [--seed-index I]
 
@@ -13,8 +13,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "export", help="export a saved agent's greedy policy (jax.export) and parameters",
         description="Write a self-contained folder: params.msgpack, config.json, metadata.json, "
-                    "policy.jax_export (the greedy policy, loadable with jax alone) and "
-                    "run_policy.py.")
+                    "policy.jax_export (the greedy policy, loadable with jax alone), "
+                    "observation.npy (a sample input) and run_policy.py, which needs only "
+                    "`pip install jax numpy flatbuffers`.")
     parser.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT",
                         help="a run directory or a checkpoint directory")
     parser.add_argument("--out", default=None, metavar="DIR",
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
 def run_export(args) -> int:
     from jaxatari import checkpoint as ckpt
     from jaxatari.commands._common import new_folder
-    from jaxatari.export import export_policy
+    from jaxatari.export import INSTALL, export_policy
 
     path = ckpt.find(Path(args.target), args.checkpoint)
     meta = ckpt.read_metadata(path)
@@ -41,5 +42,6 @@ def run_export(args) -> int:
         out = new_folder(base, f"export-{meta.get('name', path.name)}-step{meta.get('step')}")
     written = export_policy(path, out, seed_index=args.seed_index)
     print(f"exported {path} (step {meta.get('step'):,}) to {written}")
-    print(f"run it with: python {written / 'run_policy.py'} {written}")
+    print(f"run it anywhere with only `{INSTALL}`: python {written / 'run_policy.py'} "
+          f"{written}")
     return 0
