@@ -226,6 +226,12 @@ def make_body(name: str, activation: Activation = nn.relu, mlp_features: Sequenc
     if name == "mlp":
         return MLPBody(features=tuple(mlp_features), activation=activation)
     body_class = load_object(name, what="model body")
+    # Checked before it is called: anything else would run as a constructor here or fail
+    # deep inside a jit trace.
+    if not (isinstance(body_class, type) and issubclass(body_class, nn.Module)):
+        raise ValueError(f"model body {name!r} is a {type(body_class).__name__}, not a flax "
+                         "Module class (a class of flax.linen.Module taking [B, ...] and "
+                         "returning features [B, F])")
     fields = getattr(body_class, "__dataclass_fields__", {})
     return body_class(activation=activation) if "activation" in fields else body_class()
 

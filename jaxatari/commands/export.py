@@ -24,6 +24,8 @@ def register(subparsers) -> None:
                         help="which checkpoint of a run directory (default: best)")
     parser.add_argument("--seed-index", type=int, default=None, metavar="I",
                         help="which of the run's seeds (default: best last validation score)")
+    from jaxatari.saved_imports import add_allow_import_argument
+    add_allow_import_argument(parser)
     parser.set_defaults(run=run_export)
 
 
@@ -39,7 +41,8 @@ def run_export(args) -> int:
     else:
         base = ckpt.run_dir_of(path) or Path(".")
         out = new_folder(base, f"export-{meta.get('name', path.name)}-step{meta.get('step')}")
-    written = export_policy(path, out, seed_index=args.seed_index)
+    written = export_policy(path, out, seed_index=args.seed_index,
+                            allowed_imports=args.allow_import)
     print(f"exported {path} (step {meta.get('step'):,}) to {written}")
     print(f"run it with: python {written / 'run_policy.py'} {written}")
     return 0

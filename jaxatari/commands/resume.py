@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory to continue")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     from jaxatari.cli import _add_option_arguments
+    from jaxatari.saved_imports import add_allow_import_argument
+    add_allow_import_argument(parser)
     _add_option_arguments(parser)
     parser.set_defaults(run=run_resume)
 
@@ -29,7 +31,7 @@ def run_resume(args) -> int:
     from jaxatari import checkpoint as ckpt
     from jaxatari.cli import _overrides
     from jaxatari.commands._common import run_config
-    from jaxatari.config import Config, ConfigError, coerce, validate
+    from jaxatari.config import ConfigError
     from jaxatari.loop import train
 
     run_dir = Path(args.run_dir)
@@ -38,10 +40,7 @@ def run_resume(args) -> int:
     ckpt.find(run_dir, "last")   # one line if there is nothing to resume
     args.game = None
     overrides = _overrides(args)
-    config = run_config(run_dir)
-    values = {**config.to_dict(), **{k: coerce(k, v) for k, v in overrides.items()}}
-    config = Config(**values)
-    validate(config)
+    config = run_config(run_dir, overrides, allowed_imports=args.allow_import)
     replay = {"auto": None, "true": True, "false": False}[config.checkpoint_replay]
     # In place, wherever the directory is now, unless --run-dir names a new one (a fork).
     target = Path(overrides["run_dir"]) if overrides.get("run_dir") else run_dir
