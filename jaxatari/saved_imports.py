@@ -6,9 +6,10 @@ and a checkpoint's ``metadata.json`` record these options, and users hand run di
 and checkpoints to one another, so a command that reads them (``resume``, ``eval``,
 ``random``, ``export``) would otherwise run whatever code the sender named (the class of
 problem that made PyTorch's ``torch.load`` load weights only by default). The built-in
-names (catch, nature, pal, ...) load as always; an import path from a saved file is
-refused with one line unless this command line names it, with ``--allow-import PATH`` or
-by giving the option again. No JAX here: the check runs before anything is imported.
+names (catch, nature, pal, ..., and paths into jaxatari itself) load as always; an import
+path from a saved file is refused with one line unless this command line names it, with
+``--allow-import PATH`` or by giving the option again. No JAX here: the check runs before
+anything is imported.
 """
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ SETTING_OPTIONS = {"body": "model_body", "loss": "loss"}
 
 
 def is_import_path(value: Any) -> bool:
-    return isinstance(value, str) and ":" in value
+    """An import path outside this package (``jaxatari.*:Name``, as demo-grid's body, is
+    built in: it runs only the package's own code)."""
+    if not (isinstance(value, str) and ":" in value):
+        return False
+    module = value.partition(":")[0]
+    return not (module == "jaxatari" or module.startswith("jaxatari."))
 
 
 def add_allow_import_argument(parser: argparse.ArgumentParser) -> None:

@@ -131,3 +131,11 @@ def test_loaders_refuse_what_their_kind_cannot_be(tmp_path, capsys, options, exp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
     assert not run_dir.exists()
+
+
+def test_paths_into_jaxatari_itself_are_built_in(tmp_path, capsys):
+    """demo-grid's body is jaxatari.envs.gridworld_net:GridWorldBody: its runs load as ever."""
+    run_dir = sent_run(tmp_path, env="gridworld",
+                       model_body="jaxatari.envs.gridworld_net:GridWorldBody")
+    assert main(["random", str(run_dir), "--size", "0"]) == 2
+    assert "--size must be positive" in capsys.readouterr().err
