@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from jaxatari.commands import COMMAND_MODULES
 from jaxatari.config import (FIELDS, Config, ConfigError, build_config, flag_name, list_presets,
-                             preset_description)
+                             load_preset, preset_description)
 
 GROUP_TITLES = {
     "experiment": "experiment", "env": "environment", "model": "model",
@@ -90,6 +90,9 @@ def make_parser() -> OneLineParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {name: getattr(args, name) for name in FIELDS
               if name != "preset" and getattr(args, name, None) is not None}
+    if "run_dir" in values and not str(values["run_dir"]).strip():
+        raise UsageError("--run-dir must not be empty (leave it out for "
+                         "runs/<preset>-<env>-<time>)")
     if args.game:
         if args.game.lower().endswith("minatar"):
             values["env"] = args.game
@@ -97,6 +100,24 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             values.setdefault("env", "atari")
             values["game"] = args.game
     return values
+
+
+def check_game_fits_preset(preset: str, args: argparse.Namespace) -> None:
+    """A game given to a preset plays only where the preset plays that kind of game (Atari,
+    or MinAtar): ``demo Pong`` would otherwise quietly turn Catch into Atari Pong with the
+    demo's body. An explicit --env states the switch and is taken as given."""
+    game = getattr(args, "game", None)
+    if not game or getattr(args, "env", None) is not None:
+        return
+    preset_env = str(load_preset(preset).get("env", Config().env))
+    minatar = game.lower().endswith("minatar")
+    if minatar == preset_env.lower().endswith("minatar") and (minatar or preset_env == "atari"):
+        return
+    kind = "a MinAtar" if minatar else "an Atari"
+    switch = f"--env {game}" if minatar else f"--env atari --game {game}"
+    raise UsageError(f"preset {preset} plays {preset_env}, not {kind} game, so it takes no "
+                     f"game {game!r}; to play it with {preset}'s other options anyway, say so "
+                     f"with {switch}")
 
 
 def _print_presets() -> None:
@@ -109,6 +130,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None and args.no_resume:
         raise UsageError("--resume and --no-resume exclude each other")
     config = build_config(args.preset, _overrides(args))
+    check_game_fits_preset(args.preset, args)
     run_dir, summary = train(
         config, quiet=args.quiet,
         resume_from=Path(args.resume) if isinstance(args.resume, str) else None,

@@ -57,6 +57,8 @@ from jaxatari.config import Config, ConfigError, config_json, resolved_loss
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
 from jaxatari.evaluation import DEFAULT_VAL_SIZE, make_heldout_sampler, make_value_stats
 from jaxatari.metrics import Evaluation, RunLogger, mean_score
+from jaxatari.networks import body_misfit
+from jaxatari.rundir import RunDirLock, check_run_dir, create_run_dir
 from jaxatari.xla_options import edge_jit
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "rlax", "gymnasium", "ale-py", "envpool",
@@ -287,6 +289,9 @@ class Trainer:
         self.quiet = quiet
         self.env = make_env(config)
         self.spec: EnvSpec = self.env.spec
+        misfit = body_misfit(config.model_body, self.spec.obs_shape)
+        if misfit:
+            raise ConfigError(f"{misfit} ({self.spec.name})")
         self.cadence = cadence_of(config)
         self.native = isinstance(self.env, JaxEnv)
         self.agent: QAgent | None = None
@@ -363,6 +368,12 @@ class Trainer:
     def _env_item(carry: NativeCarry) -> dict[str, Any]:
         return {"env_state": carry.env_state, "frame": carry.frame, "is_first": carry.is_first,
                 "score": carry.score}
+
+    def state_bytes(self) -> int:
+        """Bytes of everything the run keeps on the device between steps, all seeds:
+        learner, actors, envs, held-out set and replay memory (from shapes: nothing is
+        allocated to count them)."""
+        return ckpt.nbytes(self.templates())
 
     def _replay_axes(self):
         example = jax.eval_shape(self.agent.init, self.keys[0])[1]
@@ -690,6 +701,44 @@ class Trainer:
         return summary
 
 
+def machine_memory() -> tuple[int, str]:
+    """(bytes, what): the memory the run's arrays live in: the accelerator's, or on a CPU the
+    machine's (or its cgroup's limit, when lower)."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        try:
+            limit = (device.memory_stats() or {}).get("bytes_limit")
+        except Exception:   # a backend without memory statistics
+            limit = None
+        if limit:
+            return int(limit), f"{device.device_kind} memory"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        total = min(total, int(Path("/sys/fs/cgroup/memory.max").read_text()))
+    except (OSError, ValueError):   # no cgroup v2 limit ("max")
+        pass
+    return total, "memory"
+
+
+def gib(size: float) -> str:
+    return f"{size / 2 ** 30:,.1f} GiB" if size >= 2 ** 30 else f"{size / 2 ** 20:,.1f} MiB"
+
+
+def check_memory(trainer: "Trainer") -> int:
+    """The run's state in bytes; ConfigError (one line) when it cannot fit this machine."""
+    c = trainer.config
+    needed = trainer.state_bytes()
+    limit, what = machine_memory()
+    if needed > limit:
+        replay = (f", of which the replay memory is {gib(trainer.replay_bytes)} "
+                  f"(--mem-size {c.mem_size:,} per seed x --seeds {c.seeds:,})"
+                  if trainer.replay_bytes else "")
+        raise ConfigError(f"this run needs about {gib(needed)} for its state{replay}, more "
+                          f"than this machine's {gib(limit)} of {what}: lower --seeds or "
+                          "--mem-size")
+    return needed
+
+
 def saved_agent(run_dir: Path) -> dict[str, Any] | None:
     """The metadata of a run directory's resumable checkpoint (``checkpoints/last``), if any."""
     found = ckpt.resolve(ckpt.checkpoint_dir(run_dir) / "last")
@@ -737,9 +786,28 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
         if run_dir is None and not config.run_dir:
             run_dir = ckpt.run_dir_of(source)
     run_dir = Path(run_dir or config.run_dir or default_run_dir(config))
+    check_run_dir(run_dir)
+    lock = RunDirLock(run_dir)
+    if run_dir.is_dir():
+        lock.acquire()   # a run using it now: refused before anything is read or built
+    try:
+        return _train_locked(config, run_dir, lock, source, quiet=quiet, resume=resume,
+                             checkpoint_every=checkpoint_every,
+                             checkpoint_replay=checkpoint_replay, val_size=val_size,
+                             interactive=interactive)
+    finally:
+        lock.release()
+
+
+def _train_locked(config: Config, run_dir: Path, lock: RunDirLock, source: Path | None, *,
+                  quiet: bool, resume: bool | None, checkpoint_every: bool,
+                  checkpoint_replay: bool | None, val_size: int, interactive: bool
+                  ) -> tuple[Path, dict]:
+    """``train`` once the run directory is known and, where it exists, locked."""
     trainer = Trainer(config, run_dir, quiet=quiet, keep_every=checkpoint_every,
                       checkpoint_replay=checkpoint_replay, val_size=val_size,
                       interactive=interactive)
+    check_memory(trainer)
     finished = run_dir.exists() and (run_dir / "summary.json").exists()
     if source is None:
         saved = None if finished else saved_agent(run_dir)
@@ -764,7 +832,8 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
     if source is None and resume is False and ckpt.checkpoint_dir(run_dir).exists():
         stamp = time.strftime("%Y%m%d-%H%M%S")
         ckpt.checkpoint_dir(run_dir).rename(run_dir / f"checkpoints-replaced-{stamp}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    create_run_dir(run_dir)
+    lock.acquire()
     for marker in ("summary.json", "INCOMPLETE"):
         if restored is not None and (run_dir / marker).exists():
             (run_dir / marker).unlink()
