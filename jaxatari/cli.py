@@ -125,6 +125,21 @@ def _print_presets() -> None:
         print(f"{name:22s} {preset_description(name)}")
 
 
+def print_scores(summary: dict[str, Any]) -> None:
+    """The final and best greedy scores per seed, with the finished episodes behind the
+    final one; n/a where no episode finished (partial games are not scores)."""
+    def text(score):
+        return "n/a" if score is None else f"{score:.3f}"
+    episodes = summary.get("final_episodes") or [None] * len(summary["final_scores"])
+    print(f"\n{'seed':>4}  {'final greedy score':>18}  {'episodes':>8}  {'best greedy score':>17}")
+    for seed, (final, count, best) in enumerate(zip(summary["final_scores"], episodes,
+                                                    summary["best_scores"])):
+        print(f"{seed:>4}  {text(final):>18}  {'' if count is None else count:>8}  "
+              f"{text(best):>17}")
+    if None in summary["final_scores"]:
+        print("n/a: no greedy episode finished within --val-steps (raise it for a score)")
+
+
 def _train(args: argparse.Namespace) -> int:
     from jaxatari.loop import train   # heavy imports only when training
     if args.resume is not None and args.no_resume:
@@ -138,10 +153,7 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint_every=config.checkpoint_every,
         checkpoint_replay={"auto": None, "true": True, "false": False}[config.checkpoint_replay],
         val_size=config.val_size)
-    scores = summary["final_scores"]
-    print(f"\n{'seed':>4}  {'final greedy score':>18}  {'best greedy score':>17}")
-    for seed, (final, best) in enumerate(zip(scores, summary["best_scores"])):
-        print(f"{seed:>4}  {final:>18.3f}  {best:>17.3f}")
+    print_scores(summary)
     print(f"{summary['steps']:,} steps x {summary['seeds']} seeds in {summary['wall_seconds']:.1f} s "
           f"({summary['steps_per_second']:,.0f} steps/s over all seeds)")
     print(f"plot: {run_dir / 'curves.png'}   logs: {run_dir / 'progress.csv'}, "

@@ -170,7 +170,9 @@ def pick_seed(meta: dict[str, Any], seed_index: int | None) -> int:
                               f"of {seeds} seed{'s' if seeds > 1 else ''}, got {seed_index}")
         return seed_index
     scores = meta.get("validation_scores")
-    return int(np.argmax(scores)) if scores else 0
+    if not scores or all(score is None for score in scores):
+        return 0
+    return int(np.nanargmax([np.nan if score is None else score for score in scores]))
 
 
 def seed_params(train, index: int):

@@ -246,7 +246,8 @@ def run_eval(args) -> int:
     scores = meta.get("validation_scores")
     header = [f"checkpoint {path} (step {meta.get('step'):,}, seed {index} of "
               f"{meta.get('seeds')}"
-              + (f", validation score {scores[index]:.4g})" if scores else ")"),
+              + (f", validation score {scores[index]:.4g})"
+                 if scores and scores[index] is not None else ")"),
               f"env {env.spec.name}, protocol {json.dumps(env.spec.protocol, default=str)}, "
               f"evaluation mode, " + policy]
     extra = {"checkpoint": str(path), "step": meta.get("step"), "seed_index": index,

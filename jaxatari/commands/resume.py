@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 def run_resume(args) -> int:
     from jaxatari import checkpoint as ckpt
-    from jaxatari.cli import _overrides
+    from jaxatari.cli import _overrides, print_scores
     from jaxatari.commands._common import run_config
     from jaxatari.config import ConfigError
     from jaxatari.loop import train
@@ -47,9 +47,7 @@ def run_resume(args) -> int:
     out_dir, summary = train(config, target, quiet=args.quiet, resume_from=run_dir,
                              checkpoint_every=config.checkpoint_every,
                              checkpoint_replay=replay, val_size=config.val_size)
-    print(f"\n{'seed':>4}  {'final greedy score':>18}  {'best greedy score':>17}")
-    for seed, (final, best) in enumerate(zip(summary["final_scores"], summary["best_scores"])):
-        print(f"{seed:>4}  {final:>18.3f}  {best:>17.3f}")
+    print_scores(summary)
     print(f"resumed at step {summary['resumed_from_step']:,}; trained to {summary['steps']:,} "
           f"steps in {summary['wall_seconds']:.1f} s")
     print(f"run directory: {out_dir}")
