@@ -53,7 +53,7 @@ class Config:
     obscured: bool = option(False, "Catch: blank the rows above the paddle", group="env")
 
     # Model
-    model_body: str = option("catch", "network body: catch | atari | nature | atari2013 | mlp | package.module:Class", group="model")
+    model_body: str = option("catch", "network body: catch | atari | nature | atari2013 | minatar | blog | mlp | package.module:Class", group="model")
     mlp_hidden: int = option(256, "width of the mlp body's hidden layer", group="model")
     hidden_size: int = option(512, "width of the fully connected layer of each head", group="model")
     hist_len: int = option(4, "frames stacked into one observation", group="model")

@@ -567,10 +567,17 @@ class Trainer:
                      jax.tree.map(lambda x: np.asarray(x[0]), params),
                      self.settings_stack_channels(),
                      title=f"{self.config.preset or 'run'} on {self.spec.name}, step "
-                           f"{self.evaluations[-1].step:,}" if self.evaluations else "")
+                           f"{self.evaluations[-1].step:,}" if self.evaluations else "",
+                     rows_label=self.filter_rows_label())
 
     def settings_stack_channels(self) -> int:
         return (self.agent or self.learner).stack_shape[-1]
+
+    def filter_rows_label(self) -> str:
+        from jaxatari.metrics import filter_rows_label
+        frame_channels = self.spec.obs_shape[-1] if len(self.spec.obs_shape) == 3 else 1
+        stacked = self.settings_stack_channels() // max(frame_channels, 1)
+        return filter_rows_label(frame_channels, stacked)
 
     def handle_interrupt(self, items_fn: Callable[[], dict], step: int, iteration: int) -> None:
         """At a safe point after Ctrl+C: ask (or not), save ``last``, stop the run."""
@@ -753,7 +760,8 @@ class Trainer:
             if restored is not None:
                 summary["resumed_from_step"] = restored.step
             params = jax.tree.map(lambda x: np.asarray(x[0]), train_state.params)
-            logger.finish(summary, params=params, in_channels=self.settings_stack_channels())
+            logger.finish(summary, params=params, in_channels=self.settings_stack_channels(),
+                          rows_label=self.filter_rows_label())
         return summary
 
 

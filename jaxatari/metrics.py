@@ -358,7 +358,8 @@ class RunLogger:
             print(line, file=sys.stderr, flush=True)
         self.log_weights(step, params)
 
-    def finish(self, summary: dict[str, Any], params=None, in_channels: int = 0) -> None:
+    def finish(self, summary: dict[str, Any], params=None, in_channels: int = 0,
+               rows_label: str = "input channel\n(oldest first)") -> None:
         """Writes the plots (and the first conv layer's filters from ``params``, one seed's
         network with ``in_channels`` input channels), then summary.json last."""
         self.flush()
@@ -367,7 +368,8 @@ class RunLogger:
                     title=title)
         plot_run(self.run_dir, title=title)
         if params is not None:
-            plot_filters(self.run_dir / "conv_filters.png", params, in_channels, title=title)
+            plot_filters(self.run_dir / "conv_filters.png", params, in_channels, title=title,
+                         rows_label=rows_label)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
     def flush(self) -> None:
@@ -555,9 +557,21 @@ def filter_grid(kernel: np.ndarray) -> np.ndarray:
     return grid
 
 
-def plot_filters(path: Path, params, in_channels: int, title: str = "") -> bool:
+def filter_rows_label(frame_channels: int, hist_len: int) -> str:
+    """What the rows of conv_filters.png are: stacked frames, a frame's channels (MinAtar's
+    object layers), or both."""
+    if hist_len <= 1:
+        return "input channel" if frame_channels == 1 else \
+            f"input channel\n({frame_channels} of one observation)"
+    if frame_channels == 1:
+        return "stacked frame\n(oldest first)"
+    return f"{hist_len} frames x {frame_channels}\nchannels (oldest first)"
+
+
+def plot_filters(path: Path, params, in_channels: int, title: str = "",
+                 rows_label: str = "input channel\n(oldest first)") -> bool:
     """Saves the first conv layer's filters as an image grid (columns: filters, rows: input
-    channels, i.e. stacked frames, oldest first); False for a network without convolutions."""
+    channels, named by ``rows_label``); False for a network without convolutions."""
     kernel = first_conv_kernel(params, in_channels)
     if kernel is None:
         return False
@@ -574,7 +588,7 @@ def plot_filters(path: Path, params, in_channels: int, title: str = "") -> bool:
     ax.set_title(f"first conv layer: {c_out} filters of {k}x{k} over {c_in} input channels; "
                  f"{title}", fontsize=8)
     ax.set_xlabel("filter")
-    ax.set_ylabel("input channel\n(oldest first)", fontsize=8)
+    ax.set_ylabel(rows_label, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.savefig(path, dpi=100)
