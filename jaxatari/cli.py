@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxatari.commands import COMMAND_MODULES
-from jaxatari.config import (FIELDS, Config, ConfigError, build_config, flag_name, list_presets,
-                             load_preset, preset_description)
+from jaxatari.config import (FIELDS, Config, ConfigError, build_config, coerce, flag_name,
+                             list_presets, load_preset, preset_description)
 
 GROUP_TITLES = {
     "experiment": "experiment", "env": "environment", "model": "model",
@@ -40,19 +40,36 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
+# random plays episodes without training: only the options of the env it plays.
+PLAY_GROUPS = ("env", "preprocessing", "atari")
+PLAY_OPTIONS = ("seed",)
+
+
+def _option_help(name: str, value: Any, source: str = "default") -> str:
+    """An option's help with its choices and its value (``source``: default, or the preset
+    or run directory the value comes from)."""
+    field = FIELDS[name]
+    choices = field.metadata.get("choices")
+    help_text = field.metadata["help"] + (f" {{{', '.join(choices)}}}" if choices else "")
+    return help_text + (f" ({source}: {value!r})" if value != "" else "")
+
+
+def _add_option_arguments(parser: argparse.ArgumentParser,
+                          groups_shown: tuple[str, ...] | None = None,
+                          also: tuple[str, ...] = ()) -> None:
+    """The options as flags; ``groups_shown`` (and the options in ``also``) to limit them."""
     defaults = Config()
     groups = {}
     for name, field in FIELDS.items():
         if name == "preset":
             continue
         group_name = field.metadata["group"]
+        if groups_shown is not None and group_name not in groups_shown and name not in also:
+            continue
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(GROUP_TITLES.get(group_name, group_name))
         default = getattr(defaults, name)
-        choices = field.metadata.get("choices")
-        help_text = field.metadata["help"] + (f" {{{', '.join(choices)}}}" if choices else "")
-        help_text += f" (default: {default!r})" if default != "" else ""
+        help_text = _option_help(name, default)
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text,
                                   "metavar": "VALUE"}
         if isinstance(default, bool):
@@ -162,9 +179,43 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _help_values(argv: list[str]) -> tuple[str, Config, str] | None:
+    """For ``train PRESET --help``, ``resume RUN_DIR --help`` and ``random TARGET --help``:
+    (command, the values the run would start from, where they come from), so the help
+    shows those instead of the base defaults. The run's config.json is only parsed: nothing
+    it names is imported."""
+    if len(argv) < 3 or not {"-h", "--help"} & set(argv) or argv[0] not in (
+            "train", "resume", "random"):
+        return None
+    command, target = argv[0], argv[1]
+    try:
+        if command in ("train", "random") and target in list_presets():
+            return command, build_config(target, {}), f"preset {target}"
+        path = Path(target) / "config.json"
+        if command in ("resume", "random") and path.is_file():
+            import json
+            record = json.loads(path.read_text())
+            values = {k: coerce(k, v) for k, v in record.items() if k in FIELDS}
+            return command, Config(**values), f"{path}"
+    except (ConfigError, OSError, ValueError, TypeError):
+        return None   # the base defaults, then
+    return None
+
+
+def _show_values_in_help(parser: argparse.ArgumentParser, command: str, config: Config,
+                         source: str) -> None:
+    subparser = parser._subparsers._group_actions[0].choices[command]
+    for action in subparser._actions:
+        if action.dest in FIELDS and action.option_strings:   # not the game positional
+            action.help = _option_help(action.dest, getattr(config, action.dest), source)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
+    shown = _help_values(argv)
+    if shown is not None:
+        _show_values_in_help(parser, *shown)
     try:
         args = parser.parse_args(argv)
         if args.command is None:

@@ -54,7 +54,7 @@ from jaxatari import human_scores
 from jaxatari.agents.dqn import QAgent, QAgentSettings, make_q_agent
 from jaxatari.agents.native import (Cadence, NativeCarry, init_native_seeds, make_native_chunk,
                                     make_native_evaluate, native_seed_axes)
-from jaxatari.config import Config, ConfigError, config_json, resolved_loss
+from jaxatari.config import Config, ConfigError, config_json, flag_name, resolved_loss
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
 from jaxatari.evaluation import DEFAULT_VAL_SIZE, make_heldout_sampler, make_value_stats
 from jaxatari.metrics import Evaluation, RunLogger, finite_or_none, mean_score
@@ -717,9 +717,14 @@ class Trainer:
                 changed = self.changed_options(restored.metadata)
                 if changed:
                     logger.note("options changed since the checkpoint: " + ", ".join(changed))
+                # only options the user changed: a larger --steps alone also changes the
+                # iterations of a run shorter than one chunk, which is no news to them
+                saved = restored.metadata.get("config", {})
+                moved = [flag_name(name) for name in ("chunk_steps", "val_freq")
+                         if name in saved and saved[name] != getattr(c, name)]
                 saved_chunk = restored.metadata.get("iterations_per_chunk")
-                if saved_chunk not in (None, self._iterations_per_chunk()):
-                    logger.note("--chunk-steps differs from the checkpoint's run: chunk "
+                if moved and saved_chunk not in (None, self._iterations_per_chunk()):
+                    logger.note(f"{' and '.join(moved)} changed since the checkpoint: chunk "
                                 "boundaries move, so results may differ from an "
                                 "uninterrupted run in the last bits")
             if self.learner is not None:

@@ -83,3 +83,29 @@ def test_a_run_directory_in_use_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is in use by another jaxatari run" in err and len(err.strip().splitlines()) == 1
     assert list(run_dir.iterdir()) == []
+
+
+def _help_of(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_train_help_of_a_preset_shows_the_preset_values(capsys):
+    text = _help_of(["train", "demo", "--help"], capsys)
+    assert "(preset demo: 160000)" in text and "(preset demo: 0)" in text   # steps, bootstraps
+    assert "(default: 50000000)" not in text
+
+
+def test_resume_help_shows_the_saved_run_values(tmp_path, capsys):
+    import json
+    (tmp_path / "config.json").write_text(json.dumps({"steps": 1234, "env": "evil:Thing"}))
+    text = _help_of(["resume", str(tmp_path), "--help"], capsys)
+    assert "config.json: 1234)" in text.replace("- ", "-")
+
+
+def test_random_help_lists_only_the_env_options(capsys):
+    text = _help_of(["random", "demo", "--help"], capsys)
+    assert "--env" in text and "--seed " in text and "--sticky-prob" in text
+    for training_only in ("--mem-size", "--eta", "--steps", "--bootstraps", "--val-freq"):
+        assert training_only not in text, training_only

@@ -64,8 +64,9 @@ def register(subparsers) -> None:
                                help="Atari or MinAtar game for presets that take one")
     _add_play_arguments(random_parser)
     add_allow_import_argument(random_parser)
-    from jaxatari.cli import _add_option_arguments
-    _add_option_arguments(random_parser)   # --seed among them: the envs' seed (+ 99991)
+    from jaxatari.cli import PLAY_GROUPS, PLAY_OPTIONS, _add_option_arguments
+    # the env's options only; --seed among them: the envs' seed (+ 99991)
+    _add_option_arguments(random_parser, PLAY_GROUPS, PLAY_OPTIONS)
     random_parser.set_defaults(run=run_random)
 
 
