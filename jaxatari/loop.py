@@ -620,6 +620,11 @@ class Trainer:
                          "training steps")
         chunk = self._iterations_per_chunk() * (c.envs * (1 if self.agent is not None
                                                            else c.batch_size))
+        remainder = c.steps % chunk
+        if self.native and c.steps > chunk and remainder:
+            notes.append(f"the last chunk is {remainder:,} steps, shorter than the others, and "
+                         "compiles once more (make --steps a multiple of the chunk, "
+                         f"{chunk:,} steps, to avoid it)")
         if (self.native and c.val_freq % chunk and c.steps > c.val_freq):
             notes.append(f"validation happens between chunks of {chunk:,} steps: at the first "
                          f"chunk end at or after each multiple of --val-freq {c.val_freq:,} "

@@ -72,3 +72,11 @@ def test_a_first_try_far_below_the_preset_says_what_it_allocates_and_runs(tmp_pa
     assert "replay memory" in text and "of which --steps 800 fills 4.0%" in text
     assert "never learns" in text                    # demo's --learn-start is above 800
     assert "validation: 1 evaluation of --val-steps 3,200" in text
+
+
+def test_nature_pong_with_600_steps_says_it_keeps_the_presets_memory_and_validation(tmp_path):
+    pytest.importorskip("envpool")
+    config = build_config("nature", {"env": "atari", "game": "Pong", "steps": 600})
+    text = "\n".join(Trainer(config, tmp_path / "run").startup_notes())
+    assert "GiB" in text and "--mem-size 1,000,000 per seed, of which --steps 600 fills" in text
+    assert "validation: 1 evaluation of --val-steps 125,000" in text
