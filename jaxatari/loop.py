@@ -381,6 +381,7 @@ class Trainer:
         return {"env_state": carry.env_state, "frame": carry.frame, "is_first": carry.is_first,
                 "score": carry.score}
 
+    @functools.cached_property
     def state_bytes(self) -> int:
         """Bytes of everything the run keeps on the device between steps, all seeds:
         learner, actors, envs, held-out set and replay memory (from shapes: nothing is
@@ -599,7 +600,7 @@ class Trainer:
         --chunk-steps validates only between chunks."""
         c = self.config
         notes = []
-        state = self.state_bytes()
+        state = self.state_bytes
         if state >= LARGE_STATE or (self.agent is not None and c.mem_size > c.steps):
             replay = ""
             if self.agent is not None:
@@ -808,7 +809,7 @@ def gib(size: float) -> str:
 def check_memory(trainer: "Trainer") -> int:
     """The run's state in bytes; ConfigError (one line) when it cannot fit this machine."""
     c = trainer.config
-    needed = trainer.state_bytes()
+    needed = trainer.state_bytes
     limit, what = machine_memory()
     if needed > limit:
         replay = (f", of which the replay memory is {gib(trainer.replay_bytes)} "

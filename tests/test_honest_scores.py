@@ -80,3 +80,13 @@ def test_nature_pong_with_600_steps_says_it_keeps_the_presets_memory_and_validat
     text = "\n".join(Trainer(config, tmp_path / "run").startup_notes())
     assert "GiB" in text and "--mem-size 1,000,000 per seed, of which --steps 600 fills" in text
     assert "validation: 1 evaluation of --val-steps 125,000" in text
+
+
+def test_eval_says_how_many_episodes_were_cut_at_the_step_limit():
+    from jaxatari.evaluation import EpisodeResult, score_lines
+    result = EpisodeResult(scores=np.array([1.0, 2.0]), lengths=np.array([5, 9]),
+                           cut=np.array([False, True]))
+    lines = score_lines(result)
+    assert "(cut at the step limit)" in lines[1]
+    assert lines[-1].endswith("over 2 episodes, 1 of them cut at the step limit (their scores "
+                              "are partial)")
