@@ -139,3 +139,15 @@ def test_paths_into_jaxatari_itself_are_built_in(tmp_path, capsys):
                        model_body="jaxatari.envs.gridworld_net:GridWorldBody")
     assert main(["random", str(run_dir), "--size", "0"]) == 2
     assert "--size must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["env", "model_body", "loss"])
+def test_train_resume_takes_its_options_from_the_command_line_only(tmp_path, monkeypatch,
+                                                                   capsys, option):
+    """train PRESET --resume RUN builds from the preset: a saved import path is compared as a
+    string (and the checkpoint refused), never imported."""
+    run_dir = sent_run(tmp_path, **{option: EVIL})
+    monkeypatch.syspath_prepend(str(run_dir))
+    assert main(["train", "demo", "--resume", str(run_dir)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (run_dir / "imported").exists() and "evil" not in sys.modules

@@ -20,8 +20,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="the folder to create; it must not exist (default: "
                              "RUN_DIR/export-<checkpoint>-step<step>)")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                        help="which checkpoint of a run directory (default: best)")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default=None,
+                        help="which checkpoint of a run directory (default: best, else last: "
+                             "a run whose validations finished no episode has no best)")
     parser.add_argument("--seed-index", type=int, default=None, metavar="I",
                         help="which of the run's seeds (default: best last validation score)")
     from jaxatari.saved_imports import add_allow_import_argument
@@ -34,7 +35,12 @@ def run_export(args) -> int:
     from jaxatari.commands._common import new_folder
     from jaxatari.export import export_policy
 
-    path = ckpt.find(Path(args.target), args.checkpoint)
+    try:
+        path = ckpt.find(Path(args.target), args.checkpoint or "best")
+    except ckpt.CheckpointError:
+        if args.checkpoint is not None:
+            raise
+        path = ckpt.find(Path(args.target), "last")
     meta = ckpt.read_metadata(path)
     if args.out is not None:
         out = Path(args.out)
