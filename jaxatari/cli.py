@@ -161,8 +161,8 @@ def _train(args: argparse.Namespace) -> int:
     from jaxatari.loop import train   # heavy imports only when training
     if args.resume is not None and args.no_resume:
         raise UsageError("--resume and --no-resume exclude each other")
-    config = build_config(args.preset, _overrides(args))
     check_game_fits_preset(args.preset, args)
+    config = build_config(args.preset, _overrides(args))
     run_dir, summary = train(
         config, quiet=args.quiet,
         resume_from=Path(args.resume) if isinstance(args.resume, str) else None,

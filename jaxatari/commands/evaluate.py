@@ -261,14 +261,15 @@ def run_eval(args) -> int:
 
 def run_random(args) -> int:
     from jaxatari.cli import _overrides, check_game_fits_preset
+    from jaxatari.config import list_presets
     from jaxatari.commands._common import target_config
     from jaxatari.envs import make_env
 
     _check_play_arguments(args)
     overrides = _overrides(args)
-    config = target_config(args.target, overrides, allowed_imports=args.allow_import)
-    if not Path(args.target).is_dir():
+    if not Path(args.target).is_dir() and args.target in list_presets():
         check_game_fits_preset(args.target, args)
+    config = target_config(args.target, overrides, allowed_imports=args.allow_import)
     env = make_env(config)
     header = [f"random agent, env {env.spec.name}, protocol "
               f"{json.dumps(env.spec.protocol, default=str)}, evaluation mode, "
