@@ -79,7 +79,10 @@ def test_allow_import_names_the_path_and_lets_it_load(tmp_path, monkeypatch, cap
     run_dir = sent_run(tmp_path, env=EVIL)
     monkeypatch.syspath_prepend(str(run_dir))
     monkeypatch.delitem(sys.modules, "evil", raising=False)
-    assert main(["random", str(run_dir), "--allow-import", EVIL]) == 2
+    try:
+        assert main(["random", str(run_dir), "--allow-import", EVIL]) == 2
+    finally:
+        sys.modules.pop("evil", None)   # the other tests check that nothing imported it
     err = capsys.readouterr().err
     assert (run_dir / "imported").exists()          # imported because it was allowed
     assert "is not a gymnasium.Env subclass" in err and "Traceback" not in err
