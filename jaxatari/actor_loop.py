@@ -372,7 +372,8 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
     learner = build_learner(c, env.spec)
     steps_per_iteration = c.batch_size * c.envs
     total_iterations = c.steps // steps_per_iteration
-    per_chunk = max(min(c.chunk_steps, c.steps) // steps_per_iteration, 1)
+    from jaxatari.loop import chunk_iterations   # loop imports this module lazily
+    per_chunk = chunk_iterations(c, steps_per_iteration)
     chunks: dict[int, Callable] = {}
 
     def chunk_of(length):       # the last, shorter chunk compiles once more

@@ -19,7 +19,11 @@ committed, and temporary directories are never read.
 Loading checks more than orbax does: the item's structure, shapes and dtypes must match the
 caller's template (a checkpoint of another network or game is refused with a one-line
 message naming the first difference) and the bytes must match the recorded SHA-256 (a
-corrupt or truncated file is refused). Every refusal is a ``CheckpointError``, a
+corrupt or truncated file is refused). ``COMMITTED`` holds the SHA-256 of
+``metadata.json``, which holds those of the arrays: a missing or empty record is refused.
+The digests detect corruption (a bad disk, a truncated copy); they are not signatures, so
+they do not detect someone who edits a file and its digest together. Loading never runs
+code named in a checkpoint (see ``jaxatari.saved_imports``). Every refusal is a ``CheckpointError``, a
 ``ConfigError``: one line, exit status 2 on the command line.
 
 The functions know nothing about agents: the Q-agent loops save ``train``, ``actor``,
@@ -226,7 +230,12 @@ def read_metadata(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {path}")
     text = (found / METADATA_FILE).read_text()
     commit = (found / COMMIT_FILE).read_text().strip()
-    if commit and commit != hashlib.sha256(text.encode()).hexdigest():
+    # Every committed checkpoint carries the digest: an empty record is refused, never a
+    # reason to skip the check.
+    if not commit:
+        raise CheckpointError(f"checkpoint {found} is corrupt: its {COMMIT_FILE} record is "
+                              f"empty (it should hold the SHA-256 of {METADATA_FILE})")
+    if commit != hashlib.sha256(text.encode()).hexdigest():
         raise CheckpointError(f"checkpoint {found} is corrupt: {METADATA_FILE} does not match "
                               "its commit record")
     try:

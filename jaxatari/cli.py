@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxatari.commands import COMMAND_MODULES
-from jaxatari.config import (FIELDS, Config, ConfigError, build_config, flag_name, list_presets,
-                             preset_description)
+from jaxatari.config import (FIELDS, Config, ConfigError, build_config, coerce, flag_name,
+                             list_presets, load_preset, preset_description)
 
 GROUP_TITLES = {
     "experiment": "experiment", "env": "environment", "model": "model",
@@ -40,19 +40,36 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _add_option_arguments(parser: argparse.ArgumentParser) -> None:
+# random plays episodes without training: only the options of the env it plays.
+PLAY_GROUPS = ("env", "preprocessing", "atari")
+PLAY_OPTIONS = ("seed",)
+
+
+def _option_help(name: str, value: Any, source: str = "default") -> str:
+    """An option's help with its choices and its value (``source``: default, or the preset
+    or run directory the value comes from)."""
+    field = FIELDS[name]
+    choices = field.metadata.get("choices")
+    help_text = field.metadata["help"] + (f" {{{', '.join(choices)}}}" if choices else "")
+    return help_text + (f" ({source}: {value!r})" if value != "" else "")
+
+
+def _add_option_arguments(parser: argparse.ArgumentParser,
+                          groups_shown: tuple[str, ...] | None = None,
+                          also: tuple[str, ...] = ()) -> None:
+    """The options as flags; ``groups_shown`` (and the options in ``also``) to limit them."""
     defaults = Config()
     groups = {}
     for name, field in FIELDS.items():
         if name == "preset":
             continue
         group_name = field.metadata["group"]
+        if groups_shown is not None and group_name not in groups_shown and name not in also:
+            continue
         if group_name not in groups:
             groups[group_name] = parser.add_argument_group(GROUP_TITLES.get(group_name, group_name))
         default = getattr(defaults, name)
-        choices = field.metadata.get("choices")
-        help_text = field.metadata["help"] + (f" {{{', '.join(choices)}}}" if choices else "")
-        help_text += f" (default: {default!r})" if default != "" else ""
+        help_text = _option_help(name, default)
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text,
                                   "metavar": "VALUE"}
         if isinstance(default, bool):
@@ -90,6 +107,9 @@ def make_parser() -> OneLineParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {name: getattr(args, name) for name in FIELDS
               if name != "preset" and getattr(args, name, None) is not None}
+    if "run_dir" in values and not str(values["run_dir"]).strip():
+        raise UsageError("--run-dir must not be empty (leave it out for "
+                         "runs/<preset>-<env>-<time>)")
     if args.game:
         if args.game.lower().endswith("minatar"):
             values["env"] = args.game
@@ -99,15 +119,49 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def check_game_fits_preset(preset: str, args: argparse.Namespace) -> None:
+    """A game given to a preset plays only where the preset plays that kind of game (Atari,
+    or MinAtar): ``demo Pong`` would otherwise quietly turn Catch into Atari Pong with the
+    demo's body. An explicit --env states the switch and is taken as given."""
+    game = getattr(args, "game", None)
+    if not game or getattr(args, "env", None) is not None:
+        return
+    preset_env = str(load_preset(preset).get("env", Config().env))
+    minatar = game.lower().endswith("minatar")
+    if minatar == preset_env.lower().endswith("minatar") and (minatar or preset_env == "atari"):
+        return
+    kind = "a MinAtar" if minatar else "an Atari"
+    switch = f"--env {game}" if minatar else f"--env atari --game {game}"
+    raise UsageError(f"preset {preset} plays {preset_env}, not {kind} game, so it takes no "
+                     f"game {game!r}; to play it with {preset}'s other options anyway, say so "
+                     f"with {switch}")
+
+
 def _print_presets() -> None:
     for name in list_presets():
         print(f"{name:22s} {preset_description(name)}")
+
+
+def print_scores(summary: dict[str, Any]) -> None:
+    """The final and best greedy scores per seed, with the finished episodes behind the
+    final one; n/a where no episode finished (partial games are not scores)."""
+    def text(score):
+        return "n/a" if score is None else f"{score:.3f}"
+    episodes = summary.get("final_episodes") or [None] * len(summary["final_scores"])
+    print(f"\n{'seed':>4}  {'final greedy score':>18}  {'episodes':>8}  {'best greedy score':>17}")
+    for seed, (final, count, best) in enumerate(zip(summary["final_scores"], episodes,
+                                                    summary["best_scores"])):
+        print(f"{seed:>4}  {text(final):>18}  {'' if count is None else count:>8}  "
+              f"{text(best):>17}")
+    if None in summary["final_scores"]:
+        print("n/a: no greedy episode finished within --val-steps (raise it for a score)")
 
 
 def _train(args: argparse.Namespace) -> int:
     from jaxatari.loop import train   # heavy imports only when training
     if args.resume is not None and args.no_resume:
         raise UsageError("--resume and --no-resume exclude each other")
+    check_game_fits_preset(args.preset, args)
     config = build_config(args.preset, _overrides(args))
     run_dir, summary = train(
         config, quiet=args.quiet,
@@ -116,10 +170,7 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint_every=config.checkpoint_every,
         checkpoint_replay={"auto": None, "true": True, "false": False}[config.checkpoint_replay],
         val_size=config.val_size)
-    scores = summary["final_scores"]
-    print(f"\n{'seed':>4}  {'final greedy score':>18}  {'best greedy score':>17}")
-    for seed, (final, best) in enumerate(zip(scores, summary["best_scores"])):
-        print(f"{seed:>4}  {final:>18.3f}  {best:>17.3f}")
+    print_scores(summary)
     print(f"{summary['steps']:,} steps x {summary['seeds']} seeds in {summary['wall_seconds']:.1f} s "
           f"({summary['steps_per_second']:,.0f} steps/s over all seeds)")
     print(f"plot: {run_dir / 'curves.png'}   logs: {run_dir / 'progress.csv'}, "
@@ -128,9 +179,43 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _help_values(argv: list[str]) -> tuple[str, Config, str] | None:
+    """For ``train PRESET --help``, ``resume RUN_DIR --help`` and ``random TARGET --help``:
+    (command, the values the run would start from, where they come from), so the help
+    shows those instead of the base defaults. The run's config.json is only parsed: nothing
+    it names is imported."""
+    if len(argv) < 3 or not {"-h", "--help"} & set(argv) or argv[0] not in (
+            "train", "resume", "random"):
+        return None
+    command, target = argv[0], argv[1]
+    try:
+        if command in ("train", "random") and target in list_presets():
+            return command, build_config(target, {}), f"preset {target}"
+        path = Path(target) / "config.json"
+        if command in ("resume", "random") and path.is_file():
+            import json
+            record = json.loads(path.read_text())
+            values = {k: coerce(k, v) for k, v in record.items() if k in FIELDS}
+            return command, Config(**values), f"{path}"
+    except (ConfigError, OSError, ValueError, TypeError):
+        return None   # the base defaults, then
+    return None
+
+
+def _show_values_in_help(parser: argparse.ArgumentParser, command: str, config: Config,
+                         source: str) -> None:
+    subparser = parser._subparsers._group_actions[0].choices[command]
+    for action in subparser._actions:
+        if action.dest in FIELDS and action.option_strings:   # not the game positional
+            action.help = _option_help(action.dest, getattr(config, action.dest), source)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
+    shown = _help_values(argv)
+    if shown is not None:
+        _show_values_in_help(parser, *shown)
     try:
         args = parser.parse_args(argv)
         if args.command is None:

@@ -37,7 +37,7 @@ class Config:
     preset: str = option("", "preset this run started from", group="experiment")
     seeds: int = option(1, "independent seeds trained side by side in one program (vmapped)", group="experiment")
     seed: int = option(1, "base random seed; seed i of a run uses seed + i", group="experiment")
-    steps: int = option(50_000_000, "agent steps per seed (each step is --act-rep frames on Atari)", group="experiment")
+    steps: int = option(50_000_000, "agent steps per seed (each step is --act-rep frames on Atari); at most 2^31-1", group="experiment")
     run_dir: str = option("", "where the run writes (default: runs/<preset>-<env>-<time>)", group="experiment")
     chunk_steps: int = option(10_000, "agent steps per seed between host syncs (logging, progress, checkpoints)", group="experiment")
     verbose: bool = option(False, "log every finished training episode's score", group="experiment")
@@ -53,7 +53,7 @@ class Config:
     obscured: bool = option(False, "Catch: blank the rows above the paddle", group="env")
 
     # Model
-    model_body: str = option("catch", "network body: catch | atari | nature | atari2013 | mlp | package.module:Class", group="model")
+    model_body: str = option("catch", "network body: catch | atari | nature | atari2013 | minatar | blog | mlp | package.module:Class", group="model")
     mlp_hidden: int = option(256, "width of the mlp body's hidden layer", group="model")
     hidden_size: int = option(512, "width of the fully connected layer of each head", group="model")
     hist_len: int = option(4, "frames stacked into one observation", group="model")
@@ -209,11 +209,27 @@ def resolved_loss(config: Config) -> str:
     return "pal" if config.pal_alpha > 0 else "dqn"
 
 
+# Step, iteration and size counters are 32-bit integers inside the jitted loops.
+MAX_COUNT = 2**31 - 1
+
+
+def validate_bounds(c: Config) -> None:
+    """Every integer option fits the loops' 32-bit counters (checked before the other rules,
+    so a value such as --steps 1e99 stops here, in words)."""
+    for f in dataclasses.fields(c):
+        value = getattr(c, f.name)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_COUNT:
+            raise ConfigError(f"{flag_name(f.name)} must be at most {MAX_COUNT:,} (the loops "
+                              f"count in 32-bit integers), got {value:.4g}")
+
+
 def validate(c: Config) -> None:
     """The original's validation rules (Setup.lua validateOptions) plus ours; one line each."""
     def require(condition: bool, message: str) -> None:
         if not condition:
             raise ConfigError(message)
+
+    validate_bounds(c)
 
     for f in dataclasses.fields(c):
         choices = f.metadata.get("choices")

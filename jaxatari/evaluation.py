@@ -225,8 +225,11 @@ def score_lines(result: EpisodeResult) -> list[str]:
         lines.append(f"episode {i + 1:>3}: score {score:g} in {int(length)} steps{note}")
     n = len(result.scores)
     std = float(np.std(result.scores)) if n else math.nan
+    cut = int(np.sum(result.cut))
+    cut_note = (f", {cut} of them cut at the step limit (their scores are partial)"
+                if cut else "")
     lines.append(f"mean score {float(np.mean(result.scores)):.4g} +- {std:.4g} (standard "
-                 f"deviation) over {n} episode{'s' if n != 1 else ''}")
+                 f"deviation) over {n} episode{'s' if n != 1 else ''}{cut_note}")
     return lines
 
 

@@ -38,7 +38,7 @@ import time
 import uuid
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +48,7 @@ from jaxatari import checkpoint as ckpt
 from jaxatari.agents.actor_learner import Q_METHODS, ActorLearnerSettings, make_actor_learner
 from jaxatari.agents.dqn import QAgentSettings, make_q_agent
 from jaxatari.config import ConfigError
+from jaxatari.saved_imports import check_checkpoint_imports
 from jaxatari.types import ActorState
 
 POLICY_FILE = "policy.jax_export"
@@ -159,10 +160,14 @@ def make_loaded_agent(kind: str, settings, activation=jax.nn.relu) -> LoadedAgen
                            num_envs, learner.stack_shape, learner.frame_dtype, key))
 
 
-def load_agent(checkpoint: Path, activation=None) -> tuple[LoadedAgent, Any, dict[str, Any]]:
+def load_agent(checkpoint: Path, activation=None, allowed_imports: Collection[str] = ()
+               ) -> tuple[LoadedAgent, Any, dict[str, Any]]:
     """(agent, train state of all seeds [S, ...], metadata) of a Q-agent or actor-learner
-    checkpoint."""
+    checkpoint. An import path among its saved options (a custom body or loss) is refused
+    before anything is imported unless ``allowed_imports`` names it
+    (see jaxatari.saved_imports)."""
     meta = ckpt.read_metadata(checkpoint)
+    check_checkpoint_imports(meta, f"checkpoint {meta.get('path')}", allowed_imports)
     kind = meta.get("kind")
     if kind not in KINDS:
         raise ckpt.CheckpointError(f"checkpoint {meta.get('path')} holds a {kind!r} agent; "
@@ -189,7 +194,9 @@ def pick_seed(meta: dict[str, Any], seed_index: int | None) -> int:
                               f"of {seeds} seed{'s' if seeds > 1 else ''}, got {seed_index}")
         return seed_index
     scores = meta.get("validation_scores")
-    return int(np.argmax(scores)) if scores else 0
+    if not scores or all(score is None for score in scores):
+        return 0
+    return int(np.nanargmax([np.nan if score is None else score for score in scores]))
 
 
 def seed_params(train, index: int):
@@ -275,8 +282,10 @@ def check_exportable(settings: QAgentSettings) -> None:
                           "the exported policy has no LSTM state; use `jaxatari eval` instead")
 
 
-def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) -> Path:
-    """Writes the export folder ``out`` (which must not exist) from a checkpoint directory."""
+def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None,
+                  allowed_imports: Collection[str] = ()) -> Path:
+    """Writes the export folder ``out`` (which must not exist) from a checkpoint directory;
+    ``allowed_imports`` as for ``load_agent``."""
     from flax import serialization
     try:
         import flatbuffers  # noqa: F401  (jax.export's serialisation needs it)
@@ -287,7 +296,7 @@ def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None) ->
     if out.exists():
         raise ConfigError(f"--out {out} already exists; choose a new folder (nothing was "
                           "overwritten)")
-    agent, train, meta = load_agent(checkpoint)
+    agent, train, meta = load_agent(checkpoint, allowed_imports=allowed_imports)
     check_exportable(agent.settings)
     index = pick_seed(meta, seed_index)
     # jax arrays, not numpy: the policy closes over them, and custom_vjp (networks.Dense)

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -53,10 +54,12 @@ from jaxatari import human_scores
 from jaxatari.agents.dqn import QAgent, QAgentSettings, make_q_agent
 from jaxatari.agents.native import (Cadence, NativeCarry, init_native_seeds, make_native_chunk,
                                     make_native_evaluate, native_seed_axes)
-from jaxatari.config import Config, ConfigError, config_json, resolved_loss
+from jaxatari.config import Config, ConfigError, config_json, flag_name, resolved_loss
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
 from jaxatari.evaluation import DEFAULT_VAL_SIZE, make_heldout_sampler, make_value_stats
-from jaxatari.metrics import Evaluation, RunLogger, mean_score
+from jaxatari.metrics import Evaluation, RunLogger, finite_or_none, mean_score
+from jaxatari.networks import body_misfit
+from jaxatari.rundir import RunDirLock, check_run_dir, create_run_dir
 from jaxatari.xla_options import edge_jit
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "rlax", "gymnasium", "ale-py", "envpool",
@@ -65,6 +68,8 @@ CHECKPOINT_KIND = "q-agent"
 ACTOR_LEARNER_KIND = "actor-learner"
 # JAX-native runs checkpoint their replay memory by default up to this size (all seeds).
 REPLAY_AUTO_LIMIT = 1 << 30
+# A run whose state is at least this large says so at start-up.
+LARGE_STATE = 1 << 30
 # Options that must match a checkpoint to resume from it (they shape the state).
 STRUCTURAL_SETTINGS = ("num_actions", "obs_shape", "obs_dtype", "hist_len", "body",
                        "mlp_features", "hidden_size", "dueling", "num_heads", "replay",
@@ -102,6 +107,15 @@ def agent_settings(config: Config, spec: EnvSpec, native: bool = True) -> QAgent
         lr_decay_updates=total_updates(config) if config.eta_anneal else 0,
         recurrent=config.recurrent, burn_in=config.burn_in, loss_steps=config.loss_steps,
         conv=conv_impl(config, native))
+
+
+def chunk_iterations(config: Config, steps_per_iteration: int) -> int:
+    """Iterations per jitted chunk of the JAX-native loops: --chunk-steps, shortened to
+    --val-freq when that is smaller. Validation runs between chunks, so a chunk longer than
+    --val-freq would validate only once per chunk; one length keeps one compile."""
+    c = config
+    chunk = max(min(c.chunk_steps, c.steps) // steps_per_iteration, 1)
+    return min(chunk, max(c.val_freq // steps_per_iteration, 1))
 
 
 def total_updates(config: Config) -> int:
@@ -287,6 +301,9 @@ class Trainer:
         self.quiet = quiet
         self.env = make_env(config)
         self.spec: EnvSpec = self.env.spec
+        misfit = body_misfit(config.model_body, self.spec.obs_shape)
+        if misfit:
+            raise ConfigError(f"{misfit} ({self.spec.name})")
         self.cadence = cadence_of(config)
         self.native = isinstance(self.env, JaxEnv)
         self.agent: QAgent | None = None
@@ -364,6 +381,13 @@ class Trainer:
         return {"env_state": carry.env_state, "frame": carry.frame, "is_first": carry.is_first,
                 "score": carry.score}
 
+    @functools.cached_property
+    def state_bytes(self) -> int:
+        """Bytes of everything the run keeps on the device between steps, all seeds:
+        learner, actors, envs, held-out set and replay memory (from shapes: nothing is
+        allocated to count them)."""
+        return ckpt.nbytes(self.templates())
+
     def _replay_axes(self):
         example = jax.eval_shape(self.agent.init, self.keys[0])[1]
         return self.agent.replay.seed_axes(example)
@@ -382,7 +406,7 @@ class Trainer:
     def _iterations_per_chunk(self) -> int:
         c = self.config
         per_iteration = c.envs * (c.batch_size if self.agent is None else 1)
-        return max(min(c.chunk_steps, c.steps) // per_iteration, 1)
+        return chunk_iterations(c, per_iteration)
 
     # ------------------------------------------------------------------ resume
     def restore(self, path: Path) -> Restored:
@@ -487,8 +511,10 @@ class Trainer:
                 "eval_key": np.asarray(jax.device_get(self.eval_key)).tolist(),
                 "evaluations": [e.to_json() for e in self.evaluations],
                 "best_score": None if math.isinf(self.best_score) else self.best_score,
-                "validation_score": None if latest is None else float(np.mean(latest.scores)),
-                "validation_scores": None if latest is None else [float(s) for s in latest.scores],
+                "validation_score": None if latest is None else seeds_mean(latest.scores),
+                "validation_scores": None if latest is None else finite_or_none(latest.scores),
+                "validation_episodes": None if latest is None else
+                [int(e) for e in np.asarray(latest.episodes)],
                 "normalised_score_source": human_scores.SOURCE
                 if human_scores.random_and_human(self.spec.human_name) else None}
 
@@ -520,8 +546,8 @@ class Trainer:
         """``last`` after every evaluation, ``best`` when the mean score over seeds beats the
         best so far (as the original: strictly greater), ``step_<step>`` with keep_every."""
         step = evaluation.step
-        mean = float(np.mean(evaluation.scores))
-        improved = mean > self.best_score
+        mean = seeds_mean(evaluation.scores)
+        improved = mean is not None and mean > self.best_score   # n/a never improves
         if improved:
             self.best_score = mean
         self.save("last", items, step, iteration, "evaluation", self._include_replay())
@@ -542,10 +568,17 @@ class Trainer:
                      jax.tree.map(lambda x: np.asarray(x[0]), params),
                      self.settings_stack_channels(),
                      title=f"{self.config.preset or 'run'} on {self.spec.name}, step "
-                           f"{self.evaluations[-1].step:,}" if self.evaluations else "")
+                           f"{self.evaluations[-1].step:,}" if self.evaluations else "",
+                     rows_label=self.filter_rows_label())
 
     def settings_stack_channels(self) -> int:
         return (self.agent or self.learner).stack_shape[-1]
+
+    def filter_rows_label(self) -> str:
+        from jaxatari.metrics import filter_rows_label
+        frame_channels = self.spec.obs_shape[-1] if len(self.spec.obs_shape) == 3 else 1
+        stacked = self.settings_stack_channels() // max(frame_channels, 1)
+        return filter_rows_label(frame_channels, stacked)
 
     def handle_interrupt(self, items_fn: Callable[[], dict], step: int, iteration: int) -> None:
         """At a safe point after Ctrl+C: ask (or not), save ``last``, stop the run."""
@@ -559,6 +592,45 @@ class Trainer:
                   f"{self.run_dir}", file=sys.stderr, flush=True)
         raise TrainingInterrupted(f"interrupted at step {step}", saved,
                                   self.guard.signum or signal.SIGINT)
+
+    def startup_notes(self) -> list[str]:
+        """What the run will allocate and do, where the options make that a surprise: a
+        first try such as ``nature Pong --steps 600`` keeps the preset's 1M-transition
+        replay memory and 125,000-step validation, and a --val-freq that is no multiple of
+        --chunk-steps validates only between chunks."""
+        c = self.config
+        notes = []
+        state = self.state_bytes
+        if state >= LARGE_STATE or (self.agent is not None and c.mem_size > c.steps):
+            replay = ""
+            if self.agent is not None:
+                replay = (f"; replay memory {gib(self.replay_bytes)} for --mem-size "
+                          f"{c.mem_size:,} per seed")
+                if c.mem_size > c.steps:
+                    replay += f", of which --steps {c.steps:,} fills {c.steps / c.mem_size:.1%}"
+            notes.append(f"allocates about {gib(state)} for the state of {c.seeds} "
+                         f"seed{'s' if c.seeds > 1 else ''}{replay}")
+        if self.agent is not None and c.learn_start >= c.steps:
+            notes.append(f"--learn-start {c.learn_start:,} is not below --steps {c.steps:,}: "
+                         "this run acts and fills its memory but never learns")
+        validations = c.steps // c.val_freq + (1 if c.steps % c.val_freq else 0)
+        if validations * c.val_steps > c.steps:
+            notes.append(f"validation: {validations:,} evaluation"
+                         f"{'s' if validations > 1 else ''} of --val-steps {c.val_steps:,} "
+                         f"({validations * c.val_steps:,} steps per seed) beside {c.steps:,} "
+                         "training steps")
+        chunk = self._iterations_per_chunk() * (c.envs * (1 if self.agent is not None
+                                                           else c.batch_size))
+        remainder = c.steps % chunk
+        if self.native and c.steps > chunk and remainder:
+            notes.append(f"the last chunk is {remainder:,} steps, shorter than the others, and "
+                         "compiles once more (make --steps a multiple of the chunk, "
+                         f"{chunk:,} steps, to avoid it)")
+        if (self.native and c.val_freq % chunk and c.steps > c.val_freq):
+            notes.append(f"validation happens between chunks of {chunk:,} steps: at the first "
+                         f"chunk end at or after each multiple of --val-freq {c.val_freq:,} "
+                         f"(make it a multiple of --chunk-steps to have it exact)")
+        return notes
 
     def _note_replay(self) -> None:
         size = self.replay_bytes / 2 ** 20
@@ -644,14 +716,21 @@ class Trainer:
         with RunLogger(self.run_dir, c, quiet=self.quiet, resume_step=resume_step) as logger, \
                 self.guard:
             self.logger = logger
+            for line in self.startup_notes():
+                logger.note(line)
             if restored is not None:
                 logger.note(f"resuming from {restored.path} at step {restored.step:,}")
                 changed = self.changed_options(restored.metadata)
                 if changed:
                     logger.note("options changed since the checkpoint: " + ", ".join(changed))
+                # only options the user changed: a larger --steps alone also changes the
+                # iterations of a run shorter than one chunk, which is no news to them
+                saved = restored.metadata.get("config", {})
+                moved = [flag_name(name) for name in ("chunk_steps", "val_freq")
+                         if name in saved and saved[name] != getattr(c, name)]
                 saved_chunk = restored.metadata.get("iterations_per_chunk")
-                if saved_chunk not in (None, self._iterations_per_chunk()):
-                    logger.note("--chunk-steps differs from the checkpoint's run: chunk "
+                if moved and saved_chunk not in (None, self._iterations_per_chunk()):
+                    logger.note(f"{' and '.join(moved)} changed since the checkpoint: chunk "
                                 "boundaries move, so results may differ from an "
                                 "uninterrupted run in the last bits")
             if self.learner is not None:
@@ -668,26 +747,78 @@ class Trainer:
                     train_state = self._run_host(restored)
             wall = time.time() - started
             evaluations = self.evaluations
-            scores = np.stack([e.scores for e in evaluations])  # [V, S]
+            scores = np.stack([e.scores for e in evaluations])  # [V, S], NaN: none finished
             trained = c.steps - self.start_step
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)   # a seed never finishing
+                best = np.nanmax(scores, axis=0)
             summary = {
                 "preset": c.preset, "env": self.spec.name, "protocol": self.spec.protocol,
                 "seeds": c.seeds, "steps": c.steps,
-                "final_scores": [float(x) for x in scores[-1]],
-                "best_scores": [float(x) for x in scores.max(axis=0)],
+                # null where no greedy episode finished: partial games are not scores
+                "final_scores": finite_or_none(scores[-1]),
+                "final_episodes": [int(e) for e in np.asarray(evaluations[-1].episodes)],
+                "best_scores": finite_or_none(best),
                 "eval_steps": [e.step for e in evaluations],
+                "eval_episodes": [[int(x) for x in np.asarray(e.episodes)] for e in evaluations],
                 "wall_seconds": round(wall, 2),
                 "steps_per_second": round(trained * c.seeds / max(wall, 1e-9), 1),
                 "steps_per_second_per_seed": round(trained / max(wall, 1e-9), 1),
             }
             if evaluations and evaluations[-1].normalised is not None:
-                summary["final_normalised_scores"] = [float(x) for x in evaluations[-1].normalised]
+                summary["final_normalised_scores"] = finite_or_none(evaluations[-1].normalised)
                 summary["normalised_score_source"] = human_scores.SOURCE
             if restored is not None:
                 summary["resumed_from_step"] = restored.step
             params = jax.tree.map(lambda x: np.asarray(x[0]), train_state.params)
-            logger.finish(summary, params=params, in_channels=self.settings_stack_channels())
+            logger.finish(summary, params=params, in_channels=self.settings_stack_channels(),
+                          rows_label=self.filter_rows_label())
         return summary
+
+
+def seeds_mean(scores) -> float | None:
+    """The mean score over seeds, or None unless every seed finished an episode (a mean of
+    some seeds would compare unlike with unlike)."""
+    scores = np.asarray(scores, np.float64)
+    return float(np.mean(scores)) if np.isfinite(scores).all() else None
+
+
+def machine_memory() -> tuple[int, str]:
+    """(bytes, what): the memory the run's arrays live in: the accelerator's, or on a CPU the
+    machine's (or its cgroup's limit, when lower)."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        try:
+            limit = (device.memory_stats() or {}).get("bytes_limit")
+        except Exception:   # a backend without memory statistics
+            limit = None
+        if limit:
+            return int(limit), f"{device.device_kind} memory"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        total = min(total, int(Path("/sys/fs/cgroup/memory.max").read_text()))
+    except (OSError, ValueError):   # no cgroup v2 limit ("max")
+        pass
+    return total, "memory"
+
+
+def gib(size: float) -> str:
+    return f"{size / 2 ** 30:,.1f} GiB" if size >= 2 ** 30 else f"{size / 2 ** 20:,.1f} MiB"
+
+
+def check_memory(trainer: "Trainer") -> int:
+    """The run's state in bytes; ConfigError (one line) when it cannot fit this machine."""
+    c = trainer.config
+    needed = trainer.state_bytes
+    limit, what = machine_memory()
+    if needed > limit:
+        replay = (f", of which the replay memory is {gib(trainer.replay_bytes)} "
+                  f"(--mem-size {c.mem_size:,} per seed x --seeds {c.seeds:,})"
+                  if trainer.replay_bytes else "")
+        raise ConfigError(f"this run needs about {gib(needed)} for its state{replay}, more "
+                          f"than this machine's {gib(limit)} of {what}: lower --seeds or "
+                          "--mem-size")
+    return needed
 
 
 def saved_agent(run_dir: Path) -> dict[str, Any] | None:
@@ -737,9 +868,28 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
         if run_dir is None and not config.run_dir:
             run_dir = ckpt.run_dir_of(source)
     run_dir = Path(run_dir or config.run_dir or default_run_dir(config))
+    check_run_dir(run_dir)
+    lock = RunDirLock(run_dir)
+    if run_dir.is_dir():
+        lock.acquire()   # a run using it now: refused before anything is read or built
+    try:
+        return _train_locked(config, run_dir, lock, source, quiet=quiet, resume=resume,
+                             checkpoint_every=checkpoint_every,
+                             checkpoint_replay=checkpoint_replay, val_size=val_size,
+                             interactive=interactive)
+    finally:
+        lock.release()
+
+
+def _train_locked(config: Config, run_dir: Path, lock: RunDirLock, source: Path | None, *,
+                  quiet: bool, resume: bool | None, checkpoint_every: bool,
+                  checkpoint_replay: bool | None, val_size: int, interactive: bool
+                  ) -> tuple[Path, dict]:
+    """``train`` once the run directory is known and, where it exists, locked."""
     trainer = Trainer(config, run_dir, quiet=quiet, keep_every=checkpoint_every,
                       checkpoint_replay=checkpoint_replay, val_size=val_size,
                       interactive=interactive)
+    check_memory(trainer)
     finished = run_dir.exists() and (run_dir / "summary.json").exists()
     if source is None:
         saved = None if finished else saved_agent(run_dir)
@@ -764,7 +914,8 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
     if source is None and resume is False and ckpt.checkpoint_dir(run_dir).exists():
         stamp = time.strftime("%Y%m%d-%H%M%S")
         ckpt.checkpoint_dir(run_dir).rename(run_dir / f"checkpoints-replaced-{stamp}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    create_run_dir(run_dir)
+    lock.acquire()
     for marker in ("summary.json", "INCOMPLETE"):
         if restored is not None and (run_dir / marker).exists():
             (run_dir / marker).unlink()
@@ -782,6 +933,7 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
     try:
         summary = trainer.run(restored)
     except BaseException:
-        (run_dir / "INCOMPLETE").write_text("this run did not finish; see its log\n")
+        (run_dir / "INCOMPLETE").write_text("this run did not finish; see log.txt for how "
+                                            "far it got and why it stopped\n")
         raise
     return run_dir, summary

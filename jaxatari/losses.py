@@ -14,6 +14,7 @@ loads any function with this signature (see README, "Your own TD error").
 """
 from __future__ import annotations
 
+import inspect
 import types
 from typing import Callable, Mapping, Protocol
 
@@ -100,11 +101,24 @@ def resolve_td_error(name: str) -> TDError:
     if ":" in name:
         from jaxatari.networks import load_object  # local: networks is pure too
         function = load_object(name, what="TD error")
-        if not callable(function):
-            raise ValueError(f"TD error {name!r} is not callable")
+        if not _has_td_error_signature(function):
+            raise ValueError(f"TD error {name!r} is not a function of (q, a_tm1, r_t, "
+                             "discount_t, *, pal_alpha) (see jaxatari.losses.TDError)")
         return function
     raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(TD_ERRORS)} "
                      "or give an import path 'module:function'")
+
+
+def _has_td_error_signature(function) -> bool:
+    """A Python function that can be called as a TD error; checked before it is traced, so
+    a builtin (os.system, print) or a class named by mistake is refused, never called."""
+    if not inspect.isfunction(function):
+        return False
+    try:
+        inspect.signature(function).bind(None, None, None, None, pal_alpha=0.0)
+    except TypeError:
+        return False
+    return True
 
 
 def huber(x: jax.Array, delta: float) -> jax.Array:

@@ -48,7 +48,7 @@ class Evaluation:
 
     def to_json(self) -> dict[str, Any]:
         def listed(x):
-            return None if x is None else [float(v) for v in np.asarray(x, np.float64)]
+            return None if x is None else finite_or_none(x)
         return {"step": int(self.step), "scores": listed(self.scores),
                 "episodes": [int(e) for e in np.asarray(self.episodes)],
                 "normalised": listed(self.normalised), "v": listed(self.v),
@@ -64,16 +64,37 @@ class Evaluation:
                    td_error=array(record.get("td_error")))
 
 
-def mean_score(total, episodes, partial) -> np.ndarray:
-    """Mean raw score over finished episodes, or the running episodes' mean score where
-    none finished (as the original's validation)."""
-    total, episodes, partial = (np.asarray(x, np.float64) for x in (total, episodes, partial))
-    return np.where(episodes > 0, total / np.maximum(episodes, 1), partial)
+def mean_score(total, episodes, partial=None) -> np.ndarray:
+    """Mean raw score over finished episodes; NaN (shown as n/a) where none finished.
+
+    ``partial``, the running episodes' scores so far, is deliberately not used: the original
+    reported it, but a game cut short is no score (a random Pong agent's -6 after a few
+    points reads as half of human once normalised)."""
+    del partial
+    total, episodes = (np.asarray(x, np.float64) for x in (total, episodes))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(episodes > 0, total / np.maximum(episodes, 1), np.nan)
+
+
+def score_text(score: float, episodes: int) -> str:
+    """A score with the number of finished episodes it is the mean of: "0.55 (16)", or
+    "n/a (0)" when no episode finished."""
+    return f"{score:.3g} ({int(episodes)})" if np.isfinite(score) else f"n/a ({int(episodes)})"
+
+
+def finite_or_none(values) -> list[float | None]:
+    """Scores for JSON: NaN (no finished episode) becomes null."""
+    return [float(x) if np.isfinite(x) else None for x in np.asarray(values, np.float64)]
+
+
+NO_EPISODE_NOTE = ("n/a: no greedy episode finished within --val-steps, so there is no score "
+                   "(partial games are not scored); raise --val-steps")
 
 
 PROGRESS_HEADER = ["step", "seed", "episodes", "score", "loss", "td_error", "q_mean", "epsilon",
                    "steps_per_second"]
 EVAL_HEADER = ["step", "seed", "score", "episodes", "normalised_score", "v", "td_error"]
+LOG_FILE = "log.txt"
 EPISODE_HEADER = ["step", "seed", "score"]
 WEIGHTS_HEADER = ["step", "seed", "layer", "mean_abs_w", "max_abs_w", "mean_abs_dw",
                   "max_abs_dw"]
@@ -172,6 +193,9 @@ class RunLogger:
 
     def __enter__(self):
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # log.txt: every line the run shows or would show (progress, evaluations, notes,
+        # the reason it stopped), whatever --quiet or the terminal says; appended on resume.
+        self.log_file = (self.run_dir / LOG_FILE).open("a")
         self.progress_file, self.progress, kept = self._open("progress.csv", PROGRESS_HEADER)
         self.train_rows = [(int(r[0]), int(r[1]), _number(r[3])) for r in kept if r[2] != "0"]
         self.eval_file, self.evals, kept = self._open("eval.csv", EVAL_HEADER)
@@ -197,8 +221,18 @@ class RunLogger:
                             smoothing=0.1, initial=self.steps_done)
         return self
 
+    def log(self, text: str) -> None:
+        """A line in log.txt only, stamped with the time."""
+        if getattr(self, "log_file", None) is not None and not self.log_file.closed:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            for line in text.splitlines() or [""]:
+                self.log_file.write(f"{stamp}  {line}\n")
+            self.log_file.flush()
+
     def note(self, text: str) -> None:
-        """A one-off message (checkpoint saved, replay size, resume) unless --quiet."""
+        """A one-off message (checkpoint saved, replay size, resume) unless --quiet; always
+        in log.txt."""
+        self.log(text)
         if self.quiet:
             return
         if self.bar is not None:
@@ -250,6 +284,7 @@ class RunLogger:
         line = (f"step {step:>10,}/{self.config.steps:,}  training score {score}  "
                 f"epsilon {float(epsilon):.3f}  {speed * self.seeds:,.0f} steps/s  "
                 f"elapsed {elapsed:.0f}s  eta {remaining:.0f}s")
+        self.log(line)
         if self.bar is not None:
             self.bar.update(step - self.steps_done)
             self.bar.set_postfix(score=score, eps=f"{float(epsilon):.3f}",
@@ -285,37 +320,46 @@ class RunLogger:
                  td_error: np.ndarray | None = None, params=None) -> None:
         """Logs one evaluation; with ``params`` (seed-stacked) and --report-weights, the
         weight statistics too."""
-        def value(x, seed):
-            return "" if x is None else float(np.asarray(x)[seed])
+        def value(x, seed):   # blank where missing or where no episode finished
+            if x is None or not np.isfinite(np.asarray(x, np.float64)[seed]):
+                return ""
+            return float(np.asarray(x)[seed])
 
         for seed in range(self.seeds):
-            self.evals.writerow([step, seed, float(scores[seed]), int(episodes[seed]),
+            self.evals.writerow([step, seed, value(scores, seed), int(episodes[seed]),
                                  value(normalised, seed), value(v, seed), value(td_error, seed)])
             self.eval_rows.append((step, seed, float(scores[seed])))
-            if self.tb is not None:
+            if self.tb is not None and np.isfinite(scores[seed]):
                 self.tb.add_scalar(f"seed{seed}/eval_score", float(scores[seed]), step)
                 for name, x in (("eval_normalised_score", normalised), ("eval_v", v),
                                 ("eval_td_error", td_error)):
                     if x is not None and np.isfinite(np.asarray(x)[seed]):
                         self.tb.add_scalar(f"seed{seed}/{name}", float(np.asarray(x)[seed]), step)
-        if self.tb is not None:
+        finished = np.isfinite(np.asarray(scores, np.float64))
+        if self.tb is not None and finished.all():
             self.tb.add_scalar("eval_score_mean", float(np.mean(scores)), step)
             if normalised is not None:
                 self.tb.add_scalar("eval_normalised_score_mean", float(np.mean(normalised)), step)
         self.eval_file.flush()
-        line = f"step {step:>10,}  greedy score per seed: " + " ".join(f"{s:.3g}" for s in scores)
-        if normalised is not None:
-            line += "  normalised: " + " ".join(f"{s:.3g}" for s in np.asarray(normalised))
+        line = (f"step {step:>10,}  greedy score per seed (finished episodes): "
+                + " ".join(score_text(s, e) for s, e in zip(scores, episodes)))
+        if normalised is not None and finished.any():
+            line += "  normalised: " + " ".join(
+                f"{s:.3g}" if np.isfinite(s) else "n/a" for s in np.asarray(normalised))
         if v is not None and np.isfinite(np.asarray(v)).any():
             line += (f"  V {np.nanmean(np.asarray(v)):.3g}"
                      f"  |TD| {np.nanmean(np.asarray(td_error)):.3g}")
+        if not finished.all():
+            line += f"\n{' ' * 17}{NO_EPISODE_NOTE}"
+        self.log(line)
         if self.bar is not None:
             self.bar.write(line)
         elif self.plain:
             print(line, file=sys.stderr, flush=True)
         self.log_weights(step, params)
 
-    def finish(self, summary: dict[str, Any], params=None, in_channels: int = 0) -> None:
+    def finish(self, summary: dict[str, Any], params=None, in_channels: int = 0,
+               rows_label: str = "input channel\n(oldest first)") -> None:
         """Writes the plots (and the first conv layer's filters from ``params``, one seed's
         network with ``in_channels`` input channels), then summary.json last."""
         self.flush()
@@ -324,7 +368,8 @@ class RunLogger:
                     title=title)
         plot_run(self.run_dir, title=title)
         if params is not None:
-            plot_filters(self.run_dir / "conv_filters.png", params, in_channels, title=title)
+            plot_filters(self.run_dir / "conv_filters.png", params, in_channels, title=title,
+                         rows_label=rows_label)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
     def flush(self) -> None:
@@ -332,10 +377,14 @@ class RunLogger:
             if f is not None and not f.closed:
                 f.flush()
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None:
+            self.log(f"stopped: {exc_type.__name__}: {exc}" if str(exc) else
+                     f"stopped: {exc_type.__name__}")
         if self.bar is not None:
             self.bar.close()
-        for f in (self.progress_file, self.eval_file, self.episode_file, self.weights_file):
+        for f in (self.progress_file, self.eval_file, self.episode_file, self.weights_file,
+                  self.log_file):
             if f is not None:
                 f.close()
         if self.tb is not None:
@@ -365,12 +414,17 @@ def plot_curves(path: Path, eval_rows, train_rows, seeds: int, title: str) -> No
                             (axes[1], train_rows, "training episode score")):
         if rows:
             steps, values = _series(rows, seeds)
+            # markers where points are few: a single evaluation is a point, not an empty line
+            marker = "o" if len(steps) <= 25 else None
             for seed in range(seeds):
-                ax.plot(steps, values[:, seed], lw=0.7, alpha=0.5)
-            with np.errstate(all="ignore"):
+                ax.plot(steps, values[:, seed], lw=0.7, alpha=0.5, marker=marker, ms=3,
+                        label="each seed" if seed == 0 and seeds > 1 else None)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)   # a step no seed scored
                 ax.fill_between(steps, np.nanmin(values, 1), np.nanmax(values, 1), alpha=0.2,
-                                color="k", lw=0)
-                ax.plot(steps, np.nanmean(values, 1), color="k", lw=2, label=f"mean of {seeds}")
+                                color="k", lw=0, label="min to max" if seeds > 1 else None)
+                ax.plot(steps, np.nanmean(values, 1), color="k", lw=2, marker=marker, ms=4,
+                        label=f"mean of {seeds}")
             ax.legend(loc="best")
         ax.set_xlabel("agent steps per seed")
         ax.set_ylabel(label)
@@ -416,7 +470,8 @@ def _band_plot(ax, steps, values, label=None, color="k", seeds_too=True):
     if seeds_too and seeds > 1:
         for seed in range(seeds):
             ax.plot(steps, values[:, seed], lw=0.7, alpha=0.5, marker=marker, markersize=2,
-                    color=None if color == "k" else color)
+                    color=None if color == "k" else color,
+                    label="each seed" if seed == 0 and color == "k" else None)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN steps (no seed finished)
         ax.fill_between(steps, np.nanmin(values, 1), np.nanmax(values, 1), alpha=0.2,
@@ -502,9 +557,21 @@ def filter_grid(kernel: np.ndarray) -> np.ndarray:
     return grid
 
 
-def plot_filters(path: Path, params, in_channels: int, title: str = "") -> bool:
+def filter_rows_label(frame_channels: int, hist_len: int) -> str:
+    """What the rows of conv_filters.png are: stacked frames, a frame's channels (MinAtar's
+    object layers), or both."""
+    if hist_len <= 1:
+        return "input channel" if frame_channels == 1 else \
+            f"input channel\n({frame_channels} of one observation)"
+    if frame_channels == 1:
+        return "stacked frame\n(oldest first)"
+    return f"{hist_len} frames x {frame_channels}\nchannels (oldest first)"
+
+
+def plot_filters(path: Path, params, in_channels: int, title: str = "",
+                 rows_label: str = "input channel\n(oldest first)") -> bool:
     """Saves the first conv layer's filters as an image grid (columns: filters, rows: input
-    channels, i.e. stacked frames, oldest first); False for a network without convolutions."""
+    channels, named by ``rows_label``); False for a network without convolutions."""
     kernel = first_conv_kernel(params, in_channels)
     if kernel is None:
         return False
@@ -521,7 +588,7 @@ def plot_filters(path: Path, params, in_channels: int, title: str = "") -> bool:
     ax.set_title(f"first conv layer: {c_out} filters of {k}x{k} over {c_in} input channels; "
                  f"{title}", fontsize=8)
     ax.set_xlabel("filter")
-    ax.set_ylabel("input channel\n(oldest first)", fontsize=8)
+    ax.set_ylabel(rows_label, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.savefig(path, dpi=100)

@@ -207,6 +207,29 @@ DENSE_AFTER_CONV = {"blog": ("nature", (512,))}
 BODY_NAMES = (*CONV_BODIES, *DENSE_AFTER_CONV, "mlp")
 
 
+def body_misfit(name: str, obs_shape: Sequence[int]) -> str | None:
+    """Why the built-in body ``name`` cannot take observations of ``obs_shape``, or None.
+
+    Checked before anything is traced: a convolution on a vector, or one whose kernel is
+    larger than what is left of the image, would otherwise fail deep inside jit."""
+    layers = CONV_BODIES.get(name) or CONV_BODIES.get(DENSE_AFTER_CONV.get(name, ("",))[0])
+    if layers is None:
+        return None   # mlp flattens anything; a custom body is checked when traced
+    if len(obs_shape) != 3:
+        return (f"--model-body {name} convolves images [H, W, C], but the observations have "
+                f"shape {tuple(obs_shape)}: use --model-body mlp")
+    height, width = obs_shape[0], obs_shape[1]
+    for index, (_, kernel, stride, pad) in enumerate(layers):
+        height = (height + 2 * pad - kernel) // stride + 1
+        width = (width + 2 * pad - kernel) // stride + 1
+        if height < 1 or width < 1:
+            return (f"--model-body {name} needs larger images than {obs_shape[0]}x"
+                    f"{obs_shape[1]} (its convolution {index + 1} has a {kernel}x{kernel} "
+                    "kernel and nothing left to slide over): use a smaller body, --height "
+                    "and --width, or --model-body mlp")
+    return None
+
+
 def make_body(name: str, activation: Activation = nn.relu, mlp_features: Sequence[int] = (64,),
               conv: str = "patch") -> nn.Module:
     """A body by name (see BODY_NAMES) or import path "module:Class".
@@ -226,6 +249,12 @@ def make_body(name: str, activation: Activation = nn.relu, mlp_features: Sequenc
     if name == "mlp":
         return MLPBody(features=tuple(mlp_features), activation=activation)
     body_class = load_object(name, what="model body")
+    # Checked before it is called: anything else would run as a constructor here or fail
+    # deep inside a jit trace.
+    if not (isinstance(body_class, type) and issubclass(body_class, nn.Module)):
+        raise ValueError(f"model body {name!r} is a {type(body_class).__name__}, not a flax "
+                         "Module class (a class of flax.linen.Module taking [B, ...] and "
+                         "returning features [B, F])")
     fields = getattr(body_class, "__dataclass_fields__", {})
     return body_class(activation=activation) if "activation" in fields else body_class()
 

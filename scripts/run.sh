@@ -4,6 +4,7 @@
 #   scripts/run.sh demo
 #   scripts/run.sh demo --seeds 8 --steps 50000
 #   scripts/run.sh nature SpaceInvaders --steps 100000
+# Other commands pass through:  scripts/run.sh resume RUN_DIR, scripts/run.sh eval RUN_DIR, ...
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
@@ -11,6 +12,6 @@ if [ $# -eq 0 ]; then
     exec "$VENV/bin/python" -m jaxatari presets
 fi
 case "$1" in
-    -h|--help|presets|eval|random|export|plot) exec "$VENV/bin/python" -m jaxatari "$@" ;;
+    -h|--help|presets|resume|eval|random|export|plot) exec "$VENV/bin/python" -m jaxatari "$@" ;;
 esac
 exec "$VENV/bin/python" -m jaxatari train "$@"

@@ -25,7 +25,7 @@ from jaxatari.loop import RunLogger, Trainer, TrainingInterrupted, train
 TINY_ACTOR = dict(env="catch", seeds=2, envs=4, model_body="mlp", mlp_hidden=16,
                   hidden_size=16, hist_len=2, duel=False, bootstraps=0, pal_alpha=0.0,
                   double_q=False, batch_size=5, async_method="a3c", optimiser="adam", eta=1e-3,
-                  tau=40, epsilon_steps=200, val_freq=200, val_steps=40, val_envs=4,
+                  tau=40, epsilon_steps=200, val_freq=200, val_steps=128, val_envs=4,
                   val_epsilon=0.0, chunk_steps=100, steps=600, mem_size=10, learn_start=0)
 
 

@@ -74,7 +74,7 @@ def test_eval_saliency_video_uses_the_display(room_run, tmp_path, capsys):
     run_dir, _ = room_run
     out = tmp_path / "eval"
     assert main(["eval", str(run_dir), "--episodes", "1", "--record", "--saliency", "normal",
-                 "--epsilon", "0", "--out", str(out)]) == 0
+                 "--epsilon", "0", "--out", str(out), "--allow-import", ROOM]) == 0
     assert json.loads((out / "results.json").read_text())["scores"] == [30.0]
     frames = read_video(out / "episode_001.mp4").astype(int)
     assert frames.shape == (4, 160, 160, 3)
@@ -86,7 +86,7 @@ def test_eval_saliency_video_uses_the_display(room_run, tmp_path, capsys):
 def test_eval_live_display_with_saliency(room_run, virtual_screen, capsys):
     run_dir, _ = room_run
     assert main(["eval", str(run_dir), "--episodes", "1", "--display", "--saliency", "guided",
-                 "--epsilon", "0", "--fps", "1000"]) == 0
+                 "--epsilon", "0", "--fps", "1000", "--allow-import", ROOM]) == 0
     out = capsys.readouterr().out
     assert "display: 4 frames shown at zoom 20" in out   # 16 x 16 display -> 320 pixels
     assert not list(run_dir.glob("eval-*"))   # a display writes no files

@@ -75,3 +75,11 @@ def test_dense_is_nn_dense_parameters_and_outputs():
     np.testing.assert_array_equal(params["params"]["kernel"],
                                   flax_dense.init(jax.random.PRNGKey(3), x)["params"]["kernel"])
     np.testing.assert_allclose(ours.apply(params, x), flax_dense.apply(params, x), rtol=1e-6)
+
+
+def test_the_model_body_help_names_every_built_in_body():
+    from jaxatari.config import FIELDS
+    from jaxatari.networks import BODY_NAMES
+    help_text = FIELDS["model_body"].metadata["help"]
+    for name in BODY_NAMES:
+        assert f" {name} " in help_text.replace("|", " ") + " ", name

@@ -4,18 +4,27 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from jaxatari.config import FIELDS, Config, ConfigError, build_config, coerce, validate
+from jaxatari.saved_imports import check_saved_imports
 
 
-def config_from_record(record: dict[str, Any], where: str) -> Config:
+def config_from_record(record: dict[str, Any], where: str, *,
+                       overrides: dict[str, Any] | None = None,
+                       allowed_imports: Collection[str] = ()) -> Config:
     """A Config from a config.json / checkpoint record (extra keys ignored, missing ones
-    default), validated; ConfigError (one line) if it does not make one."""
-    values = {}
-    for name, value in record.items():
-        if name in FIELDS:
-            values[name] = coerce(name, value)
+    default) with ``overrides`` from the command line applied, validated; ConfigError (one
+    line) if it does not make one. An import path the record names is refused unless
+    ``allowed_imports`` holds it or an override replaces it (see jaxatari.saved_imports)."""
+    overrides = overrides or {}
+    if not isinstance(record, dict):
+        raise ConfigError(f"{where} does not hold a jaxatari configuration")
+    saved = {name: value for name, value in record.items()
+             if name in FIELDS and name not in overrides}
+    check_saved_imports(saved, where, allowed_imports)
+    values = {name: coerce(name, value) for name, value in saved.items()}
+    values.update({name: coerce(name, value) for name, value in overrides.items()})
     try:
         config = Config(**values)
     except TypeError as error:
@@ -24,7 +33,9 @@ def config_from_record(record: dict[str, Any], where: str) -> Config:
     return config
 
 
-def run_config(run_dir: Path) -> Config:
+def run_config(run_dir: Path, overrides: dict[str, Any] | None = None,
+               allowed_imports: Collection[str] = ()) -> Config:
+    """A run directory's config.json with ``overrides`` (see config_from_record)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.json)")
@@ -32,19 +43,16 @@ def run_config(run_dir: Path) -> Config:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError(f"{path} is corrupt (not JSON)") from None
-    return config_from_record(record, str(path))
+    return config_from_record(record, str(path), overrides=overrides,
+                              allowed_imports=allowed_imports)
 
 
-def target_config(target: str, overrides: dict[str, Any]) -> Config:
+def target_config(target: str, overrides: dict[str, Any],
+                  allowed_imports: Collection[str] = ()) -> Config:
     """The config of a run directory (its config.json, then ``overrides``) or of a preset."""
     path = Path(target)
     if path.is_dir():
-        config = run_config(path)
-        if overrides:
-            merged = {**config.to_dict(), **{k: coerce(k, v) for k, v in overrides.items()}}
-            config = Config(**merged)
-            validate(config)
-        return config
+        return run_config(path, overrides, allowed_imports)
     if "/" in target or path.suffix:
         raise ConfigError(f"no run directory at {target}")
     try:

@@ -50,6 +50,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the evaluation envs and actions (default: the run's "
                              "--seed + 99991)")
+    from jaxatari.saved_imports import add_allow_import_argument
+    add_allow_import_argument(parser)
     parser.set_defaults(run=run_eval)
 
     random_parser = subparsers.add_parser(
@@ -61,8 +63,10 @@ def register(subparsers) -> None:
     random_parser.add_argument("game", nargs="?", default=None,
                                help="Atari or MinAtar game for presets that take one")
     _add_play_arguments(random_parser)
-    from jaxatari.cli import _add_option_arguments
-    _add_option_arguments(random_parser)   # --seed among them: the envs' seed (+ 99991)
+    add_allow_import_argument(random_parser)
+    from jaxatari.cli import PLAY_GROUPS, PLAY_OPTIONS, _add_option_arguments
+    # the env's options only; --seed among them: the envs' seed (+ 99991)
+    _add_option_arguments(random_parser, PLAY_GROUPS, PLAY_OPTIONS)
     random_parser.set_defaults(run=run_random)
 
 
@@ -200,6 +204,7 @@ def run_eval(args) -> int:
     from jaxatari.envs import make_env
     from jaxatari.evaluation import greedy_policy
     from jaxatari.export import load_agent, pick_seed
+    from jaxatari.saved_imports import check_checkpoint_imports
     from jaxatari.xla_options import edge_jit
 
     _check_play_arguments(args)
@@ -213,10 +218,13 @@ def run_eval(args) -> int:
             raise
         path = ckpt.find(Path(args.target), "last")
     meta = ckpt.read_metadata(path)
-    config = config_from_record(meta.get("config", {}), f"checkpoint {path}")
+    where = f"checkpoint {path}"
+    check_checkpoint_imports(meta, where, args.allow_import)   # before anything is imported
+    config = config_from_record(meta.get("config", {}), where,
+                                allowed_imports=args.allow_import)
     env = make_env(config)
-    check_env_matches(env.spec, meta.get("env_spec", {}), f"checkpoint {path}")
-    agent, train, meta = load_agent(path)
+    check_env_matches(env.spec, meta.get("env_spec", {}), where)
+    agent, train, meta = load_agent(path, allowed_imports=args.allow_import)
     index = pick_seed(meta, args.seed_index)
     params = jax.tree.map(lambda x: x[index], train.params)
     epsilon = config.val_epsilon if args.epsilon is None else args.epsilon
@@ -239,7 +247,8 @@ def run_eval(args) -> int:
     scores = meta.get("validation_scores")
     header = [f"checkpoint {path} (step {meta.get('step'):,}, seed {index} of "
               f"{meta.get('seeds')}"
-              + (f", validation score {scores[index]:.4g})" if scores else ")"),
+              + (f", validation score {scores[index]:.4g})"
+                 if scores and scores[index] is not None else ")"),
               f"env {env.spec.name}, protocol {json.dumps(env.spec.protocol, default=str)}, "
               f"evaluation mode, " + policy]
     extra = {"checkpoint": str(path), "step": meta.get("step"), "seed_index": index,
@@ -251,13 +260,16 @@ def run_eval(args) -> int:
 
 
 def run_random(args) -> int:
-    from jaxatari.cli import _overrides
+    from jaxatari.cli import _overrides, check_game_fits_preset
+    from jaxatari.config import list_presets
     from jaxatari.commands._common import target_config
     from jaxatari.envs import make_env
 
     _check_play_arguments(args)
     overrides = _overrides(args)
-    config = target_config(args.target, overrides)
+    if not Path(args.target).is_dir() and args.target in list_presets():
+        check_game_fits_preset(args.target, args)
+    config = target_config(args.target, overrides, allowed_imports=args.allow_import)
     env = make_env(config)
     header = [f"random agent, env {env.spec.name}, protocol "
               f"{json.dumps(env.spec.protocol, default=str)}, evaluation mode, "

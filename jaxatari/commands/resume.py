@@ -21,15 +21,17 @@ def register(subparsers) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory to continue")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     from jaxatari.cli import _add_option_arguments
+    from jaxatari.saved_imports import add_allow_import_argument
+    add_allow_import_argument(parser)
     _add_option_arguments(parser)
     parser.set_defaults(run=run_resume)
 
 
 def run_resume(args) -> int:
     from jaxatari import checkpoint as ckpt
-    from jaxatari.cli import _overrides
+    from jaxatari.cli import _overrides, print_scores
     from jaxatari.commands._common import run_config
-    from jaxatari.config import Config, ConfigError, coerce, validate
+    from jaxatari.config import ConfigError
     from jaxatari.loop import train
 
     run_dir = Path(args.run_dir)
@@ -38,19 +40,14 @@ def run_resume(args) -> int:
     ckpt.find(run_dir, "last")   # one line if there is nothing to resume
     args.game = None
     overrides = _overrides(args)
-    config = run_config(run_dir)
-    values = {**config.to_dict(), **{k: coerce(k, v) for k, v in overrides.items()}}
-    config = Config(**values)
-    validate(config)
+    config = run_config(run_dir, overrides, allowed_imports=args.allow_import)
     replay = {"auto": None, "true": True, "false": False}[config.checkpoint_replay]
     # In place, wherever the directory is now, unless --run-dir names a new one (a fork).
     target = Path(overrides["run_dir"]) if overrides.get("run_dir") else run_dir
     out_dir, summary = train(config, target, quiet=args.quiet, resume_from=run_dir,
                              checkpoint_every=config.checkpoint_every,
                              checkpoint_replay=replay, val_size=config.val_size)
-    print(f"\n{'seed':>4}  {'final greedy score':>18}  {'best greedy score':>17}")
-    for seed, (final, best) in enumerate(zip(summary["final_scores"], summary["best_scores"])):
-        print(f"{seed:>4}  {final:>18.3f}  {best:>17.3f}")
+    print_scores(summary)
     print(f"resumed at step {summary['resumed_from_step']:,}; trained to {summary['steps']:,} "
           f"steps in {summary['wall_seconds']:.1f} s")
     print(f"run directory: {out_dir}")

@@ -105,8 +105,10 @@ def _make_raw_env(config) -> Union[JaxEnv, "HostEnvFactoryWithSpec"]:
 
 
 def _custom_jax_env(path: str) -> JaxEnv | None:
-    """``package.module:name`` naming a JaxEnv, or a function of no arguments returning one;
-    None for anything else (the gymnasium loader then takes the path and reports problems)."""
+    """``package.module:name`` naming a JaxEnv, or a Python function of no arguments
+    returning one; None for anything else (the gymnasium loader then takes the path and
+    reports problems). Only a Python function taking no arguments is called: a builtin or
+    any other callable (``faulthandler:dump_traceback``) is never run as a factory."""
     import importlib
     module_name, _, attribute = path.partition(":")
     try:
@@ -116,14 +118,30 @@ def _custom_jax_env(path: str) -> JaxEnv | None:
     found = getattr(module, attribute, None)
     if isinstance(found, JaxEnv):
         return found
-    if callable(found) and not isinstance(found, type):
+    if _is_env_factory(found):
         try:
             built = found()
-        except Exception:
-            return None
+        except Exception as error:
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise EnvError(f"env factory {path!r} failed ({type(error).__name__}: "
+                           f"{first})") from None
         if isinstance(built, JaxEnv):
             return built
+        raise EnvError(f"env factory {path!r} returned a {type(built).__name__}, not a "
+                       "JaxEnv")
     return None
+
+
+def _is_env_factory(found) -> bool:
+    """A Python function (not a class, builtin or other callable) callable with no arguments."""
+    import inspect
+    if not inspect.isfunction(found):
+        return False
+    try:
+        inspect.signature(found).bind()
+    except TypeError:
+        return False
+    return True
 
 
 class HostEnvFactoryWithSpec:
