@@ -229,7 +229,8 @@ def _versions() -> dict[str, str | None]:
 
 
 def sample_observations(config_record: dict[str, Any], agent: LoadedAgent, policy,
-                        num: int = SAMPLE_SIZE, seed: int = 0) -> np.ndarray:
+                        num: int = SAMPLE_SIZE, seed: int = 0,
+                        allowed_imports: Collection[str] = ()) -> np.ndarray:
     """[num, *stack_shape] real observations, stacked as the agent stacks them: ``num``
     evaluation-mode envs of the run's own options are reset and played ``hist_len`` steps
     with ``policy``, so every frame of each stack is one the env gave (no zero padding)."""
@@ -238,7 +239,8 @@ def sample_observations(config_record: dict[str, Any], agent: LoadedAgent, polic
     from jaxatari.envs import JaxEnv, make_env
     from jaxatari.evaluation import _HostEpisodes, _JaxEpisodes
 
-    env = make_env(config_from_record(config_record, "the checkpoint's config"))
+    env = make_env(config_from_record(config_record, "the checkpoint's config",
+                                      allowed_imports=allowed_imports))
     runner = (_JaxEpisodes(env.for_mode("eval"), num, jax.random.PRNGKey(seed))
               if isinstance(env, JaxEnv) else _HostEpisodes(env, num, seed))
     observe = jax.jit(agent.observe)
@@ -316,7 +318,7 @@ def export_policy(checkpoint: Path, out: Path, seed_index: int | None = None,
     scores = meta.get("validation_scores")
     greedy = jax.jit(policy)
     try:
-        sample = sample_observations(config, agent, greedy)
+        sample = sample_observations(config, agent, greedy, allowed_imports=allowed_imports)
         sample_record = {"file": SAMPLE_FILE, "shape": list(sample.shape),
                          "dtype": sample.dtype.name,
                          "actions": [int(a) for a in np.asarray(greedy(sample))],
