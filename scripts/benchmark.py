@@ -347,7 +347,8 @@ def _no_learning_speed(s: dict, seed: int) -> float:
 # ------------------------------------------------------------------ vmapped seeds
 def cli_train(preset: str, seeds: int, overrides: dict, run_dir: Path) -> subprocess.Popen:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    inherited = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *([inherited] if inherited else [])])}
     return subprocess.Popen([sys.executable, "-m", "jaxatari", "train", preset, "--quiet",
                              f"--seeds={seeds}", f"--run-dir={run_dir}", *flags],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

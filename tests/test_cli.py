@@ -11,12 +11,13 @@ import pytest
 
 from jaxatari import cli
 from jaxatari.config import FIELDS, ConfigError, build_config, flag_name, list_presets
+from tests.subprocess_env import repo_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = repo_env()
     return subprocess.run([sys.executable, "-m", "jaxatari", *args], capture_output=True,
                           text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
 

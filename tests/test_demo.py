@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.subprocess_env import repo_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_demo_learns_catch_on_every_seed(tmp_path):
     run_dir = tmp_path / "demo"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = repo_env()
     result = subprocess.run([sys.executable, "-m", "jaxatari", "train", "demo", "--run-dir",
                              str(run_dir)], capture_output=True, text=True, env=env, cwd=ROOT,
                             timeout=900)

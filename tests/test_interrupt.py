@@ -23,6 +23,7 @@ from jaxatari import checkpoint as ckpt
 from jaxatari.config import ConfigError
 from jaxatari.loop import TrainingInterrupted, Trainer, train
 from tests.tiny import TINY, tiny
+from tests.subprocess_env import repo_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,10 +45,9 @@ class Terminal:
     """A child process on a pseudo-terminal (its stdin, stdout and stderr)."""
 
     def __init__(self, args: list[str]):
-        env = {**os.environ, "PYTHONPATH": str(ROOT),
-               "JAX_COMPILATION_CACHE_DIR": str(Path(tempfile.gettempdir())
-                                                / "jaxatari-test-xla-cache"),
-               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.3", "COLUMNS": "120"}
+        env = repo_env(JAX_COMPILATION_CACHE_DIR=str(Path(tempfile.gettempdir())
+                                                     / "jaxatari-test-xla-cache"),
+                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.3", COLUMNS="120")
         with warnings.catch_warnings():   # the child execs at once: forking JAX is safe
             warnings.simplefilter("ignore", RuntimeWarning)
             self.pid, self.fd = pty.fork()

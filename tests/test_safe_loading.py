@@ -17,6 +17,7 @@ import pytest
 
 from jaxatari import checkpoint as ckpt
 from jaxatari.cli import main
+from tests.subprocess_env import repo_env
 
 ROOT = Path(__file__).resolve().parent.parent
 EVIL = "evil:Thing"
@@ -99,7 +100,7 @@ def test_an_option_given_again_replaces_the_saved_import_path(tmp_path, capsys):
 def test_python_m_from_the_run_directory_does_not_import_its_modules(tmp_path):
     """python -m puts the current directory on sys.path; jaxatari takes it off."""
     run_dir = sent_run(tmp_path, env=EVIL)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = repo_env()
     result = subprocess.run([sys.executable, "-m", "jaxatari", "random", ".", "--allow-import",
                              EVIL], cwd=run_dir, env=env, capture_output=True, text=True,
                             timeout=120)
