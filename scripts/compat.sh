@@ -52,13 +52,16 @@ for version in "$@"; do
         echo "[compat] JAX $version on $python: installing" >&2
         # constraints.txt's other pins first; where they conflict with this JAX (newer JAX
         # needs newer ml_dtypes and numpy), pip's own choice, and the record says so
-        for constrained in yes no; do
-            if [ $constrained = yes ]; then pins=(-c "$WORK/constraints.txt"); else pins=(); fi
-            if "$venv/bin/python" -m pip install --quiet "${pins[@]}" -e "$ROOT[test]" \
-                    "jax==$version" "jaxlib==$version" > "$WORK/install.log" 2>&1; then
-                installed="$python"
-                break 2
-            fi
+        # with MinAtar (gymnax caps JAX below 0.12) where it installs, else without
+        for extras in test,minatar test; do
+            for constrained in yes no; do
+                if [ $constrained = yes ]; then pins=(-c "$WORK/constraints.txt"); else pins=(); fi
+                if "$venv/bin/python" -m pip install --quiet "${pins[@]}" -e "$ROOT[$extras]" \
+                        "jax==$version" "jaxlib==$version" > "$WORK/install.log" 2>&1; then
+                    installed="$python"
+                    break 3
+                fi
+            done
         done
         rm -rf "$venv"
     done
@@ -75,7 +78,7 @@ for version in "$@"; do
     seconds=$(( $(date +%s) - started ))
     summary="$(grep -E '[0-9]+ (passed|failed|error)' "$WORK/tests.log" | tail -1 | sed 's/=//g; s/^ *//; s/ *$//')"
     failures="$(grep -E '^(FAILED|ERROR) ' "$WORK/tests.log" | head -20 | tr '\n' ';')"
-    record kind tests jax "$version" python "$("$venv/bin/python" --version)" constraints "$constrained" status \
+    record kind tests jax "$version" python "$("$venv/bin/python" --version)" constraints "$constrained" extras "$extras" status \
         "$([ $code = 0 ] && echo passed || echo failed)" summary "$summary" seconds "$seconds" \
         tests "$TESTS" versions "$versions" failures "$failures"
     echo "[compat] JAX $version: $summary" >&2
@@ -135,13 +138,14 @@ command = f"scripts/compat.sh --tests '{tests}' {versions}"
 out.parent.mkdir(parents=True, exist_ok=True)
 out.with_suffix(".json").write_text(json.dumps({"command": command, "commit": commit,
                                                 "records": records}, indent=2) + "\n")
-lines = ["| JAX | Python | constraints.txt | tests | result | seconds | resolved |",
-         "|---|---|---|---|---|---:|---|"]
+lines = ["| JAX | Python | extras | constraints.txt | tests | result | seconds | resolved |",
+         "|---|---|---|---|---|---|---:|---|"]
 for r in records:
     if r["kind"] == "tests":
         detail = r.get("summary") or r.get("detail", "")
         resolved = ", ".join(f"{k} {v}" for k, v in json.loads(r.get("versions", "{}")).items())
-        lines.append(f"| {r['jax']} | {r['python']} | {r.get('constraints', '')} | "
+        lines.append(f"| {r['jax']} | {r['python']} | {r.get('extras', '')} | "
+                     f"{r.get('constraints', '')} | "
                      f"`{r.get('tests', '')}` | {r['status']}: "
                      f"{detail} | {r.get('seconds', '')} | {resolved} |")
 lines += ["", "| extra | Python | result | resolved |", "|---|---|---|---|"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.metadata
 
-import gymnax
 import jax.numpy as jnp
 
 from jaxatari.envs.base import EnvError, EnvSpec, JaxEnv
@@ -48,6 +47,11 @@ def minatar_game_name(name: str) -> str:
 def make_minatar(name: str) -> JaxEnv:
     """Builds the MinAtar game ``name`` (e.g. "SpaceInvaders-MinAtar" or "spaceinvaders")."""
     game = minatar_game_name(name)
+    try:
+        import gymnax
+    except ImportError:
+        raise EnvError(f"{game} needs gymnax: pip install 'jaxatari[minatar]' (gymnax 1.0.1 "
+                       "supports JAX below 0.12)") from None
     env, params = gymnax.make(game)
     num_channels = env.obs_shape[-1]
     palette = jnp.array(PALETTE[:num_channels + 1], dtype=jnp.uint8)
