@@ -9,9 +9,9 @@ sampling from real 84x84x1 uint8 frames at capacity 1e6 (about 7 GB) unless --qu
 machine has too little free memory.
 
 Each repetition runs ``--calls`` calls; its cost is their mean, which includes the rank
-buffer's occasional full re-sort (every ``rank_log_size(capacity)`` changed priorities). The
+buffer's occasional new snapshot (every ``rank_log_size(capacity)`` changed priorities). The
 report gives the median over repetitions with the min and max, plus the median and max of
-single calls (the max is the call that re-sorted).
+single calls (the max is the call that made a snapshot).
 
     python -m scripts.bench_replay [--quick] [--repeats 7] [--calls 256] [--kinds rank,...]
         [--output PATH]                                                    # from the repo root
