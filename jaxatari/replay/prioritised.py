@@ -232,18 +232,19 @@ def _make_proportional(num_rows: int, num_envs: int, gather: Callable, alpha: fl
 # Ranks follow one total order, the key (priority descending, flat index ascending): exactly
 # the order of a stable sort of -priorities from scratch. Sorting C priorities is
 # O(C log C), about 0.3 s for C = 1e6 on a 2-core CPU (XLA's CPU sort), and sorting even the
-# changes at every sample made the rank-based Catch test 3x slower than the proportional one,
+# changes at every sample made the rank-based Catch test 2-2.5x as slow as the proportional,
 # so nothing is sorted at sample time. The state keeps a snapshot of all C entries in key
-# order and a log of the entries changed since, itself kept in key order: each batch of K
-# changes is merged into the log with two binary searches (new entries against the log, the
-# log against the new entries) and a scatter, O(K log M + M log K); a third search places
-# each new key in the snapshot, fixed until the next one. At sample time a logged entry's
-# rank is its position in the log plus the unchanged snapshot entries before its key (a 0/1
-# sum tree over snapshot positions counts them); the snapshot entries' ranks follow from
-# the logged ones. When the log cannot take the next batch, the log and that batch are
-# merged into a new snapshot by the same counting, O(C) with no sort, and the log starts
-# empty. Only a single batch larger than the log (e.g. setting every priority at once) is
-# sorted from scratch.
+# order and a log of the changes since, itself kept in key order: each batch of K changes
+# is merged into the log with two searches (the new keys against the log, the log slots
+# against the new entries' places) and a gather, O(K log M + M K); a third search places
+# each new key in the snapshot, fixed until the next one. A change superseded by a later one
+# of its index stays in the log, recognised by its change slot. At sample time a live
+# logged entry's rank is the live ones before it in the log plus the unchanged snapshot
+# entries before its key (a 0/1 sum tree over snapshot positions counts them), plus one;
+# the snapshot entries' ranks follow from the logged ones. When the log cannot take the
+# next batch, the log and that batch are merged into a new snapshot by the same counting,
+# O(C) with no sort, and the log starts empty. Only a single batch larger than the log (e.g.
+# setting every priority at once) is sorted from scratch.
 # ----------------------------------------------------------------------------------------------
 
 @struct.dataclass
@@ -255,14 +256,16 @@ class RankState:
     sorted_position: jax.Array   # [C] int32, the inverse permutation of sorted_index
     unchanged_tree: jax.Array    # [2L] float32 sum tree over snapshot positions: leaf 1 where the
                                  # entry is unchanged since the snapshot and has priority > 0
-    log_index: jax.Array         # [M] int32, each index changed since the snapshot once, in key
-                                 # order by its current priority; unused slots at the end hold C
-    log_priority: jax.Array      # [M] float32, their current priorities; -1 in unused slots
+    log_index: jax.Array         # [M] int32, the index of every change since the snapshot, in
+                                 # key order by the priority it set (num_changes slots; superseded
+                                 # ones stay, see _logged_live); unused slots at the end hold C
+    log_priority: jax.Array      # [M] float32, the priorities those changes set; -1 unused
     log_change: jax.Array        # [M] int32, the change slot that logged each entry; -1 unused
     log_snapshot_count: jax.Array  # [M] int32, snapshot entries (changed or not) before each
                                    # logged key; fixed until the next snapshot
     latest_change: jax.Array     # [C] int32, the change slot of each index's latest change
-                                 # (meaningful for the indices in the log)
+                                 # (meaningful for the indices in the log: a log entry is live
+                                 # when its log_change equals this)
     num_changes: jax.Array       # [] int32, change slots used since the snapshot; depends only on
                                  # call shapes, so it is identical across seeds and stays
                                  # unbatched under vmap
@@ -336,66 +339,76 @@ def _sorted_snapshot(priorities: jax.Array, num_leaves: int, log_size: int) -> d
                 **_empty_log(priorities.shape[0], log_size))
 
 
+def _logged_live(log_index: jax.Array, log_change: jax.Array,
+                 latest_change: jax.Array) -> jax.Array:
+    """[S] whether each log slot holds its index's latest change (not superseded, not unused)."""
+    capacity = latest_change.shape[0]
+    return (log_change >= 0) & (latest_change[jnp.minimum(log_index, capacity - 1)] == log_change)
+
+
 def _merge_into_log(ranking: RankState, flat_indices: jax.Array, priorities: jax.Array,
                     size: int) -> tuple[dict, jax.Array]:
     """The log with K changes [K] (any duplicates already carry their last value) merged in,
-    as ``size`` slots in key order, and the new ``latest_change``. No sort: O(K^2 + K log M +
-    M log K).
+    as ``size`` slots in key order, and the new ``latest_change``. No sort and no scatter
+    wider than K: O(K^2 + K log M + size log K).
 
-    An entry superseded by a later change (an older log entry of a changed index, or an
-    earlier duplicate in the batch) is recognised by its change slot and dropped."""
+    Every change takes one slot, so the log holds ``num_changes`` slots in key order; an
+    entry superseded by a later change of its index stays in place and is recognised as such
+    by its change slot (``_logged_live``)."""
     num_new = flat_indices.shape[0]
-    capacity = ranking.priorities.shape[0]
+    log_size = ranking.log_index.shape[0]
     changes = ranking.num_changes + jnp.arange(num_new, dtype=jnp.int32)           # [K]
     # every duplicate first to -1, then the largest slot, i.e. the last write, wins
     latest_change = ranking.latest_change.at[flat_indices].set(-1).at[flat_indices].max(changes)
-    new_kept = latest_change[flat_indices] == changes                             # [K]
-    old_kept = (ranking.log_change >= 0) & (latest_change[ranking.log_index]
-                                            == ranking.log_change)                 # [M]
 
-    # The kept new entries in key order, by counting (K is a minibatch, K^2 is small).
-    new_before_new = _key_before(priorities[None, :], flat_indices[None, :],
-                                 priorities[:, None], flat_indices[:, None])      # [K, K]
-    new_order = jnp.sum(new_before_new & new_kept[None, :], axis=1, dtype=jnp.int32)
-    new_slot = jnp.where(new_kept, new_order, num_new)
-    dropped = -2.0                                                # after every real key and -1
-    new_sorted_priority = jnp.full(num_new, dropped).at[new_slot].set(priorities, mode="drop")
-    new_sorted_index = jnp.full(num_new, capacity, jnp.int32).at[new_slot].set(
-        flat_indices, mode="drop")
+    # The new keys in key order, by counting (K is a minibatch, K^2 is small); equal keys (a
+    # repeated index) by batch position.
+    batch_position = jnp.arange(num_new)
+    new_before_new = (_key_before(priorities[None, :], flat_indices[None, :],
+                                  priorities[:, None], flat_indices[:, None])
+                      | ((priorities[None, :] == priorities[:, None])
+                         & (flat_indices[None, :] == flat_indices[:, None])
+                         & (batch_position[None, :] < batch_position[:, None])))   # [K, K]
+    new_order = jnp.sum(new_before_new, axis=1, dtype=jnp.int32)            # a permutation
+    # slot of each new entry: the new ones before it plus the logged ones before its key
+    new_destination = new_order + count_keys_before(
+        ranking.log_priority, ranking.log_index, priorities, flat_indices)
+    in_order = lambda values: jnp.zeros_like(values).at[new_order].set(values)
+    sorted_destination = in_order(new_destination)                               # increasing
 
-    # Destinations: own position among the kept of its kind plus the kept of the other kind
-    # before its key (keys never tie: a kept index appears once).
-    old_kept_before = jnp.cumsum(old_kept, dtype=jnp.int32) - old_kept                # [M]
-    old_destination = old_kept_before + count_keys_before(
-        new_sorted_priority, new_sorted_index, ranking.log_priority, ranking.log_index)
-    old_kept_prefix = jnp.concatenate([jnp.zeros(1, jnp.int32),
-                                       jnp.cumsum(old_kept, dtype=jnp.int32)])     # [M + 1]
-    new_destination = new_order + old_kept_prefix[count_keys_before(
-        ranking.log_priority, ranking.log_index, priorities, flat_indices)]
-    old_destination = jnp.where(old_kept, old_destination, size)                  # size: dropped
-    new_destination = jnp.where(new_kept, new_destination, size)
+    # Each merged slot d takes the new entry placed there, or else logged slot d - j where j
+    # new entries lie before d: a gather (XLA's CPU scatter is several times dearer).
+    slots = jnp.arange(size, dtype=jnp.int32)
+    new_before = jnp.searchsorted(sorted_destination, slots, side="left",
+                                  method="compare_all").astype(jnp.int32)   # K is small
+    new_slot = jnp.minimum(new_before, num_new - 1)
+    is_new = sorted_destination[new_slot] == slots
+    old_slot = slots - new_before
+    in_log = old_slot < log_size
+    old_slot = jnp.minimum(old_slot, log_size - 1)
+
+    def merged(fill, old, new):
+        return jnp.where(is_new, in_order(new)[new_slot],
+                         jnp.where(in_log, old[old_slot], fill)).astype(old.dtype)
 
     new_snapshot_count = count_keys_before(ranking.sorted_priority, ranking.sorted_index,
                                            priorities, flat_indices)               # [K]
-
-    def merged(fill, old, new, dtype):
-        return (jnp.full(size, fill, dtype).at[old_destination].set(old, mode="drop")
-                .at[new_destination].set(new, mode="drop"))
-
-    log = dict(log_index=merged(capacity, ranking.log_index, flat_indices, jnp.int32),
-               log_priority=merged(-1.0, ranking.log_priority, priorities, jnp.float32),
-               log_change=merged(-1, ranking.log_change, changes, jnp.int32),
+    capacity = ranking.priorities.shape[0]
+    log = dict(log_index=merged(capacity, ranking.log_index, flat_indices),
+               log_priority=merged(-1.0, ranking.log_priority, priorities),
+               log_change=merged(-1, ranking.log_change, changes),
                log_snapshot_count=merged(capacity, ranking.log_snapshot_count,
-                                         new_snapshot_count, jnp.int32))
+                                         new_snapshot_count))
     return log, latest_change
 
 
-def _merge_into_snapshot(snapshot: dict, log: dict, num_leaves: int) -> dict:
-    """The snapshot fields (``SNAPSHOT_FIELDS``) after merging the logged entries (``log``, in
-    key order, any number of slots) with the unchanged ones, by counting: O(C), no sort."""
+def _merge_into_snapshot(snapshot: dict, log: dict, latest_change: jax.Array,
+                         num_leaves: int) -> dict:
+    """The snapshot fields (``SNAPSHOT_FIELDS``) after merging the live logged entries
+    (``log``, in key order, any number of slots) with the unchanged ones, by counting: O(C),
+    no sort."""
     capacity = snapshot["sorted_index"].shape[0]
-    logged = log["log_priority"] >= 0                                   # a prefix of the slots
-    num_slots = logged.shape[0]
+    logged = _logged_live(log["log_index"], log["log_change"], latest_change)    # [S]
     changed = jnp.zeros(capacity, bool).at[
         jnp.where(logged, snapshot["sorted_position"][jnp.minimum(log["log_index"], capacity - 1)],
                   capacity)].set(True, mode="drop")                    # by snapshot position
@@ -403,8 +416,8 @@ def _merge_into_snapshot(snapshot: dict, log: dict, num_leaves: int) -> dict:
                                         jnp.cumsum(~changed, dtype=jnp.int32)])   # [C + 1]
     # the unchanged entries before each logged key, and the logged before each unchanged one
     unchanged_before = unchanged_prefix[log["log_snapshot_count"]]                # [S]
-    logged_destination = jnp.where(
-        logged, unchanged_before + jnp.arange(num_slots, dtype=jnp.int32), capacity)
+    logged_before = jnp.cumsum(logged, dtype=jnp.int32) - logged
+    logged_destination = jnp.where(logged, unchanged_before + logged_before, capacity)
     inserted_at = jnp.zeros(capacity + 1, jnp.int32).at[
         jnp.where(logged, unchanged_before, capacity + 1)].add(1, mode="drop")
     logged_up_to = jnp.cumsum(inserted_at)                                        # [C + 1]
@@ -421,35 +434,43 @@ def _merge_into_snapshot(snapshot: dict, log: dict, num_leaves: int) -> dict:
                             merged(snapshot["sorted_priority"], log["log_priority"]), num_leaves)
 
 
+def _ranked_logged(ranking: RankState) -> jax.Array:
+    """[M] the log slots that hold a rank: live, priority > 0."""
+    return (_logged_live(ranking.log_index, ranking.log_change, ranking.latest_change)
+            & (ranking.log_priority > 0))
+
+
 def ranked_count(ranking: RankState) -> jax.Array:
     """[] n, the entries of priority > 0, which hold ranks 1..n."""
-    num_logged = jnp.sum(ranking.log_priority > 0, dtype=jnp.int32)
+    num_logged = jnp.sum(_ranked_logged(ranking), dtype=jnp.int32)
     return num_logged + ranking.unchanged_tree[1].astype(jnp.int32)
 
 
 def indices_at_ranks(ranking: RankState, ranks: jax.Array) -> jax.Array:
     """[B] the flat index holding each rank [B] (1..n) in key order, without a sort.
 
-    A logged entry's rank is its log slot plus the unchanged snapshot entries before its key
-    plus one, strictly increasing along the log; a rank no logged entry holds belongs to the
-    (rank - logged entries before it)-th unchanged snapshot entry, found by descending the
-    0/1 sum tree.
+    A ranked logged entry's rank is the ranked logged entries before it plus the unchanged
+    snapshot entries before its key plus one, increasing along the log; a rank no logged
+    entry holds belongs to the (rank - logged entries before it)-th unchanged snapshot
+    entry, found by descending the 0/1 sum tree.
     """
     capacity = ranking.sorted_index.shape[0]
     log_size = ranking.log_index.shape[0]
-    slots = jnp.arange(log_size, dtype=jnp.int32)
-    # logged entries of priority > 0 come first; the rest get ranks beyond every valid one
-    num_logged = jnp.sum(ranking.log_priority > 0, dtype=jnp.int32)
+    ranked = _ranked_logged(ranking)                                              # [M]
+    ranked_prefix = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                                     jnp.cumsum(ranked, dtype=jnp.int32)])         # [M + 1]
     unchanged_before = sum_tree_prefix(ranking.unchanged_tree, ranking.log_snapshot_count)
-    logged_rank = slots + 1 + jnp.where(slots < num_logged,
-                                        unchanged_before.astype(jnp.int32), capacity)   # [M]
-    logged_before = jnp.searchsorted(logged_rank, ranks, side="left").astype(jnp.int32)
-    logged_slot = jnp.minimum(logged_before, log_size - 1)
-    is_logged = logged_rank[logged_slot] == ranks
+    logged_rank = ranked_prefix[:-1] + 1 + unchanged_before.astype(jnp.int32)
+    # non-decreasing along the log: a slot without a rank repeats the last rank before it
+    running_rank = jax.lax.cummax(jnp.where(ranked, logged_rank, 0))
+    below = jnp.searchsorted(running_rank, ranks, side="left").astype(jnp.int32)
+    logged_before = ranked_prefix[below]              # the slots before `below` hold them all
+    slot = jnp.minimum(below, log_size - 1)
+    is_logged = (below < log_size) & ranked[slot] & (logged_rank[slot] == ranks)
     snapshot_slot = sum_tree_find(ranking.unchanged_tree,
                                   (ranks - logged_before).astype(jnp.float32) - 0.5)
     snapshot_slot = jnp.minimum(snapshot_slot, capacity - 1)
-    return jnp.where(is_logged, ranking.log_index[logged_slot],
+    return jnp.where(is_logged, ranking.log_index[slot],
                      ranking.sorted_index[snapshot_slot]).astype(jnp.int32)
 
 
@@ -506,7 +527,8 @@ def _make_rank(num_rows: int, num_envs: int, gather: Callable, alpha: float,
         # where a cond copied the [C] arrays it passed through on every call.
         snapshot = jax.lax.fori_loop(
             0, full.astype(jnp.int32),
-            lambda _, snapshot: _merge_into_snapshot(snapshot, merged, num_leaves),
+            lambda _, snapshot: _merge_into_snapshot(snapshot, merged, latest_change,
+                                                     num_leaves),
             {name: getattr(ranking, name) for name in SNAPSHOT_FIELDS})
         empty = _empty_log(capacity, log_size)
         log = {name: jnp.where(full, empty[name], merged[name][:log_size]) for name in merged}
