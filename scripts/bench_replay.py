@@ -9,13 +9,14 @@ sampling from real 84x84x1 uint8 frames at capacity 1e6 (about 7 GB) unless --qu
 machine has too little free memory.
 
 Each repetition runs ``--calls`` calls; its cost is their mean, which includes the rank
-buffer's occasional full re-sort (every ``rank_log_size(capacity)`` changed priorities). The
+buffer's occasional new snapshot (every ``rank_log_size(capacity)`` changed priorities). The
 report gives the median over repetitions with the min and max, plus the median and max of
-single calls (the max is the call that re-sorted).
+single calls (the max is the call that made a snapshot).
 
-    python -m scripts.bench_replay [--quick] [--repeats 7] [--calls 256]   # from the repo root
+    python -m scripts.bench_replay [--quick] [--repeats 7] [--calls 256] [--kinds rank,...]
+        [--output PATH]                                                    # from the repo root
 
-Prints a table and writes results/benchmarks/replay-cpu.json.
+Prints a table and writes results/benchmarks/replay-cpu.json (or --output), with the command.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -142,8 +144,15 @@ def main():
                         help="capacity 1e5 and no run with real 84x84 frames")
     parser.add_argument("--repeats", type=int, default=7, help="repetitions of each timing")
     parser.add_argument("--calls", type=int, default=256, help="calls per repetition")
+    parser.add_argument("--kinds", default="uniform,proportional,rank",
+                        help="comma-separated replay kinds to time; the run with 84x84 frames "
+                             "(uniform) only when uniform is among them")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    unknown = [kind for kind in kinds if kind not in ALPHA]
+    if unknown:
+        parser.error(f"unknown kind {unknown[0]!r}; choose from {', '.join(ALPHA)}")
 
     capacity = 100_000 if args.quick else 1_000_000
     print(f"replay sample(B={BATCH_SIZE})+update_priorities and add, capacity {capacity:,}, "
@@ -151,11 +160,13 @@ def main():
     print(f"storage frames {'x'.join(map(str, SMALL_FRAME))} uint8: these runs time the index "
           "structure, not frame copies")
     runs = [bench_kind(kind, capacity, SMALL_FRAME, args.repeats, args.calls)
-            for kind in ("uniform", "proportional", "rank")]
+            for kind in kinds]
 
     atari_bytes = 1_000_000 * int(np.prod(ATARI_FRAME))
     if args.quick:
         skipped = "skipped: --quick"
+    elif "uniform" not in kinds:
+        skipped = "skipped: uniform not in --kinds"
     elif available_memory_bytes() < 1.5 * atari_bytes:
         skipped = (f"skipped: {available_memory_bytes() / 1e9:.1f} GB free, "
                    f"{1.5 * atari_bytes / 1e9:.1f} GB wanted")
@@ -178,6 +189,7 @@ def main():
     report = {
         "what": "replay sample(B=32)+update_priorities and add, jitted, state donated, "
                 "block_until_ready per call; small frames time the index structure only",
+        "command": " ".join(["python -m scripts.bench_replay", *sys.argv[1:]]),
         "commit": commit_label(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "jax": jax.__version__,

@@ -17,9 +17,9 @@ import pytest
 from scipy import stats
 
 from jaxatari.replay import make_replay
-from jaxatari.replay.prioritised import (PRIORITY_EPSILON, make_prioritised_replay,
-                                         sum_tree_find, sum_tree_from_leaves, sum_tree_prefix,
-                                         sum_tree_set)
+from jaxatari.replay.prioritised import (PRIORITY_EPSILON, indices_at_ranks,
+                                         make_prioritised_replay, ranked_count, sum_tree_find,
+                                         sum_tree_from_leaves, sum_tree_prefix, sum_tree_set)
 from jaxatari.replay.storage import Row
 
 NUM_ENVS = 2
@@ -222,6 +222,57 @@ def test_rank_ties_between_snapshot_and_log_share_their_ranks_one_to_one():
         group_ranks = sorted(ranks[int(index)].pop() for index in group)
         assert group_ranks == list(range(higher + 1, higher + len(group) + 1))
         higher += len(group)
+
+
+@pytest.mark.parametrize("log_changes", [16, 5])
+def test_rank_order_equals_a_sort_from_scratch_after_random_adds_and_updates(log_changes):
+    """The incremental state (snapshot, change log kept in order) against numpy: after every
+    add or update, ranks 1..n name the entries of a stable sort of -p from scratch, and every
+    new snapshot is that sort. Priorities come from a few levels (ties between the snapshot,
+    the log and a batch), batches repeat indices, and rows wrap around a full buffer."""
+    replay = make("rank", rank_log_changes=log_changes)
+    add, update = jax.jit(replay.add), jax.jit(replay.update_priorities)
+    order_at = jax.jit(lambda ranking: indices_at_ranks(ranking, jnp.arange(1, CAPACITY + 1)))
+    rng = np.random.default_rng(5)
+    state = replay.init(make_row(0))
+    priorities = np.zeros(CAPACITY, np.float32)               # the reference, kept by hand
+    valid = np.zeros(CAPACITY, bool)
+    max_priority = np.float32(1.0)
+    row, snapshots = 0, 0
+    levels = np.array([0.0, 0.5, 1.0, 2.0, 3.0], np.float32)
+    for step in range(160):
+        if step < 20 or rng.random() < 0.35:                  # a row: 80 rows wrap twice
+            row_valid = rng.random(NUM_ENVS) < 0.8
+            state = add(state, make_row(row, row_valid))
+            flat = (row % NUM_ROWS) * NUM_ENVS + np.arange(NUM_ENVS)
+            priorities[flat] = np.where(row_valid, max_priority, 0.0)
+            valid[flat] = row_valid
+            row += 1
+        else:
+            size = int(rng.choice([3, 8, 24]))                # 24: more than the log holds
+            indices = rng.integers(0, CAPACITY, size)
+            indices[1] = indices[0]                           # a repeated index: last one wins
+            td_errors = (levels[rng.integers(0, len(levels), size)] if rng.random() < 0.7
+                         else rng.uniform(0.0, 4.0, size).astype(np.float32))
+            state = update(state, jnp.asarray(indices), jnp.asarray(td_errors))
+            new = np.where(valid[indices], np.abs(td_errors) + np.float32(PRIORITY_EPSILON),
+                           np.float32(0.0)).astype(np.float32)
+            for index, priority in zip(indices, new):
+                priorities[index] = priority
+            max_priority = max(max_priority, priorities[indices].max())   # values that stand
+        ranking = state.priorities
+        np.testing.assert_array_equal(np.asarray(ranking.priorities), priorities)
+        expected = np.argsort(-priorities, kind="stable")
+        num_ranked = int(np.sum(priorities > 0))
+        assert int(ranked_count(ranking)) == num_ranked
+        np.testing.assert_array_equal(np.asarray(order_at(ranking))[:num_ranked],
+                                      expected[:num_ranked])
+        if int(ranking.num_changes) == 0:
+            snapshots += 1
+            np.testing.assert_array_equal(np.asarray(ranking.sorted_index), expected)
+            np.testing.assert_array_equal(np.asarray(ranking.sorted_priority),
+                                          priorities[expected])
+    assert snapshots >= 10
 
 
 @pytest.mark.parametrize("kind", KINDS)

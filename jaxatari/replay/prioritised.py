@@ -10,8 +10,9 @@ is pure, jittable and vmappable over a leading seed axis (see ``Replay.seed_axes
 * **Rank-based** (Schaul et al. 2016, section 3.3, "rank-based prioritization"; the prioritised
   replay of the original Kaixhin/Atari): P(i) = rank(i)^-alpha / sum_{k=1..n} k^-alpha with rank 1
   the highest priority among the n transitions of nonzero priority. The ranks are exact at every
-  sample: the transitions changed since the last full sort are ranked against that sorted snapshot
-  (see ``RankState``), and the snapshot is re-sorted only when the log of changes is full.
+  sample, those of a stable sort of -p from scratch (ties by flat index), with no sort at sample
+  time: a sorted snapshot and a sorted log of the changes since are kept by merging (see
+  ``RankState``); the log is merged into the snapshot whenever it is full.
 
 Both kinds draw one transition from each of B strata of equal probability mass (stratified
 sampling, Schaul et al. 2016, appendix B.2), give new transitions the largest priority seen so
@@ -21,7 +22,7 @@ far (Schaul et al. 2016, algorithm 1, line 6) and give priority 0 to rows that a
 Deliberate differences from the original's rank-based replay (KA:Experience.lua), which kept a
 binary heap, used the heap's array order as an approximate ranking, re-sorted it every ``memSize``
 steps, drew ranks uniformly inside each stratum and weighted them by the power law:
-here ranks are exact (ties broken deterministically), ranks are drawn from the power law itself
+here ranks are exact (ties by flat index), ranks are drawn from the power law itself
 inside each stratum (so the returned probability is the one they were drawn with), and priorities
 are the unclipped |TD error| (mission-anchors 1.15, item 3).
 """
@@ -228,54 +229,249 @@ def _make_proportional(num_rows: int, num_envs: int, gather: Callable, alpha: fl
 # ----------------------------------------------------------------------------------------------
 # Rank-based prioritisation (Schaul et al. 2016, section 3.3; KA:Experience.lua).
 #
-# Sorting C priorities at every sample is O(C log C): about 0.3 s for C = 1e6 on a 2-core CPU,
-# several times a DQN update. Instead the state keeps a snapshot sorted by priority and a log of
-# the flat indices changed since (new rows, updated priorities). At sample time only the logged
-# indices are sorted (M of them, M ~ 4 sqrt(C)) and merged, by rank, with the snapshot entries
-# that are still unchanged, counted by a sum tree of 0/1 leaves over snapshot positions. The
-# snapshot is re-sorted when the log is full, which is amortised over M changes.
-#
-# Ties are broken deterministically: equal priorities rank unchanged snapshot entries first (in
-# snapshot order, ties there by flat index), then logged entries by the order of their latest
-# change.
+# Ranks follow one total order, the key (priority descending, flat index ascending): exactly
+# the order of a stable sort of -priorities from scratch. Sorting C priorities is
+# O(C log C), about 0.3 s for C = 1e6 on a 2-core CPU (XLA's CPU sort), and sorting even the
+# changes at every sample made the rank-based Catch test 2-2.5x as slow as the proportional,
+# so nothing is sorted at sample time. The state keeps a snapshot of all C entries in key
+# order and a log of the changes since, itself kept in key order: each batch of K changes
+# is merged into the log with two searches (the new keys against the log, the log slots
+# against the new entries' places) and a gather, O(K log M + M K); a third search places
+# each new key in the snapshot, fixed until the next one. A change superseded by a later one
+# of its index stays in the log, recognised by its change slot. At sample time a live
+# logged entry's rank is the live ones before it in the log plus the unchanged snapshot
+# entries before its key (a 0/1 sum tree over snapshot positions counts them), plus one;
+# the snapshot entries' ranks follow from the logged ones. When the log cannot take the
+# next batch, the log and that batch are merged into a new snapshot by the same counting,
+# O(C) with no sort, and the log starts empty. Only a single batch larger than the log (e.g.
+# setting every priority at once) is sorted from scratch.
 # ----------------------------------------------------------------------------------------------
 
 @struct.dataclass
 class RankState:
     priorities: jax.Array        # [C] float32, current p of every flat index (0: not drawable)
     max_priority: jax.Array      # [] float32, the largest p so far
-    sorted_index: jax.Array      # [C] int32, flat indices by snapshot priority, highest first
+    sorted_index: jax.Array      # [C] int32, the snapshot: flat indices in key order
     sorted_priority: jax.Array   # [C] float32, their priorities at the snapshot (non-increasing)
     sorted_position: jax.Array   # [C] int32, the inverse permutation of sorted_index
     unchanged_tree: jax.Array    # [2L] float32 sum tree over snapshot positions: leaf 1 where the
                                  # entry is unchanged since the snapshot and has priority > 0
-    changed_index: jax.Array     # [M] int32, log of flat indices changed since the snapshot
-    latest_change: jax.Array     # [C] int32, the log slot of each index's latest change
-    num_changes: jax.Array       # [] int32, log slots used; depends only on call shapes, so it
-                                 # is identical across seeds and stays unbatched under vmap
+    log_index: jax.Array         # [M] int32, the index of every change since the snapshot, in
+                                 # key order by the priority it set (num_changes slots; superseded
+                                 # ones stay, see _logged_live); unused slots at the end hold C
+    log_priority: jax.Array      # [M] float32, the priorities those changes set; -1 unused
+    log_change: jax.Array        # [M] int32, the change slot that logged each entry; -1 unused
+    log_snapshot_count: jax.Array  # [M] int32, snapshot entries (changed or not) before each
+                                   # logged key; fixed until the next snapshot
+    latest_change: jax.Array     # [C] int32, the change slot of each index's latest change
+                                 # (meaningful for the indices in the log: a log entry is live
+                                 # when its log_change equals this)
+    num_changes: jax.Array       # [] int32, change slots used since the snapshot; depends only on
+                                 # call shapes, so it is identical across seeds and stays
+                                 # unbatched under vmap
 
 
 def rank_log_size(capacity: int) -> int:
-    """Default M, the changes logged between two sorts.
+    """Default M, the changes logged between two snapshots.
 
-    Sampling sorts the log (O(M log M)) and a full sort (O(C log C)) happens every M changes;
-    M ~ 4 sqrt(C) balances the two on CPU: 4096 for C = 1e6.
+    Sampling ranks the M logged entries (O(M log C)) and a new snapshot (O(C), a merge) is
+    made every M changes; M ~ 4 sqrt(C) keeps both small on CPU: 4096 for C = 1e6.
     """
     return min(capacity, sum_tree_num_leaves(int(4 * math.sqrt(capacity))))
 
 
-def _sorted_snapshot(priorities: jax.Array, num_leaves: int) -> dict:
-    """The RankState fields of a fresh snapshot of ``priorities`` [C] with an empty log."""
-    capacity = priorities.shape[0]
-    sorted_index = jnp.argsort(-priorities, stable=True).astype(jnp.int32)        # [C]
-    sorted_priority = priorities[sorted_index]
+def _key_before(priority_a, index_a, priority_b, index_b) -> jax.Array:
+    """Whether key a comes before key b: higher priority first, ties by lower flat index."""
+    return (priority_a > priority_b) | ((priority_a == priority_b) & (index_a < index_b))
+
+
+def count_keys_before(sorted_priority: jax.Array, sorted_index: jax.Array,
+                      priority: jax.Array, index: jax.Array) -> jax.Array:
+    """[Q] how many of the N entries (``sorted_priority``, ``sorted_index``) [N], in key order,
+    come before each query key (``priority``, ``index``) [Q]: a binary search on the pair, like
+    ``searchsorted(side="left")`` on one array, in ``N.bit_length()`` vectorised steps."""
+    size = sorted_priority.shape[0]
+
+    def halve(_, bounds):
+        low, high = bounds                                    # the count lies in [low, high]
+        middle = (low + high) // 2
+        probe = jnp.minimum(middle, size - 1)
+        open_ = low < high
+        before = _key_before(sorted_priority[probe], sorted_index[probe], priority, index)
+        return (jnp.where(open_ & before, middle + 1, low),
+                jnp.where(open_ & ~before, middle, high))
+
+    start = (jnp.zeros(priority.shape, jnp.int32), jnp.full(priority.shape, size, jnp.int32))
+    count, _ = jax.lax.fori_loop(0, size.bit_length(), halve, start)
+    return count
+
+
+SNAPSHOT_FIELDS = ("sorted_index", "sorted_priority", "sorted_position", "unchanged_tree")
+
+
+def _snapshot_fields(sorted_index: jax.Array, sorted_priority: jax.Array,
+                     num_leaves: int) -> dict:
+    """The snapshot's RankState fields from (``sorted_index``, ``sorted_priority``) [C] in key
+    order."""
+    capacity = sorted_index.shape[0]
     sorted_position = jnp.zeros(capacity, jnp.int32).at[sorted_index].set(
         jnp.arange(capacity, dtype=jnp.int32))
     ranked = jnp.zeros(num_leaves, jnp.float32).at[:capacity].set(
         (sorted_priority > 0).astype(jnp.float32))
     return dict(sorted_index=sorted_index, sorted_priority=sorted_priority,
-                sorted_position=sorted_position, unchanged_tree=sum_tree_from_leaves(ranked),
+                sorted_position=sorted_position, unchanged_tree=sum_tree_from_leaves(ranked))
+
+
+def _empty_log(capacity: int, log_size: int) -> dict:
+    """The log's RankState fields with nothing logged."""
+    return dict(log_index=jnp.full(log_size, capacity, jnp.int32),
+                log_priority=jnp.full(log_size, -1.0, jnp.float32),
+                log_change=jnp.full(log_size, -1, jnp.int32),
+                log_snapshot_count=jnp.full(log_size, capacity, jnp.int32),
                 num_changes=jnp.int32(0))
+
+
+def _sorted_snapshot(priorities: jax.Array, num_leaves: int, log_size: int) -> dict:
+    """A snapshot of ``priorities`` [C] by a full sort, with an empty log: for init, and for a
+    batch larger than the log. A stable sort of -p is the key order (ties by flat index)."""
+    sorted_index = jnp.argsort(-priorities, stable=True).astype(jnp.int32)
+    return dict(**_snapshot_fields(sorted_index, priorities[sorted_index], num_leaves),
+                **_empty_log(priorities.shape[0], log_size))
+
+
+def _logged_live(log_index: jax.Array, log_change: jax.Array,
+                 latest_change: jax.Array) -> jax.Array:
+    """[S] whether each log slot holds its index's latest change (not superseded, not unused)."""
+    capacity = latest_change.shape[0]
+    return (log_change >= 0) & (latest_change[jnp.minimum(log_index, capacity - 1)] == log_change)
+
+
+def _merge_into_log(ranking: RankState, flat_indices: jax.Array, priorities: jax.Array,
+                    size: int) -> tuple[dict, jax.Array]:
+    """The log with K changes [K] (any duplicates already carry their last value) merged in,
+    as ``size`` slots in key order, and the new ``latest_change``. No sort and no scatter
+    wider than K: O(K^2 + K log M + size log K).
+
+    Every change takes one slot, so the log holds ``num_changes`` slots in key order; an
+    entry superseded by a later change of its index stays in place and is recognised as such
+    by its change slot (``_logged_live``)."""
+    num_new = flat_indices.shape[0]
+    log_size = ranking.log_index.shape[0]
+    changes = ranking.num_changes + jnp.arange(num_new, dtype=jnp.int32)           # [K]
+    # every duplicate first to -1, then the largest slot, i.e. the last write, wins
+    latest_change = ranking.latest_change.at[flat_indices].set(-1).at[flat_indices].max(changes)
+
+    # The new keys in key order, by counting (K is a minibatch, K^2 is small); equal keys (a
+    # repeated index) by batch position.
+    batch_position = jnp.arange(num_new)
+    new_before_new = (_key_before(priorities[None, :], flat_indices[None, :],
+                                  priorities[:, None], flat_indices[:, None])
+                      | ((priorities[None, :] == priorities[:, None])
+                         & (flat_indices[None, :] == flat_indices[:, None])
+                         & (batch_position[None, :] < batch_position[:, None])))   # [K, K]
+    new_order = jnp.sum(new_before_new, axis=1, dtype=jnp.int32)            # a permutation
+    # slot of each new entry: the new ones before it plus the logged ones before its key
+    new_destination = new_order + count_keys_before(
+        ranking.log_priority, ranking.log_index, priorities, flat_indices)
+    in_order = lambda values: jnp.zeros_like(values).at[new_order].set(values)
+    sorted_destination = in_order(new_destination)                               # increasing
+
+    # Each merged slot d takes the new entry placed there, or else logged slot d - j where j
+    # new entries lie before d: a gather (XLA's CPU scatter is several times dearer).
+    slots = jnp.arange(size, dtype=jnp.int32)
+    new_before = jnp.searchsorted(sorted_destination, slots, side="left",
+                                  method="compare_all").astype(jnp.int32)   # K is small
+    new_slot = jnp.minimum(new_before, num_new - 1)
+    is_new = sorted_destination[new_slot] == slots
+    old_slot = slots - new_before
+    in_log = old_slot < log_size
+    old_slot = jnp.minimum(old_slot, log_size - 1)
+
+    def merged(fill, old, new):
+        return jnp.where(is_new, in_order(new)[new_slot],
+                         jnp.where(in_log, old[old_slot], fill)).astype(old.dtype)
+
+    new_snapshot_count = count_keys_before(ranking.sorted_priority, ranking.sorted_index,
+                                           priorities, flat_indices)               # [K]
+    capacity = ranking.priorities.shape[0]
+    log = dict(log_index=merged(capacity, ranking.log_index, flat_indices),
+               log_priority=merged(-1.0, ranking.log_priority, priorities),
+               log_change=merged(-1, ranking.log_change, changes),
+               log_snapshot_count=merged(capacity, ranking.log_snapshot_count,
+                                         new_snapshot_count))
+    return log, latest_change
+
+
+def _merge_into_snapshot(snapshot: dict, log: dict, latest_change: jax.Array,
+                         num_leaves: int) -> dict:
+    """The snapshot fields (``SNAPSHOT_FIELDS``) after merging the live logged entries
+    (``log``, in key order, any number of slots) with the unchanged ones, by counting: O(C),
+    no sort."""
+    capacity = snapshot["sorted_index"].shape[0]
+    logged = _logged_live(log["log_index"], log["log_change"], latest_change)    # [S]
+    changed = jnp.zeros(capacity, bool).at[
+        jnp.where(logged, snapshot["sorted_position"][jnp.minimum(log["log_index"], capacity - 1)],
+                  capacity)].set(True, mode="drop")                    # by snapshot position
+    unchanged_prefix = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                                        jnp.cumsum(~changed, dtype=jnp.int32)])   # [C + 1]
+    # the unchanged entries before each logged key, and the logged before each unchanged one
+    unchanged_before = unchanged_prefix[log["log_snapshot_count"]]                # [S]
+    logged_before = jnp.cumsum(logged, dtype=jnp.int32) - logged
+    logged_destination = jnp.where(logged, unchanged_before + logged_before, capacity)
+    inserted_at = jnp.zeros(capacity + 1, jnp.int32).at[
+        jnp.where(logged, unchanged_before, capacity + 1)].add(1, mode="drop")
+    logged_up_to = jnp.cumsum(inserted_at)                                        # [C + 1]
+    unchanged_rank = unchanged_prefix[:-1]
+    unchanged_destination = jnp.where(changed, capacity,
+                                      unchanged_rank + logged_up_to[unchanged_rank])
+
+    def merged(snapshot, logged_values):
+        return (jnp.zeros(capacity, snapshot.dtype)
+                .at[unchanged_destination].set(snapshot, mode="drop")
+                .at[logged_destination].set(logged_values, mode="drop"))
+
+    return _snapshot_fields(merged(snapshot["sorted_index"], log["log_index"]),
+                            merged(snapshot["sorted_priority"], log["log_priority"]), num_leaves)
+
+
+def _ranked_logged(ranking: RankState) -> jax.Array:
+    """[M] the log slots that hold a rank: live, priority > 0."""
+    return (_logged_live(ranking.log_index, ranking.log_change, ranking.latest_change)
+            & (ranking.log_priority > 0))
+
+
+def ranked_count(ranking: RankState) -> jax.Array:
+    """[] n, the entries of priority > 0, which hold ranks 1..n."""
+    num_logged = jnp.sum(_ranked_logged(ranking), dtype=jnp.int32)
+    return num_logged + ranking.unchanged_tree[1].astype(jnp.int32)
+
+
+def indices_at_ranks(ranking: RankState, ranks: jax.Array) -> jax.Array:
+    """[B] the flat index holding each rank [B] (1..n) in key order, without a sort.
+
+    A ranked logged entry's rank is the ranked logged entries before it plus the unchanged
+    snapshot entries before its key plus one, increasing along the log; a rank no logged
+    entry holds belongs to the (rank - logged entries before it)-th unchanged snapshot
+    entry, found by descending the 0/1 sum tree.
+    """
+    capacity = ranking.sorted_index.shape[0]
+    log_size = ranking.log_index.shape[0]
+    ranked = _ranked_logged(ranking)                                              # [M]
+    ranked_prefix = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                                     jnp.cumsum(ranked, dtype=jnp.int32)])         # [M + 1]
+    unchanged_before = sum_tree_prefix(ranking.unchanged_tree, ranking.log_snapshot_count)
+    logged_rank = ranked_prefix[:-1] + 1 + unchanged_before.astype(jnp.int32)
+    # non-decreasing along the log: a slot without a rank repeats the last rank before it
+    running_rank = jax.lax.cummax(jnp.where(ranked, logged_rank, 0))
+    below = jnp.searchsorted(running_rank, ranks, side="left").astype(jnp.int32)
+    logged_before = ranked_prefix[below]              # the slots before `below` hold them all
+    slot = jnp.minimum(below, log_size - 1)
+    is_logged = (below < log_size) & ranked[slot] & (logged_rank[slot] == ranks)
+    snapshot_slot = sum_tree_find(ranking.unchanged_tree,
+                                  (ranks - logged_before).astype(jnp.float32) - 0.5)
+    snapshot_slot = jnp.minimum(snapshot_slot, capacity - 1)
+    return jnp.where(is_logged, ranking.log_index[slot],
+                     ranking.sorted_index[snapshot_slot]).astype(jnp.int32)
 
 
 def _power_law_cumulative_mass(capacity: int, alpha: float) -> jax.Array:
@@ -304,38 +500,40 @@ def _make_rank(num_rows: int, num_envs: int, gather: Callable, alpha: float,
             storage=init_storage(example, num_rows),
             priorities=RankState(
                 priorities=priorities, max_priority=jnp.float32(INITIAL_MAX_PRIORITY),
-                changed_index=jnp.zeros(log_size, jnp.int32),
                 latest_change=jnp.full(capacity, -1, jnp.int32),
-                **_sorted_snapshot(priorities, num_leaves)))
+                **_sorted_snapshot(priorities, num_leaves, log_size)))
 
     def record_changes(ranking: RankState, flat_indices: jax.Array, priorities: jax.Array,
                        max_priority: jax.Array) -> RankState:
-        """Sets p [K] (duplicates already resolved) and logs the change, or re-sorts everything
-        when the log cannot hold it."""
+        """Sets p [K] (duplicates already carry their last value) and merges the change into
+        the log, or the log and the change into a new snapshot when the log cannot hold it."""
         ranking = ranking.replace(priorities=ranking.priorities.at[flat_indices].set(priorities),
                                   max_priority=max_priority)
         num_new = flat_indices.shape[0]
 
-        def resort(ranking: RankState) -> RankState:
-            return ranking.replace(**_sorted_snapshot(ranking.priorities, num_leaves))
-
         if num_new > log_size:   # static: such a batch never fits the log
-            return resort(ranking)
+            return ranking.replace(**_sorted_snapshot(ranking.priorities, num_leaves, log_size))
 
-        def log(ranking: RankState) -> RankState:
-            slots = ranking.num_changes + jnp.arange(num_new, dtype=jnp.int32)       # [K]
-            unchanged_tree = sum_tree_set(ranking.unchanged_tree,
-                                          ranking.sorted_position[flat_indices],
-                                          jnp.zeros(num_new, jnp.float32))
-            return ranking.replace(
-                changed_index=jax.lax.dynamic_update_slice(ranking.changed_index, flat_indices,
-                                                           (ranking.num_changes,)),
-                latest_change=ranking.latest_change.at[flat_indices].set(
-                    last_write_wins(flat_indices, slots)),
-                unchanged_tree=unchanged_tree,
-                num_changes=ranking.num_changes + num_new)
+        # The log with the batch merged in, in log_size + K slots; it fits the log's M slots
+        # unless the log is full, and then it is merged into a new snapshot instead.
+        merged, latest_change = _merge_into_log(ranking, flat_indices, priorities,
+                                                log_size + num_new)
+        ranking = ranking.replace(latest_change=latest_change, unchanged_tree=sum_tree_set(
+            ranking.unchanged_tree, ranking.sorted_position[flat_indices],
+            jnp.zeros(num_new, jnp.float32)))
+        full = ranking.num_changes + num_new > log_size      # unbatched, like num_changes
 
-        return jax.lax.cond(ranking.num_changes + num_new > log_size, resort, log, ranking)
+        # A loop of 0 or 1 rounds rather than a cond: XLA updates a loop's carry in place,
+        # where a cond copied the [C] arrays it passed through on every call.
+        snapshot = jax.lax.fori_loop(
+            0, full.astype(jnp.int32),
+            lambda _, snapshot: _merge_into_snapshot(snapshot, merged, latest_change,
+                                                     num_leaves),
+            {name: getattr(ranking, name) for name in SNAPSHOT_FIELDS})
+        empty = _empty_log(capacity, log_size)
+        log = {name: jnp.where(full, empty[name], merged[name][:log_size]) for name in merged}
+        return ranking.replace(**snapshot, **log,
+                               num_changes=jnp.where(full, 0, ranking.num_changes + num_new))
 
     def add(state: ReplayState, row: Row) -> ReplayState:
         ranking = state.priorities
@@ -347,26 +545,7 @@ def _make_rank(num_rows: int, num_envs: int, gather: Callable, alpha: float,
 
     def sample(state: ReplayState, key: jax.Array, batch_size: int):
         ranking = state.priorities
-        slots = jnp.arange(log_size, dtype=jnp.int32)
-
-        # Logged entries with their current priority, highest first (ties in change order).
-        logged_index = ranking.changed_index                                          # [M]
-        logged_priority = ranking.priorities[logged_index]
-        is_current = ((slots < ranking.num_changes)
-                      & (ranking.latest_change[logged_index] == slots) & (logged_priority > 0))
-        order = jnp.argsort(-jnp.where(is_current, logged_priority, -1.0), stable=True)
-        logged_index, logged_priority = logged_index[order], logged_priority[order]
-        num_logged = jnp.sum(is_current, dtype=jnp.int32)
-
-        # Rank of each logged entry: the logged ones before it, plus the unchanged snapshot
-        # entries of priority >= its own (they come first among ties), plus one. Strictly
-        # increasing; entries past num_logged get ranks beyond every valid one.
-        snapshot_at_least = jnp.searchsorted(-ranking.sorted_priority, -logged_priority,
-                                             side="right").astype(jnp.int32)      # [M]
-        unchanged_before = sum_tree_prefix(ranking.unchanged_tree, snapshot_at_least)
-        logged_rank = slots + 1 + jnp.where(slots < num_logged,
-                                            unchanged_before.astype(jnp.int32), capacity)
-        num_ranked = num_logged + ranking.unchanged_tree[1].astype(jnp.int32)         # n
+        num_ranked = ranked_count(ranking)                                          # n
 
         # Stratified sampling (Schaul et al. 2016, appendix B.2): B strata of equal mass of
         # the power law over n ranks, a rank drawn by inverting its CDF inside each stratum.
@@ -376,17 +555,7 @@ def _make_rank(num_rows: int, num_envs: int, gather: Callable, alpha: float,
         targets = (jnp.arange(batch_size, dtype=jnp.float32) + offsets) * (total_mass / batch_size)
         ranks = jnp.clip(jnp.searchsorted(cumulative_mass, targets, side="right") + 1,
                          1, last_rank).astype(jnp.int32)                             # [B]
-
-        # Rank -> flat index: either a logged entry, or the (rank - logged before it)-th
-        # unchanged snapshot entry, found by descending the 0/1 sum tree.
-        logged_before = jnp.searchsorted(logged_rank, ranks, side="left").astype(jnp.int32)
-        logged_slot = jnp.minimum(logged_before, log_size - 1)
-        is_logged = logged_rank[logged_slot] == ranks
-        snapshot_slot = sum_tree_find(ranking.unchanged_tree,
-                                      (ranks - logged_before).astype(jnp.float32) - 0.5)
-        snapshot_slot = jnp.minimum(snapshot_slot, capacity - 1)
-        flat_indices = jnp.where(is_logged, logged_index[logged_slot],
-                                 ranking.sorted_index[snapshot_slot]).astype(jnp.int32)
+        flat_indices = indices_at_ranks(ranking, ranks)
 
         probabilities = ranks.astype(jnp.float32) ** -alpha / total_mass
         transitions, _ = gather(state.storage, flat_indices)
@@ -417,7 +586,7 @@ def make_prioritised_replay(kind: str, *, num_rows: int, num_envs: int,
     a function ``(storage, flat_indices [B]) -> (batch, valid [B])`` (``storage.gather_windows``
     for a recurrent learner: a flat index then names the window ending at that transition);
     ``alpha`` is the prioritisation exponent; ``rank_log_changes`` (rank only) is the number of
-    changed priorities logged between two full sorts, ``rank_log_size(capacity)`` by default.
+    changed priorities logged between two snapshots, ``rank_log_size(capacity)`` by default.
     """
     if kind not in PRIORITISED_KINDS:
         raise ValueError(f"unknown prioritised replay {kind!r}: choose one of "
