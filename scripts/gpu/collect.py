@@ -68,27 +68,27 @@ def table(record: dict) -> list[str]:
             lines.append(f"| learner | Nature update B={u['batch']}, ms (GFLOP/s) | "
                          f"{u['ms']['median']:.2f} ({u['gflop_per_second']:.0f}) | | | "
                          f"{commit('learner')} |")
-    if "atari" in steps:
-        for c in steps["atari"]["result"]["configurations"]:
-            rate = c["aggregate_steps_per_second"]["median"]
-            target = met = ""
-            if c["seeds"] >= 8:      # the target: 8 seeds of 10M frames in under 70 minutes
-                target, met = f">= {ATARI_TARGET:,}", "yes" if rate >= ATARI_TARGET else "no"
-            lines.append(f"| atari | DQN, {c['envs']} envpool envs x {c['seeds']} seeds, Nature "
-                         f"replay ratio, aggregate steps/s | {rate:,.0f} | {target} | {met} | "
-                         f"{commit('atari')} |")
-    if "minatar" in steps:
-        for c in steps["minatar"]["result"]["configurations"]:
-            rate = c["aggregate_steps_per_second"]["median"]
-            reference = best(cpu["configurations"], seeds=c["seeds"]) if cpu else None
-            ratio = f" ({rate / reference:.1f}x the CPU's {reference:,.0f})" if reference else ""
-            target = met = ""
-            if c["seeds"] == 8 and reference:
-                target = f">= {MINATAR_RATIO_TARGET:.0f}x"
-                met = "yes" if rate / reference >= MINATAR_RATIO_TARGET else "no"
-            lines.append(f"| minatar | SpaceInvaders-MinAtar, {c['seeds']} vmapped seeds, whole "
-                         f"loop in XLA, aggregate steps/s{ratio} | {rate:,.0f} | {target} | {met} | "
-                         f"{commit('minatar')} |")
+    def row(step: str, what: str, rate: float, value: float | None, bound: float, label: str):
+        """A speed row; ``value`` (None: no target for this row) is checked against ``bound``."""
+        target = met = ""
+        if value is not None:
+            target, met = f">= {label}", "yes" if value >= bound else "no"
+        lines.append(f"| {step} | {what} | {rate:,.0f} | {target} | {met} | {commit(step)} |")
+
+    for c in steps.get("atari", {}).get("result", {}).get("configurations", []):
+        rate = c["aggregate_steps_per_second"]["median"]
+        # the target: 8 seeds of 10M frames in under 70 minutes
+        row("atari", f"DQN, {c['envs']} envpool envs x {c['seeds']} seeds, Nature replay ratio, "
+            "aggregate steps/s", rate, rate if c["seeds"] >= 8 else None, ATARI_TARGET,
+            f"{ATARI_TARGET:,}")
+    for c in steps.get("minatar", {}).get("result", {}).get("configurations", []):
+        rate = c["aggregate_steps_per_second"]["median"]
+        reference = best(cpu["configurations"], seeds=c["seeds"]) if cpu else None
+        ratio = f" ({rate / reference:.1f}x the CPU's {reference:,.0f})" if reference else ""
+        row("minatar", f"SpaceInvaders-MinAtar, {c['seeds']} vmapped seeds, whole loop in XLA, "
+            f"aggregate steps/s{ratio}", rate,
+            rate / reference if c["seeds"] == 8 and reference else None, MINATAR_RATIO_TARGET,
+            f"{MINATAR_RATIO_TARGET:.0f}x")
     if cpu:
         lines += ["", f"CPU reference: {cpu['machine']}, the same minatar step at commit "
                       f"{str(cpu['source'].get('commit', '?'))[:7]}, load {cpu.get('load', '?')}."]
