@@ -70,7 +70,14 @@ for version in "$@"; do
         record kind tests jax "$version" status "not installable here" python "$(for p in "${INTERPRETERS[@]}"; do "$p" --version; done | tr '\n' ' ')" detail "$reason"
         continue
     fi
-    versions="$("$venv/bin/python" -c 'import json; from importlib.metadata import version as v; print(json.dumps({n: v(n) for n in ("jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "rlax", "gymnax", "numpy")}))')"
+    versions="$("$venv/bin/python" -c 'import json; from importlib import metadata
+found = {}
+for name in ("jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "rlax", "gymnax", "numpy"):
+    try:
+        found[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        found[name] = "not installed"
+print(json.dumps(found))')"
     echo "[compat] JAX $version on $installed: $TESTS" >&2
     started=$(date +%s)
     eval "\"$venv/bin/python\" -m pytest $TESTS" > "$WORK/tests.log" 2>&1
@@ -143,7 +150,7 @@ lines = ["| JAX | Python | extras | constraints.txt | tests | result | seconds |
 for r in records:
     if r["kind"] == "tests":
         detail = r.get("summary") or r.get("detail", "")
-        resolved = ", ".join(f"{k} {v}" for k, v in json.loads(r.get("versions", "{}")).items())
+        resolved = ", ".join(f"{k} {v}" for k, v in json.loads(r.get("versions") or "{}").items())
         lines.append(f"| {r['jax']} | {r['python']} | {r.get('extras', '')} | "
                      f"{r.get('constraints', '')} | "
                      f"`{r.get('tests', '')}` | {r['status']}: "
