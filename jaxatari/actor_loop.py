@@ -69,7 +69,8 @@ from flax import struct
 
 from jaxatari.agents.actor_learner import (Q_METHODS, ActorLearner, ActorLearnerSettings,
                                            Actors, Rollout, actor_epsilon, make_actor_learner)
-from jaxatari.agents.native import _reset_or_step, make_scored_play, to_agent_frame
+from jaxatari.agents.native import (_reset_or_step, make_scored_play, scan_iterations,
+                                    to_agent_frame)
 from jaxatari.config import Config, async_batch_size
 from jaxatari.envs import EnvSpec, JaxEnv
 from jaxatari.metrics import Evaluation, mean_score
@@ -256,7 +257,8 @@ def make_native_heldout(learner: ActorLearner, env: JaxEnv, count: int) -> Calla
 
 def make_native_actor_chunk(learner: ActorLearner, env: JaxEnv, num_iterations: int,
                             target_period: int) -> Callable:
-    """chunk(carry [S], first_iteration) -> (carry, outputs), pure and unjitted.
+    """chunk(carry [S], first_iteration, active=None) -> (carry, outputs), pure and
+    unjitted (``active``: as for ``agents.native.make_native_chunk``).
 
     An iteration plays one rollout of T steps in the N envs of every seed and makes one
     update per seed; the target sync decision is computed outside the seed vmap from the
@@ -275,7 +277,7 @@ def make_native_actor_chunk(learner: ActorLearner, env: JaxEnv, num_iterations: 
         carry = carry.replace(train=train, actors=actors, env_state=env_state, score=score)
         return carry, {**out, **metrics}
 
-    def chunk(carry: NativeActorCarry, first_iteration):
+    def chunk(carry: NativeActorCarry, first_iteration, active=None):
         step_all = jax.vmap(seed_iteration, in_axes=(0, None))
 
         def iteration(carry, index):
@@ -283,7 +285,7 @@ def make_native_actor_chunk(learner: ActorLearner, env: JaxEnv, num_iterations: 
             after = before + steps_per_iteration
             return step_all(carry, after // target_period != before // target_period)
 
-        return jax.lax.scan(iteration, carry, jnp.arange(num_iterations))
+        return scan_iterations(iteration, carry, num_iterations, active)
 
     return chunk
 
@@ -374,13 +376,8 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
     total_iterations = c.steps // steps_per_iteration
     from jaxatari.loop import chunk_iterations   # loop imports this module lazily
     per_chunk = chunk_iterations(c, steps_per_iteration)
-    chunks: dict[int, Callable] = {}
-
-    def chunk_of(length):       # the last, shorter chunk compiles once more
-        if length not in chunks:
-            chunks[length] = edge_jit(make_native_actor_chunk(learner, env, length, c.tau),
-                                     donate_argnums=0)
-        return chunks[length]
+    # one compiled chunk; a shorter last chunk runs it with its tail masked
+    chunk = edge_jit(make_native_actor_chunk(learner, env, per_chunk, c.tau), donate_argnums=0)
 
     evaluate = edge_jit(jax.vmap(make_native_actor_evaluate(
         learner, env.for_mode("eval"), num_envs=c.val_envs, num_steps=_eval_steps_per_env(c),
@@ -417,8 +414,8 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
             return carry, learner
         run = min(per_chunk, total_iterations - iteration)
         started = time.perf_counter()
-        carry, out = chunk_of(run)(carry, jnp.int32(iteration))
-        out = jax.device_get(out)
+        carry, out = chunk(carry, jnp.int32(iteration), jnp.int32(run))
+        out = jax.tree.map(lambda x: x[:run], jax.device_get(out))
         iteration += run
         log = {name: np.asarray(out[name]).transpose(0, 2, 1, 3).reshape(
                    -1, c.seeds, c.envs) for name in ("scores", "finished")}

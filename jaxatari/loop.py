@@ -621,11 +621,6 @@ class Trainer:
                          "training steps")
         chunk = self._iterations_per_chunk() * (c.envs * (1 if self.agent is not None
                                                            else c.batch_size))
-        remainder = c.steps % chunk
-        if self.native and c.steps > chunk and remainder:
-            notes.append(f"the last chunk is {remainder:,} steps, shorter than the others, and "
-                         "compiles once more (make --steps a multiple of the chunk, "
-                         f"{chunk:,} steps, to avoid it)")
         if (self.native and c.val_freq % chunk and c.steps > c.val_freq):
             notes.append(f"validation happens between chunks of {chunk:,} steps: at the first "
                          f"chunk end at or after each multiple of --val-freq {c.val_freq:,} "
@@ -648,13 +643,9 @@ class Trainer:
         logger = self.logger
         length = self._iterations_per_chunk()
         total_iterations = c.steps // c.envs
-        chunks: dict[int, Callable] = {}
-
-        def chunk_of(run: int) -> Callable:   # the last, shorter chunk compiles once more
-            if run not in chunks:
-                chunks[run] = edge_jit(make_native_chunk(agent, env, self.cadence, run),
-                                      donate_argnums=0)
-            return chunks[run]
+        # One compiled chunk of ``length`` iterations; a shorter last chunk runs it with the
+        # tail masked (``active``) rather than compiling a second one.
+        chunk = edge_jit(make_native_chunk(agent, env, self.cadence, length), donate_argnums=0)
 
         evaluate = edge_jit(jax.vmap(make_native_evaluate(
             agent, env.for_mode("eval"), num_envs=c.val_envs, num_steps=max(math.ceil(c.val_steps / c.val_envs), 1),
@@ -694,8 +685,8 @@ class Trainer:
                 return carry.train
             run = min(length, total_iterations - iteration)
             started = time.perf_counter()
-            carry, out = chunk_of(run)(carry, jnp.int32(iteration))
-            out = jax.device_get(out)
+            carry, out = chunk(carry, jnp.int32(iteration), jnp.int32(run))
+            out = jax.tree.map(lambda x: x[:run], jax.device_get(out))
             iteration += run
             step = iteration * c.envs
             logger.log_chunk(step, out, self.cadence.epsilon(step),

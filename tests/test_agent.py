@@ -396,3 +396,25 @@ def test_optax_state_has_a_step_counter():
     """Guards the count check in the native chunk test (adam keeps an int32 count)."""
     state = optax.adam(1e-3).init({"w": jnp.zeros(2)})
     assert any(leaf.dtype == jnp.int32 for leaf in jax.tree.leaves(state))
+
+
+def test_a_masked_chunk_equals_a_shorter_one(env):
+    """A run's last, shorter chunk reuses the compiled full chunk with its tail masked: the
+    first ``active`` iterations are those of a chunk of that length, the rest change nothing."""
+    agent = make_q_agent(settings())
+    cadence = Cadence(num_envs=NUM_ENVS, learn_start=8, update_every=1, updates_per_learn=1,
+                      target_period=6, epsilon_start=1.0, epsilon_end=0.1, epsilon_steps=50,
+                      beta_zero=0.0, total_steps=200)
+    init = jax.jit(lambda k: init_native_seeds(agent, env, k))
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    full = jax.jit(make_native_chunk(agent, env, cadence, 12))
+    short = jax.jit(make_native_chunk(agent, env, cadence, 5))
+    masked_carry, masked_out = full(init(keys), jnp.int32(4), jnp.int32(5))
+    short_carry, short_out = short(init(keys), jnp.int32(4))
+    assert leaves_equal(masked_carry, short_carry)
+    for name, values in masked_out.items():
+        np.testing.assert_array_equal(values[:5], short_out[name], err_msg=name)
+        assert not np.asarray(values[5:]).any(), name
+    # one compiled program for every active length
+    full(init(keys), jnp.int32(0), jnp.int32(12))
+    assert full._cache_size() == 1

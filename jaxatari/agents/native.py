@@ -120,11 +120,14 @@ def native_seed_axes(agent: QAgent, carry: NativeCarry) -> NativeCarry:
 
 
 def make_native_chunk(agent: QAgent, env, cadence: Cadence, num_iterations: int) -> Callable:
-    """Builds chunk(carry [S], first_iteration) -> (carry, outputs), pure and unjitted.
+    """Builds chunk(carry [S], first_iteration, active=None) -> (carry, outputs), pure and
+    unjitted.
 
     Outputs are stacked over the chunk's iterations: ``scores`` [T, S, E] (raw game score
     where ``finished`` [T, S, E] is True), and the learner's ``loss``, ``td_error``,
-    ``q_mean`` [T, S] with ``learned`` [T] saying which iterations updated.
+    ``q_mean`` [T, S] with ``learned`` [T] saying which iterations updated. With ``active``
+    (a traced int), only the first ``active`` iterations run and the rest leave the carry as
+    it is (zero outputs), so a run's last, shorter chunk reuses the compiled full one.
     """
     num_envs = agent.settings.num_envs
 
@@ -167,7 +170,7 @@ def make_native_chunk(agent: QAgent, env, cadence: Cadence, num_iterations: int)
                                   score=jnp.where(done, 0.0, score))
         return new_carry, {"scores": score, "finished": done, **metrics}
 
-    def chunk(carry: NativeCarry, first_iteration):
+    def chunk(carry: NativeCarry, first_iteration, active=None):
         axes = native_seed_axes(agent, carry)
         step_all = jax.vmap(seed_iteration, in_axes=(axes, None, None, None, None),
                             out_axes=(axes, 0))
@@ -180,9 +183,27 @@ def make_native_chunk(agent: QAgent, env, cadence: Cadence, num_iterations: int)
                                   cadence.beta(steps))
             return carry, {**out, "learned": learns}
 
-        return jax.lax.scan(iteration, carry, jnp.arange(num_iterations))
+        return scan_iterations(iteration, carry, num_iterations, active)
 
     return chunk
+
+
+def scan_iterations(iteration: Callable, carry, num_iterations: int, active=None):
+    """``lax.scan`` of ``iteration(carry, index) -> (carry, out)`` over ``num_iterations``
+    indices; with ``active`` (traced), indices from ``active`` on leave the carry unchanged
+    and give zero outputs, so one compiled chunk serves every shorter one."""
+    indices = jnp.arange(num_iterations)
+    if active is None:
+        return jax.lax.scan(iteration, carry, indices)
+    out_shapes = jax.eval_shape(iteration, carry, jnp.int32(0))[1]
+
+    def idle(carry, index):
+        return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
+
+    def masked(carry, index):
+        return jax.lax.cond(index < active, iteration, idle, carry, index)
+
+    return jax.lax.scan(masked, carry, indices)
 
 
 def make_scored_play(env, *, num_envs: int, num_steps: int, frame_dtype, init_actor: Callable,
