@@ -76,12 +76,14 @@ def persistent_advantage_learning_td_error(q, a_tm1, r_t, discount_t, *, pal_alp
     """Persistent advantage learning (Bellemare et al. 2016, eq. 8), in the original's form.
 
     delta_PAL = max(delta_AL, delta - alpha (V(s') - Q(s', a))), gaps from the target
-    network (Kaixhin/Atari Agent.lua). This is not rlax's ``persistent_q_learning``, which
+    network (Kaixhin/Atari Agent.lua). A terminal s' (discount 0) has no value: the
+    original zeroes Q(s', .) before taking the second gap, so there it is 0 and
+    delta_PAL = max(delta_AL, delta). This is not rlax's ``persistent_q_learning``, which
     mixes max and same-action bootstraps without the AL max.
     """
     delta = q_learning_td_error(q, a_tm1, r_t, discount_t)
     gap_tm1 = jnp.max(q.target_tm1) - q.target_tm1[a_tm1]
-    gap_t = jnp.max(q.target_t) - q.target_t[a_tm1]
+    gap_t = jnp.where(discount_t > 0, jnp.max(q.target_t) - q.target_t[a_tm1], 0.0)
     return delta - jax.lax.stop_gradient(pal_alpha * jnp.minimum(gap_tm1, gap_t))
 
 

@@ -5,7 +5,8 @@ References (one transition, one head; ``target`` = target network, ``online`` = 
   DQN (Mnih et al. 2015):      delta = r + d * max_a Qtarget(s', a) - Q(s, a_tm1)
   Double (van Hasselt 2016):   delta = r + d * Qtarget(s', argmax_a Qonline(s', a)) - Q(s, a_tm1)
   AL (Bellemare et al. 2016, Kaixhin/Atari):  delta - alpha * (max_a Qtarget(s, a) - Qtarget(s, a_tm1))
-  PAL: max(delta_AL, delta - alpha * (max_a Qtarget(s', a) - Qtarget(s', a_tm1)))
+  PAL: max(delta_AL, delta - alpha * (max_a Qtarget(s', a) - Qtarget(s', a_tm1))), where the
+       original (Agent.lua learn) first zeroes Qtarget(s', .) when s' is terminal (discount 0)
 """
 from __future__ import annotations
 
@@ -56,10 +57,12 @@ def ref_al(online_tm1, target_tm1, target_t, online_t, a_tm1, r_t, discount_t, a
 
 def ref_pal(online_tm1, target_tm1, target_t, online_t, a_tm1, r_t, discount_t, alpha,
             double_q):
+    # Agent.lua: self.QPrimes[n]:mul(1 - terminals[n]) before the target and V(s'), Q(s', a).
+    q_prime = target_t * (0.0 if discount_t == 0 else 1.0)
     select = online_t if double_q else target_t
-    delta = ref_delta(online_tm1, target_t, select, a_tm1, r_t, discount_t)
+    delta = ref_delta(online_tm1, q_prime, select, a_tm1, r_t, discount_t)
     delta_al = delta - alpha * (np.max(target_tm1) - target_tm1[a_tm1])
-    delta_persistent = delta - alpha * (np.max(target_t) - target_t[a_tm1])
+    delta_persistent = delta - alpha * (np.max(q_prime) - q_prime[a_tm1])
     return max(delta_al, delta_persistent)
 
 
@@ -185,6 +188,23 @@ def test_pal_differs_from_al_when_the_next_state_gap_is_smaller():
     pal = TD_ERRORS["pal"](q, 1, 0.0, 1.0, pal_alpha=0.5)
     np.testing.assert_allclose(al, 1.0 - 0.5 * 2.0)
     np.testing.assert_allclose(pal, 1.0 - 0.5 * 0.5)
+
+
+@pytest.mark.parametrize("alpha", [0.9, 0.5])
+def test_pal_at_a_terminal_is_the_max_of_al_and_plain_delta(alpha):
+    """The issue's example: r = 1, discount 0, Q(s, a) = 0.5, gaps 0.8 at s and 2.0 at s'.
+    Written out from Agent.lua: Q(s', .) is zeroed at a terminal s', so the second gap is 0
+    and delta_PAL = max(delta - alpha 0.8, delta) = delta = +0.5 (not 0.5 - 0.72 = -0.22)."""
+    q = QValues(online_tm1=jnp.array([0.5, 0.0]), target_tm1=jnp.array([0.5, 1.3]),
+                target_t=jnp.array([0.0, 2.0]), select_t=jnp.array([0.0, 2.0]))
+    got = TD_ERRORS["pal"](q, 0, 1.0, 0.0, pal_alpha=alpha)
+    delta = 1.0 + 0.0 - 0.5
+    np.testing.assert_allclose(got, max(delta - alpha * 0.8, delta - alpha * 0.0), rtol=1e-6)
+    np.testing.assert_allclose(got, 0.5, rtol=1e-6)
+    # Not at a terminal the same Q-values take the smaller gap, 0.8: delta_AL.
+    got = TD_ERRORS["pal"](q, 0, 1.0, 0.5, pal_alpha=alpha)
+    delta = 1.0 + 0.5 * 2.0 - 0.5
+    np.testing.assert_allclose(got, delta - alpha * min(0.8, 2.0), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- huber
