@@ -262,6 +262,11 @@ def validate(c: Config) -> None:
 
 def _validate_replay(c: Config, require) -> None:
     """The replay agents' memory and cadence rules (the actor-learners have no memory)."""
+    # The original's rule 9 (Setup.lua, KA#68): a row no head may learn from would keep its
+    # entry priority forever.
+    require(c.bootstraps == 0 or c.mem_priority == "none",
+            "--bootstraps > 0 cannot be combined with --mem-priority (as the original): "
+            "set --bootstraps 0 or --mem-priority none")
     require(c.mem_size > c.batch_size,
             f"--mem-size ({c.mem_size}) must be larger than --batch-size ({c.batch_size})")
     require(c.mem_size % c.envs == 0,
