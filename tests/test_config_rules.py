@@ -1,5 +1,6 @@
 """Config rules added for the update's correctness: the original's refusal of bootstrap heads
-with prioritised replay (Setup.lua validateOptions, rule 9, KA#68)."""
+with prioritised replay (Setup.lua validateOptions, rule 9, KA#68) and --loss-reduction's
+scope."""
 from __future__ import annotations
 
 import pytest
@@ -21,3 +22,10 @@ def test_bootstrap_heads_with_prioritised_replay_are_refused(priority):
     assert build_config("prioritised", {}).mem_priority == "rank"
     assert build_config("bootstrap", {"mem_priority": priority, "bootstraps": 0}).bootstraps == 0
 
+
+def test_loss_reduction_is_the_replay_agents_option():
+    assert build_config("demo", {"loss_reduction": "mean"}).loss_reduction == "mean"
+    with pytest.raises(ConfigError, match="--loss-reduction"):
+        build_config("demo-async", {"loss_reduction": "mean"})
+    with pytest.raises(ConfigError, match="--loss-reduction must be one of sum, mean"):
+        build_config("demo", {"loss_reduction": "average"})

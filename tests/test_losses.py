@@ -271,7 +271,7 @@ def test_masked_head_gets_zero_gradient(loss_name):
     network = tiny_network()
     params, target_params = params_pair(network)
     loss_fn = make_q_loss(network.apply, TD_ERRORS[loss_name], double_q=True, td_clip=1.0,
-                          pal_alpha=0.5)
+                          pal_alpha=0.5, reduction="sum")
     batch = random_batch(1, NUM_HEADS, mask=[[1.0, 0.0, 1.0]])
     grads, _ = jax.jit(jax.grad(loss_fn, has_aux=True))(params, target_params, batch,
                                                         jnp.ones(1))
@@ -287,20 +287,21 @@ def test_importance_weights_scale_the_loss():
     network = tiny_network()
     params, target_params = params_pair(network)
     loss_fn = jax.jit(make_q_loss(network.apply, TD_ERRORS["dqn"], double_q=False, td_clip=1.0,
-                                  pal_alpha=0.0))
+                                  pal_alpha=0.0, reduction="sum"))
     batch = random_batch(4, NUM_HEADS, seed=1)
     base, _ = loss_fn(params, target_params, batch, jnp.ones(4))
     scaled, _ = loss_fn(params, target_params, batch, jnp.full(4, 0.25))
     np.testing.assert_allclose(scaled, 0.25 * base, rtol=1e-5)
-    # a weight of 0 removes one sample exactly: the loss is the others' sum over all pairs
+    # a weight of 0 removes one sample exactly: the summed loss is the others' sum
     weights = jnp.array([1.0, 0.0, 1.0, 1.0])
     partial, _ = loss_fn(params, target_params, batch, weights)
     single, _ = loss_fn(params, target_params,
                         jax.tree.map(lambda x: x[1:2], batch), jnp.ones(1))
-    np.testing.assert_allclose(partial, base - single * NUM_HEADS / (4 * NUM_HEADS), rtol=1e-5)
+    np.testing.assert_allclose(partial, base - single, rtol=1e-5)
 
 
-def test_loss_and_priority_against_numpy():
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_loss_and_priority_against_numpy(reduction):
     network = tiny_network()
     params, target_params = params_pair(network)
     mask = np.array([[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]], np.float32)
@@ -308,7 +309,7 @@ def test_loss_and_priority_against_numpy():
     batch = random_batch(4, NUM_HEADS, seed=2, mask=mask)
     td_clip = 0.5
     loss_fn = jax.jit(make_q_loss(network.apply, TD_ERRORS["dqn"], double_q=True,
-                                  td_clip=td_clip, pal_alpha=0.0))
+                                  td_clip=td_clip, pal_alpha=0.0, reduction=reduction))
     loss, aux = loss_fn(params, target_params, batch, jnp.asarray(weights))
 
     online_tm1 = np.asarray(network.apply(params, batch.obs_tm1))      # [B, K, A]
@@ -321,9 +322,13 @@ def test_loss_and_priority_against_numpy():
                                  int(batch.a_tm1[b]), float(batch.r_t[b]), 0.99)
     abs_td = np.abs(td)
     hub = np.where(abs_td <= td_clip, 0.5 * td ** 2, td_clip * (abs_td - 0.5 * td_clip))
-    want_loss = (hub * mask * weights[:, None]).sum() / mask.sum()
-    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
-    np.testing.assert_allclose(aux["loss"], want_loss, rtol=1e-5)
+    weighted = hub * mask * weights[:, None]
+    # the objective: a sum over samples, or each head's mean over its own masked samples
+    want_objective = (weighted.sum() if reduction == "sum"
+                      else sum(weighted[:, k].sum() / mask[:, k].sum() for k in range(NUM_HEADS)))
+    np.testing.assert_allclose(loss, want_objective, rtol=1e-5)
+    # the reported loss: the mean over unmasked (sample, head) pairs either way
+    np.testing.assert_allclose(aux["loss"], weighted.sum() / mask.sum(), rtol=1e-5)
     # priority: mean |td| over the unmasked heads, unclipped; 0 for a sample with no head
     want_priority = (abs_td * mask).sum(-1) / np.maximum(mask.sum(-1), 1)
     np.testing.assert_allclose(aux["priority"], want_priority, rtol=1e-5)
@@ -341,11 +346,11 @@ def test_double_loss_ignores_the_double_q_flag():
     batch = random_batch(16, 1, seed=4)
     weights = jnp.ones(16)
     double_flag_off = make_q_loss(network.apply, TD_ERRORS["double"], double_q=False,
-                                  td_clip=0.0, pal_alpha=0.0)
+                                  td_clip=0.0, pal_alpha=0.0, reduction="sum")
     dqn_flag_on = make_q_loss(network.apply, TD_ERRORS["dqn"], double_q=True, td_clip=0.0,
-                              pal_alpha=0.0)
+                              pal_alpha=0.0, reduction="sum")
     dqn_flag_off = make_q_loss(network.apply, TD_ERRORS["dqn"], double_q=False, td_clip=0.0,
-                               pal_alpha=0.0)
+                               pal_alpha=0.0, reduction="sum")
     got, _ = double_flag_off(params, target_params, batch, weights)
     want, _ = dqn_flag_on(params, target_params, batch, weights)
     plain, _ = dqn_flag_off(params, target_params, batch, weights)
@@ -378,7 +383,8 @@ def test_resolve_import_path():
     # and it plugs into the loss factory
     network = tiny_network(num_heads=1)
     params, target_params = params_pair(network)
-    loss_fn = make_q_loss(network.apply, function, double_q=False, td_clip=0.0, pal_alpha=0.0)
+    loss_fn = make_q_loss(network.apply, function, double_q=False, td_clip=0.0, pal_alpha=0.0,
+                          reduction="sum")
     loss, _ = loss_fn(params, target_params, random_batch(2, 1), jnp.ones(2))
     assert np.isfinite(loss)
 
