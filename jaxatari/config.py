@@ -96,6 +96,7 @@ class Config:
     batch_size: int = option(32, "minibatch size", group="training")
     learn_start: int = option(50_000, "steps before learning starts", group="training")
     grad_clip: float = option(10.0, "clip the gradient's global L2 norm (0 = off)", group="training")
+    loss_reduction: str = option("sum", "replay agents: the update's gradient is the sum over the batch (the original's and Nature DQN's) or each head's mean (DQN Zoo's, Young and Tian's); see docs/reduction.md", ("sum", "mean"), group="training")
 
     # Evaluation
     val_freq: int = option(250_000, "steps between greedy evaluations", group="eval")
@@ -278,6 +279,11 @@ def validate(c: Config) -> None:
 
 def _validate_replay(c: Config, require) -> None:
     """The replay agents' memory and cadence rules (the actor-learners have no memory)."""
+    # The original's rule 9 (Setup.lua, KA#68): a row no head may learn from would keep its
+    # entry priority forever.
+    require(c.bootstraps == 0 or c.mem_priority == "none",
+            "--bootstraps > 0 cannot be combined with --mem-priority (as the original): "
+            "set --bootstraps 0 or --mem-priority none")
     require(c.mem_size > c.batch_size,
             f"--mem-size ({c.mem_size}) must be larger than --batch-size ({c.batch_size})")
     require(c.mem_size % c.envs == 0,
@@ -318,6 +324,8 @@ def _validate_actor_learner(c: Config, require) -> None:
             "their rule from --async")
     require(c.n_step == 1, "--n-step is the replay agents' option; actor-learners use "
             "--batch-size as t_max")
+    require(c.loss_reduction == "sum", "--loss-reduction is the replay agents' option; "
+            "actor-learners accumulate their rollouts' gradients as the original")
     actors = async_batch_size(c.envs) if c.async_mode == "async" else c.envs
     per_update = c.batch_size * actors
     require(c.steps >= per_update, f"--steps ({c.steps}) must cover at least one rollout of "

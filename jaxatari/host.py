@@ -120,6 +120,24 @@ class _UniformActions:
         return self._block[self._next - 1]
 
 
+def end_saved_episodes(replay, replay_state):
+    """Marks each env's newest stored row as a reset step (valid False, priority 0).
+
+    A resumed host run starts new games, so the newest row saved, whose next observation
+    was never stored, would otherwise bootstrap into the new game's first frame. As after a
+    time-limit cut, its frame ends the episode: the row before it bootstraps from it and the
+    row itself is not learned from. One seed; vmap over seeds with ``replay.seed_axes``.
+    """
+    storage = replay_state.storage
+    num_rows, num_envs = storage.rows.valid.shape[:2]
+    newest = (storage.pos - 1) % num_rows
+    rows = storage.rows.replace(valid=storage.rows.valid.at[newest].set(False))
+    replay_state = replay_state.replace(storage=storage.replace(rows=rows))
+    # A stored row that is not valid gets priority 0 whatever the value written.
+    indices = newest * num_envs + jnp.arange(num_envs)
+    return replay.update_priorities(replay_state, indices, jnp.zeros((num_envs,), jnp.float32))
+
+
 class HostRunner:
     def __init__(self, config: Config, env_factory, agent: QAgent, cadence: Cadence, keys):
         self.config = config
@@ -196,6 +214,9 @@ class HostRunner:
         self.learn = edge_jit(jax.vmap(learn, in_axes=(0, replay_axes, None),
                                       out_axes=(0, replay_axes, 0)), donate_argnums=(0, 1))
         self.sync = edge_jit(jax.vmap(agent.sync_target))
+        self.end_saved_episodes = edge_jit(jax.vmap(
+            lambda state: end_saved_episodes(agent.replay, state), in_axes=(replay_axes,),
+            out_axes=replay_axes))
         del seeds
 
     def evaluate(self, params, step: int, key) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +258,8 @@ class HostRunner:
 
         A host env cannot be put back where it was: a resumed run starts new games (envs
         seeded ``--seed + step``), keeps learner, actor keys, counters and (if saved) the
-        replay memory, and otherwise waits ``--learn-start`` steps while the memory refills
+        replay memory, whose newest rows become reset steps (``end_saved_episodes``), and
+        otherwise waits ``--learn-start`` steps while the memory refills
         (``trainer.cadence`` says when learning may start).
         """
         c = self.config
@@ -249,7 +271,7 @@ class HostRunner:
             items = restored.items
             train = items["train"]
             if items["replay"] is not None:
-                replay_state = items["replay"]
+                replay_state = self.end_saved_episodes(items["replay"])
             actor = items["actor"].replace(after_done=jnp.zeros((seeds, envs), bool))
             start = restored.iteration
         env = self.env_factory(seeds * envs, c.seed + start * envs, mode="train")

@@ -104,6 +104,7 @@ def agent_settings(config: Config, spec: EnvSpec, native: bool = True) -> QAgent
         capacity=config.mem_size, num_envs=config.envs, alpha=config.alpha,
         batch_size=config.batch_size, optimiser=config.optimiser, learning_rate=config.eta,
         momentum=config.momentum, grad_clip=config.grad_clip,
+        loss_reduction=config.loss_reduction,
         lr_decay_updates=total_updates(config) if config.eta_anneal else 0,
         recurrent=config.recurrent, burn_in=config.burn_in, loss_steps=config.loss_steps,
         conv=conv_impl(config, native))

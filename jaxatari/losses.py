@@ -77,12 +77,14 @@ def persistent_advantage_learning_td_error(q, a_tm1, r_t, discount_t, *, pal_alp
     """Persistent advantage learning (Bellemare et al. 2016, eq. 8), in the original's form.
 
     delta_PAL = max(delta_AL, delta - alpha (V(s') - Q(s', a))), gaps from the target
-    network (Kaixhin/Atari Agent.lua). This is not rlax's ``persistent_q_learning``, which
+    network (Kaixhin/Atari Agent.lua). A terminal s' (discount 0) has no value: the
+    original zeroes Q(s', .) before taking the second gap, so there it is 0 and
+    delta_PAL = max(delta_AL, delta). This is not rlax's ``persistent_q_learning``, which
     mixes max and same-action bootstraps without the AL max.
     """
     delta = q_learning_td_error(q, a_tm1, r_t, discount_t)
     gap_tm1 = jnp.max(q.target_tm1) - q.target_tm1[a_tm1]
-    gap_t = jnp.max(q.target_t) - q.target_t[a_tm1]
+    gap_t = jnp.where(discount_t > 0, jnp.max(q.target_t) - q.target_t[a_tm1], 0.0)
     return delta - jax.lax.stop_gradient(pal_alpha * jnp.minimum(gap_tm1, gap_t))
 
 
@@ -131,15 +133,51 @@ def huber(x: jax.Array, delta: float) -> jax.Array:
     return 0.5 * jnp.square(quadratic) + delta * (abs_x - quadratic)
 
 
-def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_clip: float,
-                pal_alpha: float) -> Callable:
-    """Builds loss(params, target_params, batch, weights) -> (loss, aux).
+# How an update reduces its batch (docs/reduction.md):
+#   "sum": the gradient is the sum over samples of -clip(delta) w dQ/dtheta, as the original's
+#       Agent.lua ``learn`` (it writes -clamp(delta) x w into each sample's output and
+#       back-propagates the batch) and DeepMind's Nature DQN code; each bootstrap head sums
+#       its own masked samples (Osband et al. 2016, g_k = m_k delta dQ_k/dtheta).
+#   "mean": each head takes the mean over its own masked samples (DQN Zoo, Young and Tian's
+#       MinAtar DQN): 1/B of "sum" for one head.
+# Either way the shared body receives the heads' gradients scaled by 1/K (the network's
+# GradientRescale), so each head learns at a single-head DQN's rate.
+LOSS_REDUCTIONS = ("sum", "mean")
 
-    The loss is the mean over valid (sample, head) pairs of the Huber TD loss, each
-    weighted by its importance weight; a head's mask of 0 gives that head no gradient
-    from the transition (Bootstrapped DQN, Osband et al. 2016). Forward passes a TD
-    error does not read are removed by XLA.
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"unknown loss reduction {reduction!r}: choose one of "
+                         f"{', '.join(LOSS_REDUCTIONS)}")
+
+
+def reduce_loss(per_item: jax.Array, mask: jax.Array, reduction: str) -> jax.Array:
+    """The objective to differentiate from masked, weighted per-item losses [..., K].
+
+    Every axis but the last (heads) holds samples (and steps, for sequences). "sum" adds
+    them all; "mean" divides each head's sum by its own count of unmasked items, so a head
+    never learns at 1/(K p) of its rate from sharing the batch with the others.
     """
+    _check_reduction(reduction)
+    if reduction == "sum":
+        return per_item.sum()
+    sample_axes = tuple(range(per_item.ndim - 1))
+    per_head = per_item.sum(sample_axes) / jnp.maximum(mask.sum(sample_axes), 1.0)   # [K]
+    return per_head.sum()
+
+
+def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_clip: float,
+                pal_alpha: float, reduction: str) -> Callable:
+    """Builds loss(params, target_params, batch, weights) -> (objective, aux).
+
+    The objective is the Huber TD loss of each (sample, head) pair, weighted by its
+    importance weight (Schaul et al. 2016), reduced by ``reduce_loss`` ("sum": the
+    original's and Nature DQN's update; "mean": DQN Zoo's); a head's mask of 0 gives that
+    head no gradient from the transition (Bootstrapped DQN, Osband et al. 2016).
+    ``aux["loss"]`` reports the mean over valid pairs whatever the reduction. Forward
+    passes a TD error does not read are removed by XLA.
+    """
+    _check_reduction(reduction)
     # The "double" rule needs the online network's choice whatever --double-q says.
     double_q = double_q or td_error is double_q_learning_td_error
     per_head = jax.vmap(lambda q, a, r, d: td_error(q, a, r, d, pal_alpha=pal_alpha),
@@ -156,6 +194,7 @@ def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_cli
         td = per_batch(q, batch.a_tm1, batch.r_t, batch.discount_t)  # [B, K]
         chex.assert_equal_shape([td, batch.mask])
         per_item = huber(td, td_clip) * batch.mask * weights[:, None]
+        objective = reduce_loss(per_item, batch.mask, reduction)
         loss = per_item.sum() / jnp.maximum(batch.mask.sum(), 1.0)
         abs_td = jnp.abs(td) * batch.mask
         heads_per_sample = jnp.maximum(batch.mask.sum(-1), 1.0)
@@ -169,7 +208,7 @@ def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_cli
             # The validation's V: max_a Q_target(s', a) over heads, 0 at a terminal s'.
             "value": target_t.max(-1).mean(-1) * (batch.discount_t > 0),   # [B]
         }
-        return loss, aux
+        return objective, aux
 
     return loss_fn
 
@@ -182,8 +221,8 @@ SEQUENCE_PRIORITY_ETA = 0.9
 
 def make_sequence_q_loss(unroll: Callable, init_carry: Callable, td_error: TDError, *,
                          double_q: bool, td_clip: float, pal_alpha: float, burn_in: int,
-                         loss_steps: str) -> Callable:
-    """Builds loss(params, target_params, sequence, weights) -> (loss, aux) for DRQN.
+                         loss_steps: str, reduction: str) -> Callable:
+    """Builds loss(params, target_params, sequence, weights) -> (objective, aux) for DRQN.
 
     Recurrent Q-learning (Hausknecht and Stone 2015): both networks are unrolled over the
     window from a zero state (``init_carry(B)``), resetting it where an episode starts; the
@@ -193,13 +232,15 @@ def make_sequence_q_loss(unroll: Callable, init_carry: Callable, td_error: TDErr
     ``loss_steps`` picks which of the T learnable steps enter the loss: "last" (the
     original's: the Q-values of the final step of a histLen sequence) or "all" (every step
     after burn-in, Hausknecht and Stone's bootstrapped sequential updates). Masks zero
-    reset steps and invalid windows.
+    reset steps and invalid windows. ``reduction`` as ``make_q_loss``, over the learned
+    steps of every window.
 
     ``unroll(params, obs [T, B, ...], first [T, B], carry) -> (q [T, B, K, A], carry)``.
     """
     if loss_steps not in SEQUENCE_LOSS_STEPS:
         raise ValueError(f"unknown sequence loss steps {loss_steps!r}: choose one of "
                          f"{', '.join(SEQUENCE_LOSS_STEPS)}")
+    _check_reduction(reduction)
     double_q = double_q or td_error is double_q_learning_td_error
     per_head = jax.vmap(lambda q, a, r, d: td_error(q, a, r, d, pal_alpha=pal_alpha),
                         in_axes=(0, None, None, None))              # over K
@@ -225,7 +266,9 @@ def make_sequence_q_loss(unroll: Callable, init_carry: Callable, td_error: TDErr
         chosen = jnp.ones((steps,)) if loss_steps == "all" else jnp.arange(steps) == steps - 1
         mask = batch.mask * chosen[:, None, None]                     # [T, B, K]
         count = jnp.maximum(mask.sum(), 1.0)
-        loss = (huber(td, td_clip) * mask * weights[None, :, None]).sum() / count
+        per_item = huber(td, td_clip) * mask * weights[None, :, None]
+        objective = reduce_loss(per_item, mask, reduction)
+        loss = per_item.sum() / count
         abs_td = jnp.abs(td) * mask
         heads = mask.sum(-1)                                          # [T, B]
         step_td = abs_td.sum(-1) / jnp.maximum(heads, 1.0)            # [T, B]
@@ -241,6 +284,6 @@ def make_sequence_q_loss(unroll: Callable, init_carry: Callable, td_error: TDErr
             "valid": learned.any(0),
             "value": (value_t * learned).sum(0) / num_learned,
         }
-        return loss, aux
+        return objective, aux
 
     return loss_fn

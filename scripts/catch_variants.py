@@ -1,7 +1,8 @@
 """Every member of the DQN family on Catch: greedy catch rate per seed, committed as a table.
 
 Each variant is the ``demo`` preset (dueling Double DQN on Catch) with one part switched, the
-option names the original's. All see one frame and update on every env step, as the learning
+option names the original's. All see one frame, update on every env step with the original's
+summed gradient (``--loss-reduction sum``; the demo itself keeps the mean), as the learning
 tests in tests/test_variants_learn.py (which import the settings from here); 4 seeds vmapped in
 one program per variant; a greedy evaluation (epsilon 0, 512 episodes per seed) every 40k steps.
 On the original's Catch no agent deciding from the last 1-4 frames catches more than 0.83 of
@@ -30,8 +31,9 @@ STEPS = 160_000
 # An evaluation every 40k steps, each 512 greedy episodes per seed (standard error about 0.02).
 EVALUATION = dict(val_freq=40_000, val_envs=64, val_steps=64 * 24 * 8, val_epsilon=0.0,
                   chunk_steps=40_000)
-# One frame, an update every env step: the settings every variant shares.
-SHARED = dict(hist_len=1, mem_sample_freq=1, seeds=4)
+# One frame, an update every env step, the original's update (the gradient summed over the
+# batch, docs/reduction.md): the settings every variant shares.
+SHARED = dict(hist_len=1, mem_sample_freq=1, loss_reduction="sum", seeds=4)
 VARIANTS = {
     "dqn": dict(duel=False, double_q=False),
     "double": dict(duel=False, double_q=True),
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
               "commit": commit_label(), "variants": results}
     out = Path(args.out)
     lines = ["# The DQN family on Catch", "",
-             f"The `demo` preset with one part switched; one frame, an update every step, "
+             f"The `demo` preset with one part switched; one frame, an update every step "
+             "with the original's summed gradient (`--loss-reduction sum`), "
              f"{SHARED['seeds']} seeds vmapped, {args.steps:,} steps per seed; greedy catch "
              "rate (epsilon 0, 512 episodes per seed) at evaluations every 40k steps. Best = "
              "the best evaluation, final = the last. Ceiling for an agent seeing the last 1-4 "

@@ -92,3 +92,38 @@ def test_host_loop_stores_every_transition_in_order(tmp_path, learn_start):
     for field, wanted in (("terminal", phase == 4), ("first", phase == 0), ("valid", phase != 5)):
         np.testing.assert_array_equal(getattr(rows, field)[:, :25],
                                       np.broadcast_to(wanted[None, :, None], (2, 25, 2)))
+
+
+def test_resumed_host_run_never_bootstraps_into_the_new_game(tmp_path):
+    """A host env cannot be restored, so a resumed run starts new games; the newest row saved
+    with the memory has no stored next observation and must not bootstrap into the new
+    game's first frame: it becomes a reset step. Checked from CountdownEnv's own dynamics
+    (its frame rises by 0.2, i.e. 51 of 255, each step): every row learned from without a
+    terminal is followed by its own next frame."""
+    from jaxatari.loop import Trainer
+    options = {"env": "tests.test_loop_host:CountdownEnv", "model_body": "mlp", "hist_len": 1,
+               "seeds": 2, "envs": 2, "learn_start": 30, "mem_size": 200, "batch_size": 8,
+               "val_freq": 1000, "val_steps": 4, "val_envs": 2, "chunk_steps": 10}
+    saved_rows = 31                  # the save falls mid-episode: row 30 is a first frame
+    run_dir, _ = train(build_config("demo", {**options, "steps": 2 * saved_rows}),
+                       tmp_path / "resume", quiet=True, checkpoint_replay=True)
+    config = build_config("demo", {**options, "steps": 100})
+    train(config, None, quiet=True, resume_from=run_dir, checkpoint_replay=True)
+    reader = dataclasses.replace(config, steps=200)   # a run that could continue it
+    restored = Trainer(reader, tmp_path / "reader", quiet=True).restore(
+        run_dir / "checkpoints" / "last")
+    storage = restored.items["replay"].storage
+    rows = jax.device_get(storage.rows)
+    size = int(storage.size)
+    assert size == 50
+    frame = rows.frame[:, :size, :, 0].astype(np.int64)                  # [S, R, E]
+    learned = rows.valid[:, :size - 1] & ~rows.terminal[:, :size - 1]
+    np.testing.assert_array_equal(np.where(learned, frame[:, 1:] - frame[:, :-1], 51), 51)
+    # The rows not learned from: every episode's reset step (phase 5), and the newest row
+    # saved before the resume, and nothing else.
+    phase = np.arange(size)
+    phase = np.where(phase < saved_rows, phase % 6, (phase - saved_rows) % 6)
+    wanted = (phase != 5) & (np.arange(size) != saved_rows - 1)
+    np.testing.assert_array_equal(rows.valid[:, :size],
+                                  np.broadcast_to(wanted[None, :, None], (2, size, 2)))
+    np.testing.assert_array_equal(rows.first[:, saved_rows], True)

@@ -5,7 +5,8 @@ References (one transition, one head; ``target`` = target network, ``online`` = 
   DQN (Mnih et al. 2015):      delta = r + d * max_a Qtarget(s', a) - Q(s, a_tm1)
   Double (van Hasselt 2016):   delta = r + d * Qtarget(s', argmax_a Qonline(s', a)) - Q(s, a_tm1)
   AL (Bellemare et al. 2016, Kaixhin/Atari):  delta - alpha * (max_a Qtarget(s, a) - Qtarget(s, a_tm1))
-  PAL: max(delta_AL, delta - alpha * (max_a Qtarget(s', a) - Qtarget(s', a_tm1)))
+  PAL: max(delta_AL, delta - alpha * (max_a Qtarget(s', a) - Qtarget(s', a_tm1))), where the
+       original (Agent.lua learn) first zeroes Qtarget(s', .) when s' is terminal (discount 0)
 """
 from __future__ import annotations
 
@@ -56,10 +57,12 @@ def ref_al(online_tm1, target_tm1, target_t, online_t, a_tm1, r_t, discount_t, a
 
 def ref_pal(online_tm1, target_tm1, target_t, online_t, a_tm1, r_t, discount_t, alpha,
             double_q):
+    # Agent.lua: self.QPrimes[n]:mul(1 - terminals[n]) before the target and V(s'), Q(s', a).
+    q_prime = target_t * (0.0 if discount_t == 0 else 1.0)
     select = online_t if double_q else target_t
-    delta = ref_delta(online_tm1, target_t, select, a_tm1, r_t, discount_t)
+    delta = ref_delta(online_tm1, q_prime, select, a_tm1, r_t, discount_t)
     delta_al = delta - alpha * (np.max(target_tm1) - target_tm1[a_tm1])
-    delta_persistent = delta - alpha * (np.max(target_t) - target_t[a_tm1])
+    delta_persistent = delta - alpha * (np.max(q_prime) - q_prime[a_tm1])
     return max(delta_al, delta_persistent)
 
 
@@ -187,6 +190,23 @@ def test_pal_differs_from_al_when_the_next_state_gap_is_smaller():
     np.testing.assert_allclose(pal, 1.0 - 0.5 * 0.5)
 
 
+@pytest.mark.parametrize("alpha", [0.9, 0.5])
+def test_pal_at_a_terminal_is_the_max_of_al_and_plain_delta(alpha):
+    """The issue's example: r = 1, discount 0, Q(s, a) = 0.5, gaps 0.8 at s and 2.0 at s'.
+    Written out from Agent.lua: Q(s', .) is zeroed at a terminal s', so the second gap is 0
+    and delta_PAL = max(delta - alpha 0.8, delta) = delta = +0.5 (not 0.5 - 0.72 = -0.22)."""
+    q = QValues(online_tm1=jnp.array([0.5, 0.0]), target_tm1=jnp.array([0.5, 1.3]),
+                target_t=jnp.array([0.0, 2.0]), select_t=jnp.array([0.0, 2.0]))
+    got = TD_ERRORS["pal"](q, 0, 1.0, 0.0, pal_alpha=alpha)
+    delta = 1.0 + 0.0 - 0.5
+    np.testing.assert_allclose(got, max(delta - alpha * 0.8, delta - alpha * 0.0), rtol=1e-6)
+    np.testing.assert_allclose(got, 0.5, rtol=1e-6)
+    # Not at a terminal the same Q-values take the smaller gap, 0.8: delta_AL.
+    got = TD_ERRORS["pal"](q, 0, 1.0, 0.5, pal_alpha=alpha)
+    delta = 1.0 + 0.5 * 2.0 - 0.5
+    np.testing.assert_allclose(got, delta - alpha * min(0.8, 2.0), rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- huber
 
 class HuberTest(chex.TestCase):
@@ -251,7 +271,7 @@ def test_masked_head_gets_zero_gradient(loss_name):
     network = tiny_network()
     params, target_params = params_pair(network)
     loss_fn = make_q_loss(network.apply, TD_ERRORS[loss_name], double_q=True, td_clip=1.0,
-                          pal_alpha=0.5)
+                          pal_alpha=0.5, reduction="sum")
     batch = random_batch(1, NUM_HEADS, mask=[[1.0, 0.0, 1.0]])
     grads, _ = jax.jit(jax.grad(loss_fn, has_aux=True))(params, target_params, batch,
                                                         jnp.ones(1))
@@ -267,20 +287,21 @@ def test_importance_weights_scale_the_loss():
     network = tiny_network()
     params, target_params = params_pair(network)
     loss_fn = jax.jit(make_q_loss(network.apply, TD_ERRORS["dqn"], double_q=False, td_clip=1.0,
-                                  pal_alpha=0.0))
+                                  pal_alpha=0.0, reduction="sum"))
     batch = random_batch(4, NUM_HEADS, seed=1)
     base, _ = loss_fn(params, target_params, batch, jnp.ones(4))
     scaled, _ = loss_fn(params, target_params, batch, jnp.full(4, 0.25))
     np.testing.assert_allclose(scaled, 0.25 * base, rtol=1e-5)
-    # a weight of 0 removes one sample exactly: the loss is the others' sum over all pairs
+    # a weight of 0 removes one sample exactly: the summed loss is the others' sum
     weights = jnp.array([1.0, 0.0, 1.0, 1.0])
     partial, _ = loss_fn(params, target_params, batch, weights)
     single, _ = loss_fn(params, target_params,
                         jax.tree.map(lambda x: x[1:2], batch), jnp.ones(1))
-    np.testing.assert_allclose(partial, base - single * NUM_HEADS / (4 * NUM_HEADS), rtol=1e-5)
+    np.testing.assert_allclose(partial, base - single, rtol=1e-5)
 
 
-def test_loss_and_priority_against_numpy():
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_loss_and_priority_against_numpy(reduction):
     network = tiny_network()
     params, target_params = params_pair(network)
     mask = np.array([[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]], np.float32)
@@ -288,7 +309,7 @@ def test_loss_and_priority_against_numpy():
     batch = random_batch(4, NUM_HEADS, seed=2, mask=mask)
     td_clip = 0.5
     loss_fn = jax.jit(make_q_loss(network.apply, TD_ERRORS["dqn"], double_q=True,
-                                  td_clip=td_clip, pal_alpha=0.0))
+                                  td_clip=td_clip, pal_alpha=0.0, reduction=reduction))
     loss, aux = loss_fn(params, target_params, batch, jnp.asarray(weights))
 
     online_tm1 = np.asarray(network.apply(params, batch.obs_tm1))      # [B, K, A]
@@ -301,9 +322,13 @@ def test_loss_and_priority_against_numpy():
                                  int(batch.a_tm1[b]), float(batch.r_t[b]), 0.99)
     abs_td = np.abs(td)
     hub = np.where(abs_td <= td_clip, 0.5 * td ** 2, td_clip * (abs_td - 0.5 * td_clip))
-    want_loss = (hub * mask * weights[:, None]).sum() / mask.sum()
-    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
-    np.testing.assert_allclose(aux["loss"], want_loss, rtol=1e-5)
+    weighted = hub * mask * weights[:, None]
+    # the objective: a sum over samples, or each head's mean over its own masked samples
+    want_objective = (weighted.sum() if reduction == "sum"
+                      else sum(weighted[:, k].sum() / mask[:, k].sum() for k in range(NUM_HEADS)))
+    np.testing.assert_allclose(loss, want_objective, rtol=1e-5)
+    # the reported loss: the mean over unmasked (sample, head) pairs either way
+    np.testing.assert_allclose(aux["loss"], weighted.sum() / mask.sum(), rtol=1e-5)
     # priority: mean |td| over the unmasked heads, unclipped; 0 for a sample with no head
     want_priority = (abs_td * mask).sum(-1) / np.maximum(mask.sum(-1), 1)
     np.testing.assert_allclose(aux["priority"], want_priority, rtol=1e-5)
@@ -321,11 +346,11 @@ def test_double_loss_ignores_the_double_q_flag():
     batch = random_batch(16, 1, seed=4)
     weights = jnp.ones(16)
     double_flag_off = make_q_loss(network.apply, TD_ERRORS["double"], double_q=False,
-                                  td_clip=0.0, pal_alpha=0.0)
+                                  td_clip=0.0, pal_alpha=0.0, reduction="sum")
     dqn_flag_on = make_q_loss(network.apply, TD_ERRORS["dqn"], double_q=True, td_clip=0.0,
-                              pal_alpha=0.0)
+                              pal_alpha=0.0, reduction="sum")
     dqn_flag_off = make_q_loss(network.apply, TD_ERRORS["dqn"], double_q=False, td_clip=0.0,
-                               pal_alpha=0.0)
+                               pal_alpha=0.0, reduction="sum")
     got, _ = double_flag_off(params, target_params, batch, weights)
     want, _ = dqn_flag_on(params, target_params, batch, weights)
     plain, _ = dqn_flag_off(params, target_params, batch, weights)
@@ -358,7 +383,8 @@ def test_resolve_import_path():
     # and it plugs into the loss factory
     network = tiny_network(num_heads=1)
     params, target_params = params_pair(network)
-    loss_fn = make_q_loss(network.apply, function, double_q=False, td_clip=0.0, pal_alpha=0.0)
+    loss_fn = make_q_loss(network.apply, function, double_q=False, td_clip=0.0, pal_alpha=0.0,
+                          reduction="sum")
     loss, _ = loss_fn(params, target_params, random_batch(2, 1), jnp.ones(2))
     assert np.isfinite(loss)
 

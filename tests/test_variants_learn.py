@@ -9,7 +9,8 @@ random policy's 0.08 (the printed table shows where each seed lands; most reach 
 slowest seed of Double DQN about 0.63 within this budget).
 
 Each run (settings in scripts/catch_variants.py, which also writes the committed table
-results/catch-variants.md) is the demo preset with one part switched, one frame per step (the frames before it
+results/catch-variants.md) is the demo preset with one part switched, the original's summed
+gradient (--loss-reduction sum; the demo itself keeps the mean), one frame per step (the frames before it
 do not raise the ceiling, and the network learns faster without them) and an update on every
 env step (--mem-sample-freq 1: in probes this lifted the weakest of 4 DQN seeds from 0.59 to
 0.77 at the same step count), 4 seeds vmapped in one program, scored greedily on 512 episodes

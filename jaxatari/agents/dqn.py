@@ -80,6 +80,7 @@ class QAgentSettings:
     learning_rate: float = 1e-4
     momentum: float = 0.95
     grad_clip: float = 0.0
+    loss_reduction: str = "sum"    # "sum" over the batch (the original's update) or "mean" (DQN Zoo's)
     lr_decay_updates: int = 0      # > 0: learning rate annealed linearly to 0 over this many updates
     recurrent: bool = False        # DRQN: LSTM core; hist_len is then the sequence length
     burn_in: int = 0               # recurrent: steps that only warm the state (R2D2)
@@ -98,7 +99,8 @@ class QAgent:
     init: Callable        # (key) -> (TrainState, ReplayState, ActorState)
     init_actor: Callable  # (num_envs, key) -> ActorState with empty stacks (and zero LSTM state)
     q_values: Callable    # (params, stack [B, ...]) -> [B, K, A]; recurrent: one step from zero state
-    loss: Callable        # (params, target_params, batch, weights [B]) -> (loss, aux)
+    loss: Callable        # (params, target_params, batch, weights [B]) -> (objective, aux)
+    learn: Callable       # (train, batch, weights [B]) -> (train, aux): one optimiser step
     act: Callable         # (params, actor, epsilon, vote, explore_only) -> (actions [E], actor)
     observe: Callable     # (actor, frame [E, ...], is_first [E]) -> actor
     make_row: Callable    # (frame, action, reward, terminal, is_first, valid, key) -> Row
@@ -119,7 +121,8 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
 
         loss_fn = make_sequence_q_loss(network.apply, init_core, td_error, double_q=s.double_q,
                                        td_clip=s.td_clip, pal_alpha=s.pal_alpha,
-                                       burn_in=s.burn_in, loss_steps=s.loss_steps)
+                                       burn_in=s.burn_in, loss_steps=s.loss_steps,
+                                       reduction=s.loss_reduction)
     else:
         network = QNetwork(body=body, num_actions=s.num_actions, hidden_size=s.hidden_size,
                            num_heads=s.num_heads, dueling=s.dueling, activation=activation)
@@ -129,7 +132,7 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
             return ()
 
         loss_fn = make_q_loss(network.apply, td_error, double_q=s.double_q, td_clip=s.td_clip,
-                              pal_alpha=s.pal_alpha)
+                              pal_alpha=s.pal_alpha, reduction=s.loss_reduction)
     learning_rate = (optax.linear_schedule(s.learning_rate, 0.0, s.lr_decay_updates)
                      if s.lr_decay_updates > 0 else s.learning_rate)
     optimiser = make_optimiser(s.optimiser, learning_rate=learning_rate,
@@ -209,6 +212,15 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
                    reward=clipped.astype(jnp.float32), terminal=terminal, first=is_first,
                    valid=valid, mask=mask)
 
+    def learn(train: TrainState, batch, weights):
+        """One optimiser step on a batch: the gradient of the reduced loss (the original's
+        Agent.lua ``learn`` with --loss-reduction sum), clipped, then the optimiser's step."""
+        grads, aux = jax.grad(loss_fn, has_aux=True)(train.params, train.target_params,
+                                                     batch, weights)
+        updates, opt_state = optimiser.update(grads, train.opt_state, train.params)
+        params = optax.apply_updates(train.params, updates)
+        return train.replace(params=params, opt_state=opt_state), aux
+
     def update(train: TrainState, replay_state: ReplayState, beta):
         key, sample_key = jax.random.split(train.key)
         batch, indices, probabilities = replay.sample(replay_state, sample_key, s.batch_size)
@@ -216,10 +228,7 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         # Importance weights (Schaul et al. 2016), normalised by the batch maximum.
         weights = (count * probabilities) ** (-beta)
         weights = weights / jnp.max(weights)
-        grads, aux = jax.grad(loss_fn, has_aux=True)(train.params, train.target_params,
-                                                     batch, weights)
-        updates, opt_state = optimiser.update(grads, train.opt_state, train.params)
-        params = optax.apply_updates(train.params, updates)
+        train, aux = learn(train, batch, weights)
         # A sample that could not be learned from keeps its priority: point its update at
         # a valid sample of the batch (a duplicate write of the same value).
         valid = aux["valid"]
@@ -228,13 +237,13 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         priorities = jnp.where(valid, aux["priority"], aux["priority"][fallback])
         replay_state = replay.update_priorities(replay_state, indices, priorities)
         metrics = {name: aux[name] for name in ("loss", "td_error", "q_mean")}
-        return train.replace(params=params, opt_state=opt_state, key=key), replay_state, metrics
+        return train.replace(key=key), replay_state, metrics
 
     def sync_target(train: TrainState) -> TrainState:
         return train.replace(target_params=jax.tree.map(jnp.copy, train.params))
 
     return QAgent(settings=s, network=network, replay=replay, stack_shape=stack_shape,
                   frame_dtype=frame_dtype, init=init, init_actor=init_actor,
-                  q_values=q_values, loss=loss_fn,
+                  q_values=q_values, loss=loss_fn, learn=learn,
                   act=act, observe=observe, make_row=make_row, update=update,
                   sync_target=sync_target)
