@@ -6,10 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_cpu_dry_run_writes_every_step_and_collect_makes_the_table(tmp_path):
+    pytest.importorskip("gymnax", reason="the session's minatar step needs jaxatari[minatar]")
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(ROOT / "scripts/gpu/session.sh"), "--cpu-dry-run"],
