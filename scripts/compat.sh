@@ -47,7 +47,7 @@ record() { "${INTERPRETERS[0]}" -c 'import json, sys; print(json.dumps(dict(zip(
 for version in "$@"; do
     installed=""
     for python in "${INTERPRETERS[@]}"; do
-        venv="$WORK/jax-$version-$python"
+        venv="$WORK/jax-$version-$(basename "$python")"
         "$python" -m venv "$venv" || continue
         echo "[compat] JAX $version on $python: installing" >&2
         # constraints.txt's other pins first; where they conflict with this JAX (newer JAX
