@@ -129,7 +129,8 @@ def our_dqn_config(learn_start: int, total: int, chunk: int, seed: int, override
         "tau": DQN["target_update_interval"], "optimiser": "adam", "eta": DQN["learning_rate"],
         "epsilon_end": DQN["epsilon_end"], "epsilon_steps": DQN["exploration_steps"],
         "grad_clip": DQN["grad_clip"], "learn_start": learn_start, "steps": total,
-        "chunk_steps": chunk, "val_freq": 100 * total, "val_envs": 1, "val_steps": 1,
+        "chunk_steps": chunk, "val_freq": min(100 * total, 2**31 - 1),    # never validates
+        "val_envs": 1, "val_steps": 1,
         **(overrides or {})})
 
 
@@ -348,7 +349,8 @@ def _no_learning_speed(s: dict, seed: int) -> float:
 def cli_train(preset: str, seeds: int, overrides: dict, run_dir: Path) -> subprocess.Popen:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()]
     inherited = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *([inherited] if inherited else [])])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *([inherited] if inherited else [])])}
     return subprocess.Popen([sys.executable, "-m", "jaxatari", "train", preset, "--quiet",
                              f"--seeds={seeds}", f"--run-dir={run_dir}", *flags],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

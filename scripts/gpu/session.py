@@ -199,7 +199,8 @@ def markdown(session: dict) -> str:
                              f"replay ratio, aggregate steps/s | "
                              f"{c['aggregate_steps_per_second']['median']:.0f} |")
             for c in r["skipped"]:
-                lines.append(f"| atari | {c['envs']} envs x {c['seeds']} seeds | skipped (time) |")
+                why = f"failed: {c['error'][:100]}" if "error" in c else "skipped (time)"
+                lines.append(f"| atari | {c['envs']} envs x {c['seeds']} seeds | {why} |")
         elif name == "minatar":
             for c in r["configurations"]:
                 lines.append(f"| minatar | SpaceInvaders-MinAtar, {c['seeds']} vmapped seeds, "
