@@ -43,13 +43,14 @@ MIN_LEFT_S = 25
 
 
 def source_commit() -> dict:
-    """The commit the tree came from: git where there is one, else ``.whl/source.json``
-    (written by scripts/gpu/prepare.sh, since the copy on the GPU machine has no .git)."""
+    """The commit the tree came from: on the GPU machine (session.sh sets
+    JAXATARI_CARRIED_SOURCE) ``.whl/source.json`` from scripts/gpu/prepare.sh, since the copy
+    there may hold a .git of another commit; elsewhere git's HEAD."""
+    carried = ROOT / ".whl" / "source.json"
+    if os.environ.get("JAXATARI_CARRIED_SOURCE") and carried.is_file():
+        return json.loads(carried.read_text())
     from scripts.provenance import git_commit
     commit, dirty = git_commit()
-    carried = ROOT / ".whl" / "source.json"
-    if carried.is_file():     # the GPU machine's copy can hold a .git of another commit
-        return json.loads(carried.read_text())
     return {"commit": commit, "dirty": dirty}
 
 

@@ -20,7 +20,7 @@ fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
 cp -r .whl/site/. /tmp/site/
-export PYTHONPATH="/tmp/site:$ROOT"
+export PYTHONPATH="/tmp/site:$ROOT" JAXATARI_CARRIED_SOURCE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())" || exit 1
 exec python3 -m scripts.gpu.session --out "$OUT" "$@"
