@@ -143,7 +143,7 @@ out, versions, tests = Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 command = f"scripts/compat.sh --tests '{tests}' {versions}"
 out.parent.mkdir(parents=True, exist_ok=True)
-out.with_suffix(".json").write_text(json.dumps({"command": command, "commit": commit,
+out.parent.joinpath(out.name + ".json").write_text(json.dumps({"command": command, "commit": commit,
                                                 "records": records}, indent=2) + "\n")
 lines = ["| JAX | Python | extras | constraints.txt | tests | result | seconds | resolved |",
          "|---|---|---|---|---|---|---:|---|"]
@@ -164,6 +164,6 @@ lines += ["", f"Command: `{command}`", "", f"Commit: `{commit}`", ""]
 notes = out.with_name(out.name + "-notes.md")
 if notes.is_file():
     lines += [notes.read_text().rstrip("\n"), ""]
-out.with_suffix(".md").write_text("\n".join(lines))
+out.parent.joinpath(out.name + ".md").write_text("\n".join(lines))
 print("\n".join(lines))
 PY

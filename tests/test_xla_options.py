@@ -25,6 +25,11 @@ def _dense_grad(x, w):
 def test_cpu_edge_compiles_without_library_fusions_and_computes_the_same(fresh_options):
     if jax.default_backend() != "cpu":
         pytest.skip("the YNN library-fusion option is XLA-CPU's")
+    try:     # jaxlib 0.10.0 has no such option, and the package then keeps XLA's defaults
+        jax.jit(lambda v: v + 1, compiler_options={YNN_OPTION: ""}).lower(jnp.zeros(())).compile()
+    except Exception:
+        assert compiler_options() == {}
+        pytest.skip(f"this jaxlib ({jax.__version__}) has no {YNN_OPTION}")
     assert compiler_options() == {YNN_OPTION: ""}
     x = jax.random.normal(jax.random.key(0), (32, 256))
     w = jax.random.normal(jax.random.key(1), (256, 64)) / 16
