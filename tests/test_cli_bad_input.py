@@ -17,6 +17,20 @@ from jaxatari import cli
 RUN = "<run>"
 
 BAD_INPUT = [
+    # options and their values
+    (["train", "no-such-preset", "--run-dir", RUN], "unknown preset"),
+    (["train", "demo", "--no-such-option", "3", "--run-dir", RUN], "unrecognized arguments"),
+    (["train", "demo", "--steps", "-5", "--run-dir", RUN], "--steps must be positive"),
+    (["train", "demo", "--steps", "ten", "--run-dir", RUN], "--steps expects int"),
+    (["train", "demo", "--mem-size", "16", "--batch-size", "32", "--run-dir", RUN], "must be larger than --batch-size"),
+    (["train", "demo", "--learn-start", "8", "--run-dir", RUN], "so the first batch can be drawn"),
+    (["train", "demo", "--env", "nowhere", "--run-dir", RUN], "unknown environment"),
+    (["train", "demo", "--env", "atari", "--game", "NotAGame", "--run-dir", RUN], "unknown Atari game"),
+    (["train", "demo", "--env", "NoSuch-MinAtar", "--run-dir", RUN], "MinAtar"),
+    (["train", "demo", "--optimiser", "adamw", "--run-dir", RUN], "--optimiser must be one of"),
+    (["train", "demo", "--flickering", "1.5", "--run-dir", RUN], "--flickering must be in [0, 1]"),
+    (["train", "demo", "--loss", "nope", "--run-dir", RUN], "unknown loss"),
+    (["train", "demo", "--model-body", "nope", "--run-dir", RUN], "unknown model body"),
     # bounds of the 32-bit counters
     (["train", "demo", "--steps", "1e99", "--run-dir", RUN], "--steps must be at most 2,147,483,647"),
     (["train", "demo", "--steps", "3000000000", "--run-dir", RUN], "--steps must be at most"),
@@ -35,6 +49,7 @@ BAD_INPUT = [
     (["train", "demo", "--model-body", "builtins:print", "--run-dir", RUN], "not a flax Module class"),
     (["train", "demo", "--model-body", "collections:OrderedDict", "--run-dir", RUN], "not a flax Module class"),
     (["train", "demo", "--env", "faulthandler:dump_traceback", "--run-dir", RUN], "not a gymnasium.Env subclass"),
+    (["train", "demo", "--env", "os:getcwd", "--run-dir", RUN], "not a gymnasium.Env subclass"),
     # a body that does not fit the observations
     (["train", "nature", "--env", "CartPole-v1", "--run-dir", RUN], "convolves images [H, W, C], but the observations have shape (4,)"),
     (["train", "demo", "--model-body", "nature", "--run-dir", RUN], "--model-body nature needs larger images than 24x24"),
