@@ -30,7 +30,9 @@ repeat) whose numbers mean nothing.
     python -m scripts.benchmark --quick --no-peers --output-dir /tmp/bench
 
 Writes ``<output-dir>/cpu-<name>.json`` and ``cpu-<name>.md`` (``--name``, default the
-logical CPU count, e.g. ``2core``); ``--update-readme`` puts the table in README.md.
+logical CPU count, e.g. ``2core``); ``--update-readme`` puts the table between the
+``benchmark:start`` and ``benchmark:end`` marks of docs/performance.md (the flag keeps its name
+from when the table was in README.md).
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ SECTIONS = ("peers", "learner", "overhead", "seeds", "actor", "gpu")
 TARGETS = {"peers_ratio": 1.2, "flop_bound_ratio": 1.3, "envpool_fraction": 0.85,
            "seed_speedup": 3.0}
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
-ROOT_README = ROOT / "README.md"
+ROOT_README = ROOT / "docs" / "performance.md"    # the file whose block --update-readme rewrites
 PEER_PACKAGES = ("torch==2.13.0", "stable-baselines3==2.9.2", "sbx-rl==0.28.0",
                  "envpool==1.2.5", "jax==0.10.2", "jaxlib==0.10.2")
 
@@ -594,7 +596,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--name", default=f"{os.cpu_count()}core")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "results" / "benchmarks")
     parser.add_argument("--update-readme", action="store_true",
-                        help="replace README.md's benchmark block with the new table")
+                        help="replace the benchmark block of docs/performance.md with the "
+                             "new table")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 1

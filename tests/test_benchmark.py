@@ -57,3 +57,9 @@ def test_markdown_names_every_target_and_the_gpu_state():
     assert "100% | >= 85% | yes" in table
     assert "3.50x | >= 3.0x | yes" in table
     assert "GPU section: not run" in table
+
+
+def test_update_readme_targets_the_performance_doc_block():
+    assert benchmark.ROOT_README == benchmark.ROOT / "docs" / "performance.md"
+    text = benchmark.ROOT_README.read_text()
+    assert text.count(benchmark.README_START) == 1 and text.count(benchmark.README_END) == 1

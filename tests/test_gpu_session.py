@@ -37,3 +37,16 @@ def test_cpu_dry_run_writes_every_step_and_collect_makes_the_table(tmp_path):
     assert "| atari | DQN, 4 envpool envs x 2 seeds" in table
     assert "1.0x the CPU's" in table      # the reference is the same run: ratio 1
 
+
+
+def test_update_readme_rewrites_the_gpu_block_of_the_performance_doc(tmp_path, monkeypatch):
+    from scripts.gpu import collect
+    assert collect.TABLE_DOC == ROOT / "docs" / "performance.md"
+    text = collect.TABLE_DOC.read_text()
+    assert text.count(collect.README_START) == 1 and text.count(collect.README_END) == 1
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"intro\n{collect.README_START}\nold table\n{collect.README_END}\nend\n")
+    monkeypatch.setattr(collect, "TABLE_DOC", doc)
+    collect.update_readme(["| new | table |"])
+    assert doc.read_text() == (f"intro\n{collect.README_START}\n| new | table |\n"
+                               f"{collect.README_END}\nend\n")

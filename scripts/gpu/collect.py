@@ -4,7 +4,8 @@ A lease can take several calls (a step failed and was rerun alone), so this merg
 ``session.json`` of each call, later calls first: each step keeps its last successful result,
 with the commit its call ran. ``--cpu`` adds a CPU reference run of the same steps
 (``python -m scripts.gpu.session --only device minatar``, run here) for the GPU/CPU ratios;
-``--update-readme`` puts the table between README.md's ``gpu:start`` and ``gpu:end`` marks.
+``--update-readme`` puts the table between the ``gpu:start`` and ``gpu:end`` marks of
+docs/performance.md (the flag keeps its name from when the table was in README.md).
 
     python -m scripts.gpu.collect results/benchmarks/gpu-nvidia-h200-calls/{1,2,4} --cpu /tmp/cpu-ref --update-readme
 """
@@ -19,6 +20,7 @@ from scripts.gpu.session import STEPS
 
 ROOT = Path(__file__).resolve().parents[2]
 README_START, README_END = "<!-- gpu:start -->", "<!-- gpu:end -->"
+TABLE_DOC = ROOT / "docs" / "performance.md"     # the file whose gpu block --update-readme rewrites
 # The issue's targets on one GPU: Atari DQN at the Nature replay ratio, aggregate steps/s;
 # MinAtar Space Invaders with 8 vmapped seeds against the same step on this 2-core CPU.
 ATARI_TARGET = 5000
@@ -96,10 +98,10 @@ def table(record: dict) -> list[str]:
 
 
 def update_readme(lines: list[str]) -> None:
-    readme = ROOT / "README.md"
+    readme = TABLE_DOC
     text = readme.read_text()
     if README_START not in text or README_END not in text:
-        raise SystemExit(f"README.md has no {README_START} ... {README_END} block")
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} block")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     readme.write_text(f"{head}{README_START}\n" + "\n".join(lines) + f"\n{README_END}{tail}")
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("dirs", nargs="+", type=Path, help="each call's $OUT, oldest first")
     parser.add_argument("--cpu", type=Path, help="a CPU reference run's output folder")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "results" / "benchmarks")
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="replace the gpu block of docs/performance.md with the new table")
     args = parser.parse_args(argv)
     steps = merged(args.dirs)
     if "device" not in steps:
