@@ -23,12 +23,28 @@ if jax.default_backend() == "gpu":
 
 
 def pytest_collection_modifyitems(config, items):
-    """Without gymnax (``jaxatari[minatar]``, which caps JAX below 0.12), MinAtar's tests skip."""
+    """Slow tests run first and, under pytest-xdist (scripts/test.sh), tests that share a
+    module-scoped fixture run on one worker so it is built once; without gymnax
+    (``jaxatari[minatar]``, which caps JAX below 0.12), MinAtar's tests skip."""
     import importlib.util
     import pytest
+    # Stable: the slow learning runs start at once on every worker, the quick tests fill in.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    for item in items:
+        if _uses_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     if importlib.util.find_spec("gymnax") is not None:
         return
     skip = pytest.mark.skip(reason="MinAtar needs gymnax: pip install 'jaxatari[minatar]'")
     for item in items:
         if "minatar" in item.nodeid.lower():
             item.add_marker(skip)
+
+
+def _uses_module_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(definition.scope in ("module", "package", "session")
+               for name in item.fixturenames
+               for definition in info.name2fixturedefs.get(name, ()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
 import subprocess
 import time
@@ -23,7 +24,12 @@ def start() -> tuple[str | None, str]:
         import tkinter  # noqa: F401
     except ImportError:
         return None, "Python's tkinter is not installed"
-    number = next(n for n in range(99, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists()
+    # Each pytest-xdist worker (PYTEST_XDIST_WORKER gw0, gw1, ...) looks for a free display
+    # in its own range, so workers starting side by side never race for one.
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").lstrip("gw") or 0)
+    first = 99 + 20 * worker
+    number = next(n for n in range(first, first + 20)
+                  if not Path(f"/tmp/.X11-unix/X{n}").exists()
                   and not Path(f"/tmp/.X{n}-lock").exists())
     server = subprocess.Popen([xvfb, f":{number}", "-screen", "0", "800x600x24", "-nolisten",
                                "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
