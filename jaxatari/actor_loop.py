@@ -69,10 +69,12 @@ from flax import struct
 
 from jaxatari.agents.actor_learner import (Q_METHODS, ActorLearner, ActorLearnerSettings,
                                            Actors, Rollout, actor_epsilon, make_actor_learner)
+from jaxatari.agents.frames import push_frame
 from jaxatari.agents.native import (_reset_or_step, make_scored_play, scan_iterations,
                                     to_agent_frame)
 from jaxatari.config import Config, async_batch_size
 from jaxatari.envs import EnvSpec, JaxEnv
+from jaxatari.evaluation import EVAL_ENV_SEED_OFFSET, EVAL_KEY_OFFSET
 from jaxatari.metrics import Evaluation, mean_score
 from jaxatari.types import TrainState
 from jaxatari.xla_options import edge_jit
@@ -333,7 +335,7 @@ class PlainSession:
         self.logger = logger
         self.evaluations: list[Evaluation] = []
         self.next_eval = config.val_freq
-        self.eval_key = jax.random.PRNGKey(config.seed + 10_007)
+        self.eval_key = jax.random.PRNGKey(config.seed + EVAL_KEY_OFFSET)
 
     def next_eval_key(self):
         self.eval_key, key = jax.random.split(self.eval_key)
@@ -454,7 +456,7 @@ class HostEvaluator:
     def __call__(self, params, step: int, key) -> tuple[np.ndarray, np.ndarray]:
         c = self.config
         seeds, envs = c.seeds, c.val_envs
-        env = self.env_factory(seeds * envs, c.seed + 7919 + step, mode="eval")
+        env = self.env_factory(seeds * envs, c.seed + EVAL_ENV_SEED_OFFSET + step, mode="eval")
         try:
             stack = jnp.zeros((seeds, envs, *self.learner.stack_shape), self.learner.frame_dtype)
             stack = self.observe(stack, _to_seeds(env.reset(), seeds), np.ones((seeds, envs), bool))
@@ -624,7 +626,6 @@ class AsyncActors:
                  epsilon_fn: Callable, life_loss_terminal: bool):
         self.pool = pool
         self.num_envs, self.batch_size, self.length_max = num_envs, batch_size, rollout_length
-        self.channels = None
         self.final_epsilon = np.asarray(final_epsilon, np.float32)
         self.epsilon_fn = epsilon_fn
         self.life_loss_terminal = life_loss_terminal
@@ -649,9 +650,8 @@ class AsyncActors:
         self.pool.async_reset()
 
     def _push(self, i: int, frame: np.ndarray, is_first: bool) -> None:
-        channels = frame.shape[-1]
-        stack = np.zeros_like(self.stack[i]) if is_first else self.stack[i]
-        self.stack[i] = np.concatenate([stack[..., channels:], frame.astype(stack.dtype)], -1)
+        self.stack[i] = push_frame(self.stack[i][None], frame[None], np.asarray([is_first]),
+                                   xp=np)[0]
 
     def _complete(self, i: int) -> None:
         """Files env i's full rollout, whose last stack is the env's current one."""

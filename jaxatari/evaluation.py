@@ -34,6 +34,13 @@ from jaxatari.types import ActorState, Transition
 from jaxatari.xla_options import edge_jit
 
 DEFAULT_VAL_SIZE = 500   # the original's -valSize
+# The evaluations' random streams, offset from --seed so they never repeat training's:
+# the chain of evaluation keys (split once per evaluation, checkpointed) ...
+EVAL_KEY_OFFSET = 10_007
+# ... host evaluation envs, seeded --seed + EVAL_ENV_SEED_OFFSET + step ...
+EVAL_ENV_SEED_OFFSET = 7919
+# ... and the draw of the Q agent's held-out transitions from its replay memory.
+HELDOUT_KEY_OFFSET = 31_337
 
 
 # ------------------------------------------------------------------ held-out transitions

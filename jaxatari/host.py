@@ -19,6 +19,7 @@ from jaxatari.agents.dqn import QAgent
 from jaxatari.agents.native import Cadence, to_agent_frame
 from jaxatari.config import Config
 from jaxatari.envs.base import SplitStep
+from jaxatari.evaluation import EVAL_ENV_SEED_OFFSET
 from jaxatari.metrics import mean_score
 from jaxatari.xla_options import edge_jit
 
@@ -222,7 +223,7 @@ class HostRunner:
     def evaluate(self, params, step: int, key) -> tuple[np.ndarray, np.ndarray]:
         """Plays --val-steps steps per seed (over --val-envs envs) in evaluation mode."""
         c = self.config
-        env = self.env_factory(c.seeds * c.val_envs, c.seed + 7919 + step, mode="eval")
+        env = self.env_factory(c.seeds * c.val_envs, c.seed + EVAL_ENV_SEED_OFFSET + step, mode="eval")
         try:
             actor = jax.vmap(lambda k: self.agent.init_actor(c.val_envs, k))(
                 jax.random.split(key, c.seeds))

@@ -56,7 +56,8 @@ from jaxatari.agents.native import (Cadence, NativeCarry, init_native_seeds, mak
                                     make_native_evaluate, native_seed_axes)
 from jaxatari.config import Config, ConfigError, config_json, flag_name, resolved_loss
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
-from jaxatari.evaluation import DEFAULT_VAL_SIZE, make_heldout_sampler, make_value_stats
+from jaxatari.evaluation import (DEFAULT_VAL_SIZE, EVAL_KEY_OFFSET, HELDOUT_KEY_OFFSET,
+                                 make_heldout_sampler, make_value_stats)
 from jaxatari.metrics import Evaluation, RunLogger, finite_or_none, mean_score
 from jaxatari.networks import body_misfit
 from jaxatari.rundir import RunDirLock, check_run_dir, create_run_dir
@@ -315,8 +316,8 @@ class Trainer:
             from jaxatari.actor_loop import build_learner
             self.learner = build_learner(config, self.spec)
         self.keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
-        self.eval_key = jax.random.PRNGKey(config.seed + 10_007)
-        self.heldout_key = jax.random.PRNGKey(config.seed + 31_337)
+        self.eval_key = jax.random.PRNGKey(config.seed + EVAL_KEY_OFFSET)
+        self.heldout_key = jax.random.PRNGKey(config.seed + HELDOUT_KEY_OFFSET)
         self.checkpoints = ckpt.RunCheckpoints(run_dir, keep_every=keep_every)
         self.checkpoint_replay = checkpoint_replay
         if val_size < 1:

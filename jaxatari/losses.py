@@ -41,8 +41,19 @@ class TDError(Protocol):
                  *, pal_alpha: float) -> jax.Array: ...
 
 
-def _bootstrap_action(q: QValues) -> jax.Array:
-    return jnp.argmax(q.select_t)
+def action_value(q_values: jax.Array, action: jax.Array) -> jax.Array:
+    """Q(s, a) from Q-values [..., A] and actions [...]."""
+    return jnp.take_along_axis(q_values, action[..., None], -1)[..., 0]
+
+
+def bootstrap_value(target_t: jax.Array, select_t: jax.Array) -> jax.Array:
+    """The bootstrap Q_target(s', argmax_a select_t(s', a)) over the last axis [..., A].
+
+    ``select_t`` is the target network's Q-values for DQN (Mnih et al. 2015), so this is
+    max_a Q_target(s', a); for Double Q-learning (van Hasselt et al. 2016) it is the online
+    network's: the action is chosen online and evaluated by the target network.
+    """
+    return action_value(target_t, jnp.argmax(select_t, axis=-1))
 
 
 def q_learning_td_error(q, a_tm1, r_t, discount_t, *, pal_alpha=0.0):
@@ -52,7 +63,7 @@ def q_learning_td_error(q, a_tm1, r_t, discount_t, *, pal_alpha=0.0):
     action is chosen online and evaluated by the target network.
     """
     del pal_alpha
-    target = r_t + discount_t * q.target_t[_bootstrap_action(q)]
+    target = r_t + discount_t * bootstrap_value(q.target_t, q.select_t)
     return jax.lax.stop_gradient(target) - q.online_tm1[a_tm1]
 
 
