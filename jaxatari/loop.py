@@ -52,12 +52,15 @@ import numpy as np
 from jaxatari import checkpoint as ckpt
 from jaxatari import human_scores
 from jaxatari.agents.dqn import QAgent, QAgentSettings, make_q_agent
-from jaxatari.agents.native import (Cadence, NativeCarry, init_native_seeds, make_native_chunk,
+from jaxatari.agents.native import (NativeCarry, init_native_seeds, make_native_chunk,
                                     make_native_evaluate, native_seed_axes)
-from jaxatari.config import Config, ConfigError, config_json, flag_name, resolved_loss
+from jaxatari.config import Config, ConfigError, config_json, flag_name
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
-from jaxatari.evaluation import (DEFAULT_VAL_SIZE, EVAL_KEY_OFFSET, HELDOUT_KEY_OFFSET,
-                                 make_heldout_sampler, make_value_stats)
+from jaxatari.evaluation import (DEFAULT_VAL_SIZE, HELDOUT_KEY_OFFSET, make_heldout_sampler,
+                                 make_value_stats)
+from jaxatari.loops.session import SessionBase, eval_steps_per_env, run_native_chunks
+# agent_settings and chunk_iterations: also this module's names for scripts and tests
+from jaxatari.loops.settings import agent_settings, build_learner, cadence_of, chunk_iterations
 from jaxatari.metrics import Evaluation, RunLogger, finite_or_none, mean_score
 from jaxatari.networks import body_misfit
 from jaxatari.rundir import RunDirLock, check_run_dir, create_run_dir
@@ -78,87 +81,6 @@ STRUCTURAL_SETTINGS = ("num_actions", "obs_shape", "obs_dtype", "hist_len", "bod
 ACTOR_LEARNER_STRUCTURE = ("method", "num_actions", "obs_shape", "obs_dtype", "num_actors",
                            "hist_len", "body", "mlp_features", "hidden_size", "dueling",
                            "optimiser", "grad_clip")
-
-
-def conv_impl(config: Config, native: bool) -> str:
-    """--conv auto: XLA's convolution where it is fast on CPU (called at top level from the
-    host loop, one seed: about 2x PatchConv for the Nature update), patches elsewhere
-    (inside lax.scan, or vmapped over seeds where XLA groups the convolution)."""
-    if config.conv != "auto":
-        return config.conv
-    return "patch" if native or config.seeds > 1 else "xla"
-
-
-def agent_settings(config: Config, spec: EnvSpec, native: bool = True) -> QAgentSettings:
-    """Translates the flat options into the Q agent's static choices."""
-    uint8 = spec.obs_dtype == "uint8" or config.discretise_mem
-    return QAgentSettings(
-        num_actions=spec.num_actions, obs_shape=tuple(spec.obs_shape),
-        obs_dtype="uint8" if uint8 else "float32", hist_len=config.hist_len,
-        body=config.model_body, mlp_features=(config.mlp_hidden,),
-        hidden_size=config.hidden_size, dueling=config.duel,
-        num_heads=max(config.bootstraps, 1), bootstrap_prob=config.bootstrap_prob,
-        loss=resolved_loss(config), double_q=config.double_q, pal_alpha=config.pal_alpha,
-        td_clip=config.td_clip, reward_clip=config.reward_clip, gamma=config.gamma,
-        n_step=config.n_step,
-        replay="uniform" if config.mem_priority == "none" else config.mem_priority,
-        capacity=config.mem_size, num_envs=config.envs, alpha=config.alpha,
-        batch_size=config.batch_size, optimiser=config.optimiser, learning_rate=config.eta,
-        momentum=config.momentum, grad_clip=config.grad_clip,
-        loss_reduction=config.loss_reduction,
-        lr_decay_updates=total_updates(config) if config.eta_anneal else 0,
-        recurrent=config.recurrent, burn_in=config.burn_in, loss_steps=config.loss_steps,
-        conv=conv_impl(config, native))
-
-
-def chunk_iterations(config: Config, steps_per_iteration: int) -> int:
-    """Iterations per jitted chunk of the JAX-native loops: --chunk-steps, shortened to
-    --val-freq when that is smaller. Validation runs between chunks, so a chunk longer than
-    --val-freq would validate only once per chunk; one length keeps one compile."""
-    c = config
-    chunk = max(min(c.chunk_steps, c.steps) // steps_per_iteration, 1)
-    return min(chunk, max(c.val_freq // steps_per_iteration, 1))
-
-
-def total_updates(config: Config) -> int:
-    """Learner updates in a whole run: one every --mem-sample-freq steps after --learn-start,
-    --mem-n-samples each."""
-    learning_steps = max(config.steps - config.learn_start, 0)
-    return max(learning_steps // config.mem_sample_freq * config.mem_n_samples, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunCadence(Cadence):
-    """``Cadence`` with two run-level refinements.
-
-    learn_from: no learning before this iteration (a resumed run whose replay memory was
-        not checkpointed refills it for --learn-start steps first).
-    uniform_replay: beta is 0 for uniform replay. Its importance weights are 1 whatever
-        beta is, but XLA computes ``w / max(w)`` through a reciprocal, so with beta > 0 they
-        come out as 1 or 0.99999994 depending on beta, which anneals over --steps: a run's
-        numbers would then depend on --steps, and a run resumed with a larger --steps
-        would not reproduce an uninterrupted one. With beta = 0 they are exactly 1.
-    """
-
-    learn_from: int = 0
-    uniform_replay: bool = False
-
-    def learns(self, iteration):
-        return super().learns(iteration) & (iteration >= self.learn_from)
-
-    def beta(self, step):
-        return 0.0 if self.uniform_replay else super().beta(step)
-
-
-def cadence_of(config: Config) -> RunCadence:
-    envs, freq = config.envs, config.mem_sample_freq
-    return RunCadence(num_envs=envs, learn_start=config.learn_start,
-                      update_every=max(freq // envs, 1),
-                      updates_per_learn=max(envs // freq, 1) * config.mem_n_samples,
-                      target_period=config.tau, epsilon_start=config.epsilon_start,
-                      epsilon_end=config.epsilon_end, epsilon_steps=config.epsilon_steps,
-                      beta_zero=config.beta_zero if config.mem_priority != "none" else 0.0,
-                      total_steps=config.steps, uniform_replay=config.mem_priority == "none")
 
 
 def environment_record() -> dict[str, Any]:
@@ -292,13 +214,15 @@ class Restored:
         return [Evaluation.from_json(e) for e in self.metadata.get("evaluations", [])]
 
 
-class Trainer:
-    """Runs one configuration end to end; the public entry is ``train(config)``."""
+class Trainer(SessionBase):
+    """Runs one configuration end to end; the public entry is ``train(config)``. The
+    ``loops.session.Session`` of a run: evaluations completed with human-normalised
+    scores and held-out statistics, checkpoints, resume and the Ctrl+C question."""
 
     def __init__(self, config: Config, run_dir: Path, quiet: bool = False, *,
                  keep_every: bool = False, checkpoint_replay: bool | None = None,
                  val_size: int = DEFAULT_VAL_SIZE, interactive: bool = False):
-        self.config = config
+        super().__init__(config)
         self.run_dir = run_dir
         self.quiet = quiet
         self.env = make_env(config)
@@ -313,10 +237,8 @@ class Trainer:
         if config.async_method == "none":
             self.agent = make_q_agent(agent_settings(config, self.spec, self.native))
         else:
-            from jaxatari.actor_loop import build_learner
             self.learner = build_learner(config, self.spec)
         self.keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
-        self.eval_key = jax.random.PRNGKey(config.seed + EVAL_KEY_OFFSET)
         self.heldout_key = jax.random.PRNGKey(config.seed + HELDOUT_KEY_OFFSET)
         self.checkpoints = ckpt.RunCheckpoints(run_dir, keep_every=keep_every)
         self.checkpoint_replay = checkpoint_replay
@@ -324,12 +246,9 @@ class Trainer:
             raise ConfigError(f"--val-size must be positive, got {val_size}")
         self.val_size = val_size
         self.guard = InterruptGuard(interactive)
-        self.evaluations: list[Evaluation] = []
         self.best_score = -math.inf
         self.heldout = None
-        self.next_eval = config.val_freq
         self.start_step = 0
-        self.logger: RunLogger | None = None
 
     # ------------------------------------------------------------------ state layout
     @property
@@ -368,7 +287,7 @@ class Trainer:
     def templates(self) -> dict[str, Any]:
         """The checkpoint items of this run as ShapeDtypeStructs (for restoring)."""
         if self.agent is None:
-            from jaxatari.actor_loop import checkpoint_templates
+            from jaxatari.loops.actors import checkpoint_templates
             return checkpoint_templates(self.config, self.env, self.keys)
         train, replay, actor = self._init_example()
         heldout = jax.eval_shape(self._sample_heldout_fn(self._replay_axes()), replay, self.keys)
@@ -474,37 +393,25 @@ class Trainer:
                 self.cadence, learn_from=restored.iteration + math.ceil(self.config.learn_start / envs))
 
     # ------------------------------------------------------------------ validation & saving
-    def next_eval_key(self):
-        """The key of the next evaluation: a chain split once per evaluation (checkpointed,
-        so a resumed run's evaluations draw what the uninterrupted run's would)."""
-        self.eval_key, key = jax.random.split(self.eval_key)
-        return key
-
     def _compile_validation(self, replay_axes) -> None:
         self._sample_heldout = edge_jit(self._sample_heldout_fn(replay_axes))
         self._value_stats = edge_jit(jax.vmap(make_value_stats(self.agent)))
 
-    def validate(self, step: int, scores, episodes, train, replay_state, v=None,
-                 td_error=None) -> Evaluation:
-        """Completes an evaluation's statistics (normalised score, V, TD error: from the
-        held-out transitions of the replay memory, or given by an actor-learner loop) and
-        logs it."""
+    def value_stats(self, items: dict, step: int, v, td_error):
+        """The held-out V and TD error: the Q agent's from transitions drawn once from its
+        replay memory (at the first evaluation after learning starts); an actor-learner
+        loop's own (``loops.actor_common.HeldOutRollouts``) otherwise."""
         c = self.config
         if self.agent is not None and self.heldout is None and step >= c.learn_start:
             keys = jax.random.split(self.heldout_key, c.seeds)
-            self.heldout = self._sample_heldout(replay_state, keys)
-        td = td_error
+            self.heldout = self._sample_heldout(items["replay"], keys)
         if self.heldout is not None:
-            v, td = (np.asarray(x, np.float64) for x in
-                     jax.device_get(self._value_stats(train, self.heldout)))
-        normalised = human_scores.normalise(self.spec.human_name, scores)
-        evaluation = Evaluation(step, np.asarray(scores, np.float64), np.asarray(episodes),
-                                normalised=normalised, v=v, td_error=td)
-        self.evaluations.append(evaluation)
-        self.logger.log_eval(step, evaluation.scores, evaluation.episodes, normalised=normalised,
-                             v=v, td_error=td, params=train.params)
-        self.next_eval = (step // c.val_freq + 1) * c.val_freq
-        return evaluation
+            v, td_error = (np.asarray(x, np.float64) for x in
+                           jax.device_get(self._value_stats(items["train"], self.heldout)))
+        return v, td_error
+
+    def normalise(self, scores):
+        return human_scores.normalise(self.spec.human_name, scores)
 
     def metadata(self, step: int, iteration: int, reason: str) -> dict[str, Any]:
         latest = self.evaluations[-1] if self.evaluations else None
@@ -533,16 +440,6 @@ class Trainer:
     @property
     def interrupt_requested(self) -> bool:
         return self.guard.requested
-
-    def record_evaluation(self, step: int, scores, episodes, items: Callable[[], dict],
-                          iteration: int, v=None, td_error=None) -> Evaluation:
-        """An actor-learner loop's evaluation, with V and TD error from its own held-out
-        rollouts (``actor_loop.HeldOutRollouts``): completed, logged and checkpointed."""
-        saved = items()
-        evaluation = self.validate(step, scores, episodes, saved["train"], None,
-                                   v=v, td_error=td_error)
-        self.save_after_eval(evaluation, saved, iteration)
-        return evaluation
 
     def save_after_eval(self, evaluation: Evaluation, items: dict[str, Any], iteration: int) -> None:
         """``last`` after every evaluation, ``best`` when the mean score over seeds beats the
@@ -642,7 +539,6 @@ class Trainer:
         c = self.config
         env: JaxEnv = self.env
         agent = self.agent
-        logger = self.logger
         length = self._iterations_per_chunk()
         total_iterations = c.steps // c.envs
         # One compiled chunk of ``length`` iterations; a shorter last chunk runs it with the
@@ -650,8 +546,7 @@ class Trainer:
         chunk = edge_jit(make_native_chunk(agent, env, self.cadence, length), donate_argnums=0)
 
         evaluate = edge_jit(jax.vmap(make_native_evaluate(
-            agent, env.for_mode("eval"), num_envs=c.val_envs, num_steps=max(math.ceil(c.val_steps / c.val_envs), 1),
-            epsilon=c.val_epsilon)))
+            agent, env.for_mode("eval"), num_envs=c.val_envs, num_steps=eval_steps_per_env(c), epsilon=c.val_epsilon)))
         init = edge_jit(lambda keys: init_native_seeds(agent, env, keys))
         if restored is None:
             carry = init(self.keys)
@@ -669,37 +564,26 @@ class Trainer:
             return {"train": carry.train, "actor": carry.actor, "env": self._env_item(carry),
                     "replay": carry.replay}
 
-        evaluated_at = self.evaluations[-1].step if self.evaluations else -1
-        while True:
-            step = iteration * c.envs
-            if self.guard.requested:
-                self.handle_interrupt(lambda: items_of(carry), step, iteration)
-            done = iteration >= total_iterations
-            if (step >= self.next_eval or done) and step != evaluated_at:
-                key = self.next_eval_key()
-                total, episodes, partial = jax.device_get(
-                    evaluate(carry.train.params, jax.random.split(key, c.seeds)))
-                evaluation = self.validate(step, mean_score(total, episodes, partial), episodes,
-                                           carry.train, carry.replay)
-                self.save_after_eval(evaluation, items_of(carry), iteration)
-                evaluated_at = step
-            if done:
-                return carry.train
-            run = min(length, total_iterations - iteration)
-            started = time.perf_counter()
-            carry, out = chunk(carry, jnp.int32(iteration), jnp.int32(run))
-            out = jax.tree.map(lambda x: x[:run], jax.device_get(out))
-            iteration += run
-            step = iteration * c.envs
-            logger.log_chunk(step, out, self.cadence.epsilon(step),
-                             time.perf_counter() - started, run * c.envs)
+        def evaluate_carry(carry: NativeCarry, key):
+            total, episodes, partial = jax.device_get(
+                evaluate(carry.train.params, jax.random.split(key, c.seeds)))
+            return mean_score(total, episodes, partial), episodes, None, None
+
+        def log_chunk(step: int, carry: NativeCarry, out, run: int, seconds: float):
+            self.logger.log_chunk(step, out, self.cadence.epsilon(step), seconds, run * c.envs)
+
+        return run_native_chunks(self, carry=carry, iteration=iteration,
+                                 total_iterations=total_iterations, iterations_per_chunk=length,
+                                 steps_per_iteration=c.envs, chunk=chunk,
+                                 evaluate=evaluate_carry, items=items_of,
+                                 log_chunk=log_chunk).train
 
     # ---------------------------------------------------------------- host-env path
     def _run_host(self, restored: Restored | None) -> Any:
-        from jaxatari.host import HostRunner
+        from jaxatari.loops.q_host import HostRunner
         runner = HostRunner(self.config, self.env, self.agent, self.cadence, self.keys)
         self._compile_validation(runner.replay_axes)
-        return runner.run(self.logger, self, restored)
+        return runner.run(self, restored)
 
     def run(self, restored: Restored | None = None) -> dict[str, Any]:
         c = self.config
@@ -727,7 +611,7 @@ class Trainer:
                                 "boundaries move, so results may differ from an "
                                 "uninterrupted run in the last bits")
             if self.learner is not None:
-                from jaxatari.actor_loop import run_actor_learner
+                from jaxatari.loops.actors import run_actor_learner
                 if restored is not None and not self.native:
                     logger.note("host envs cannot be restored: the resumed run starts new "
                                 "games with empty frame stacks")

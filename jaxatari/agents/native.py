@@ -4,7 +4,7 @@ One jitted ``lax.scan`` runs a chunk of iterations; each iteration steps the E e
 every seed, acts, writes replay and, on the learning cadence, updates. The iteration
 counter, epsilon, the update and target-sync decisions are computed OUTSIDE the seed
 ``vmap`` from the unbatched counter, so ``lax.cond`` on them stays a real branch instead
-of a ``select`` that would run the update every step (DESIGN.md section 4).
+of a ``select`` that would run the update every step.
 
 The env follows the next-step reset convention (envs/base.py): the step after a done
 resets that env and is written to replay as an invalid row, exactly as envpool's
