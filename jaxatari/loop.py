@@ -56,11 +56,11 @@ from jaxatari.agents.native import (NativeCarry, init_native_seeds, make_native_
                                     make_native_evaluate, native_seed_axes)
 from jaxatari.config import Config, ConfigError, config_json, flag_name
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
-from jaxatari.evaluation import (DEFAULT_VAL_SIZE, HELDOUT_KEY_OFFSET, make_heldout_sampler,
-                                 make_value_stats)
+from jaxatari.evaluation import HELDOUT_KEY_OFFSET, make_heldout_sampler, make_value_stats
 from jaxatari.loops.session import SessionBase, eval_steps_per_env, run_native_chunks
 # agent_settings and chunk_iterations: also this module's names for scripts and tests
-from jaxatari.loops.settings import agent_settings, build_learner, cadence_of, chunk_iterations
+from jaxatari.loops.settings import (agent_settings, build_learner, cadence_of,
+                                     checkpoint_choices, chunk_iterations)
 from jaxatari.metrics import Evaluation, RunLogger, finite_or_none, mean_score
 from jaxatari.networks import body_misfit
 from jaxatari.rundir import RunDirLock, check_run_dir, create_run_dir
@@ -217,11 +217,26 @@ class Restored:
 class Trainer(SessionBase):
     """Runs one configuration end to end; the public entry is ``train(config)``. The
     ``loops.session.Session`` of a run: evaluations completed with human-normalised
-    scores and held-out statistics, checkpoints, resume and the Ctrl+C question."""
+    scores and held-out statistics, checkpoints, resume and the Ctrl+C question.
+
+    ``Trainer(config, ...)`` builds the subclass of the config's agent kind: ``QTrainer``
+    (the DQN family) or ``ActorLearnerTrainer`` (``--async``). Each owns its agent, its
+    checkpoint templates and structural settings and its choice of loop.
+    """
+
+    kind: str                       # the checkpoint's agent kind
+    structure: tuple[str, ...]      # settings that must match a checkpoint to resume it
+
+    def __new__(cls, config: Config, *args, **kwargs):
+        if cls is Trainer:
+            cls = QTrainer if config.async_method == "none" else ActorLearnerTrainer
+        return super().__new__(cls)
 
     def __init__(self, config: Config, run_dir: Path, quiet: bool = False, *,
-                 keep_every: bool = False, checkpoint_replay: bool | None = None,
-                 val_size: int = DEFAULT_VAL_SIZE, interactive: bool = False):
+                 keep_every: bool | None = None, checkpoint_replay: bool | None = None,
+                 val_size: int | None = None, interactive: bool = False):
+        """``keep_every``, ``checkpoint_replay`` and ``val_size`` default to the config's
+        (``loops.settings.checkpoint_choices``)."""
         super().__init__(config)
         self.run_dir = run_dir
         self.quiet = quiet
@@ -232,19 +247,13 @@ class Trainer(SessionBase):
             raise ConfigError(f"{misfit} ({self.spec.name})")
         self.cadence = cadence_of(config)
         self.native = isinstance(self.env, JaxEnv)
-        self.agent: QAgent | None = None
-        self.learner = None
-        if config.async_method == "none":
-            self.agent = make_q_agent(agent_settings(config, self.spec, self.native))
-        else:
-            self.learner = build_learner(config, self.spec)
         self.keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
         self.heldout_key = jax.random.PRNGKey(config.seed + HELDOUT_KEY_OFFSET)
-        self.checkpoints = ckpt.RunCheckpoints(run_dir, keep_every=keep_every)
-        self.checkpoint_replay = checkpoint_replay
-        if val_size < 1:
-            raise ConfigError(f"--val-size must be positive, got {val_size}")
-        self.val_size = val_size
+        choices = checkpoint_choices(config, keep_every=keep_every,
+                                     checkpoint_replay=checkpoint_replay, val_size=val_size)
+        self.checkpoints = ckpt.RunCheckpoints(run_dir, keep_every=choices.keep_every)
+        self.checkpoint_replay = choices.checkpoint_replay
+        self.val_size = choices.val_size
         self.guard = InterruptGuard(interactive)
         self.best_score = -math.inf
         self.heldout = None
@@ -252,55 +261,46 @@ class Trainer(SessionBase):
 
     # ------------------------------------------------------------------ state layout
     @property
-    def kind(self) -> str:
-        return CHECKPOINT_KIND if self.agent is not None else ACTOR_LEARNER_KIND
+    def settings(self):
+        """The agent's static settings."""
+        return self.stacker.settings
 
     @property
-    def settings(self):
-        """The agent's or the actor-learner's static settings."""
-        return (self.agent or self.learner).settings
+    def stacker(self):
+        """The agent (it knows its settings and frame-stack shape)."""
+        raise NotImplementedError
 
     @property
     def path_kind(self) -> str:
-        if self.native:
-            return "native"
-        return "host-async" if self.learner is not None and \
-            self.config.async_mode == "async" else "host"
+        return "native" if self.native else "host"
 
-    def _init_example(self):
-        """(train, replay, actor) of all seeds as ShapeDtypeStructs, replay counters shared."""
-        return jax.eval_shape(jax.vmap(self.agent.init, out_axes=(0, self._replay_axes(), 0)),
-                              self.keys)
-
-    @functools.cached_property
-    def replay_bytes(self) -> int:
-        """Size of all seeds' replay memory (0 for the actor-learners, which keep none)."""
-        return 0 if self.agent is None else ckpt.nbytes(self._init_example()[1])
+    # What a kind may refine; the defaults are an actor-learner's.
+    replay_bytes = 0                # all seeds' replay memory
 
     def _include_replay(self) -> bool:
-        if self.agent is None:
-            return False
-        if self.checkpoint_replay is not None:
-            return self.checkpoint_replay
-        return self.native and self.replay_bytes <= REPLAY_AUTO_LIMIT
+        return False
+
+    def saved_setting_defaults(self) -> dict[str, Any]:
+        """Settings a checkpoint older than them was saved with (their defaults)."""
+        return {}
+
+    def steps_per_iteration(self) -> int:
+        raise NotImplementedError
 
     def templates(self) -> dict[str, Any]:
         """The checkpoint items of this run as ShapeDtypeStructs (for restoring)."""
-        if self.agent is None:
-            from jaxatari.loops.actors import checkpoint_templates
-            return checkpoint_templates(self.config, self.env, self.keys)
-        train, replay, actor = self._init_example()
-        heldout = jax.eval_shape(self._sample_heldout_fn(self._replay_axes()), replay, self.keys)
-        if self.native:
-            carry = jax.eval_shape(lambda k: init_native_seeds(self.agent, self.env, k), self.keys)
-            return {"train": carry.train, "actor": carry.actor, "env": self._env_item(carry),
-                    "replay": carry.replay, "heldout": heldout}
-        return {"train": train, "actor": actor, "replay": replay, "heldout": heldout}
+        raise NotImplementedError
 
-    @staticmethod
-    def _env_item(carry: NativeCarry) -> dict[str, Any]:
-        return {"env_state": carry.env_state, "frame": carry.frame, "is_first": carry.is_first,
-                "score": carry.score}
+    def train_loop(self, restored: Restored | None) -> Any:
+        """Runs this kind's loop; returns the final train state [S]."""
+        raise NotImplementedError
+
+    def _state_notes(self) -> tuple[bool, str]:
+        """(whether the state note is due whatever its size, what it adds about replay)."""
+        return False, ""
+
+    def _learning_notes(self) -> list[str]:
+        return []
 
     @functools.cached_property
     def state_bytes(self) -> int:
@@ -308,13 +308,6 @@ class Trainer(SessionBase):
         learner, actors, envs, held-out set and replay memory (from shapes: nothing is
         allocated to count them)."""
         return ckpt.nbytes(self.templates())
-
-    def _replay_axes(self):
-        example = jax.eval_shape(self.agent.init, self.keys[0])[1]
-        return self.agent.replay.seed_axes(example)
-
-    def _sample_heldout_fn(self, replay_axes) -> Callable:
-        return jax.vmap(make_heldout_sampler(self.agent, self.val_size), in_axes=(replay_axes, 0))
 
     def base_metadata(self) -> dict[str, Any]:
         c = self.config
@@ -325,9 +318,7 @@ class Trainer(SessionBase):
                 "val_size": self.val_size}
 
     def _iterations_per_chunk(self) -> int:
-        c = self.config
-        per_iteration = c.envs * (c.batch_size if self.agent is None else 1)
-        return chunk_iterations(c, per_iteration)
+        return chunk_iterations(self.config, self.steps_per_iteration())
 
     # ------------------------------------------------------------------ resume
     def restore(self, path: Path) -> Restored:
@@ -354,11 +345,9 @@ class Trainer(SessionBase):
         if meta.get("seeds") != self.config.seeds:
             raise ckpt.CheckpointError(f"checkpoint {path} holds {meta.get('seeds')} seeds; this "
                                        f"run has --seeds {self.config.seeds}")
-        structure = STRUCTURAL_SETTINGS if self.agent is not None else ACTOR_LEARNER_STRUCTURE
         # A checkpoint older than a setting was saved with that setting's default.
-        defaults = ({f.name: f.default for f in dataclasses.fields(QAgentSettings)}
-                    if self.agent is not None else {})
-        for name in structure:
+        defaults = self.saved_setting_defaults()
+        for name in self.structure:
             if saved.get(name, defaults.get(name)) != ours.get(name):
                 raise ckpt.CheckpointError(
                     f"checkpoint {path} was saved by another network or memory ({name} "
@@ -387,29 +376,8 @@ class Trainer(SessionBase):
         self.heldout = restored.items.get("heldout")
         if restored.metadata.get("eval_key") is not None:
             self.eval_key = jnp.asarray(restored.metadata["eval_key"], jnp.uint32)
-        if self.agent is not None and restored.items.get("replay") is None:
-            envs = self.config.envs
-            self.cadence = dataclasses.replace(
-                self.cadence, learn_from=restored.iteration + math.ceil(self.config.learn_start / envs))
 
     # ------------------------------------------------------------------ validation & saving
-    def _compile_validation(self, replay_axes) -> None:
-        self._sample_heldout = edge_jit(self._sample_heldout_fn(replay_axes))
-        self._value_stats = edge_jit(jax.vmap(make_value_stats(self.agent)))
-
-    def value_stats(self, items: dict, step: int, v, td_error):
-        """The held-out V and TD error: the Q agent's from transitions drawn once from its
-        replay memory (at the first evaluation after learning starts); an actor-learner
-        loop's own (``loops.actor_common.HeldOutRollouts``) otherwise."""
-        c = self.config
-        if self.agent is not None and self.heldout is None and step >= c.learn_start:
-            keys = jax.random.split(self.heldout_key, c.seeds)
-            self.heldout = self._sample_heldout(items["replay"], keys)
-        if self.heldout is not None:
-            v, td_error = (np.asarray(x, np.float64) for x in
-                           jax.device_get(self._value_stats(items["train"], self.heldout)))
-        return v, td_error
-
     def normalise(self, scores):
         return human_scores.normalise(self.spec.human_name, scores)
 
@@ -462,7 +430,7 @@ class Trainer(SessionBase):
     def _plot_filters(self, params) -> None:
         """conv_filters.png of seed 0 at every validation (networks without convolutions
         return before drawing anything)."""
-        from jaxatari.metrics import plot_filters
+        from jaxatari.plots import plot_filters
         plot_filters(self.run_dir / "conv_filters.png",
                      jax.tree.map(lambda x: np.asarray(x[0]), params),
                      self.settings_stack_channels(),
@@ -471,10 +439,10 @@ class Trainer(SessionBase):
                      rows_label=self.filter_rows_label())
 
     def settings_stack_channels(self) -> int:
-        return (self.agent or self.learner).stack_shape[-1]
+        return self.stacker.stack_shape[-1]
 
     def filter_rows_label(self) -> str:
-        from jaxatari.metrics import filter_rows_label
+        from jaxatari.plots import filter_rows_label
         frame_channels = self.spec.obs_shape[-1] if len(self.spec.obs_shape) == 3 else 1
         stacked = self.settings_stack_channels() // max(frame_channels, 1)
         return filter_rows_label(frame_channels, stacked)
@@ -500,31 +468,180 @@ class Trainer(SessionBase):
         c = self.config
         notes = []
         state = self.state_bytes
-        if state >= LARGE_STATE or (self.agent is not None and c.mem_size > c.steps):
-            replay = ""
-            if self.agent is not None:
-                replay = (f"; replay memory {gib(self.replay_bytes)} for --mem-size "
-                          f"{c.mem_size:,} per seed")
-                if c.mem_size > c.steps:
-                    replay += f", of which --steps {c.steps:,} fills {c.steps / c.mem_size:.1%}"
+        due, replay = self._state_notes()
+        if state >= LARGE_STATE or due:
             notes.append(f"allocates about {gib(state)} for the state of {c.seeds} "
                          f"seed{'s' if c.seeds > 1 else ''}{replay}")
-        if self.agent is not None and c.learn_start >= c.steps:
-            notes.append(f"--learn-start {c.learn_start:,} is not below --steps {c.steps:,}: "
-                         "this run acts and fills its memory but never learns")
+        notes.extend(self._learning_notes())
         validations = c.steps // c.val_freq + (1 if c.steps % c.val_freq else 0)
         if validations * c.val_steps > c.steps:
             notes.append(f"validation: {validations:,} evaluation"
                          f"{'s' if validations > 1 else ''} of --val-steps {c.val_steps:,} "
                          f"({validations * c.val_steps:,} steps per seed) beside {c.steps:,} "
                          "training steps")
-        chunk = self._iterations_per_chunk() * (c.envs * (1 if self.agent is not None
-                                                           else c.batch_size))
+        chunk = self._iterations_per_chunk() * self.steps_per_iteration()
         if (self.native and c.val_freq % chunk and c.steps > c.val_freq):
             notes.append(f"validation happens between chunks of {chunk:,} steps: at the first "
                          f"chunk end at or after each multiple of --val-freq {c.val_freq:,} "
                          f"(make it a multiple of --chunk-steps to have it exact)")
         return notes
+
+    def run(self, restored: Restored | None = None) -> dict[str, Any]:
+        c = self.config
+        started = time.time()
+        self._apply_restored(restored)
+        resume_step = restored.step if restored is not None else None
+        with RunLogger(self.run_dir, c, quiet=self.quiet, resume_step=resume_step) as logger, \
+                self.guard:
+            self.logger = logger
+            for line in self.startup_notes():
+                logger.note(line)
+            if restored is not None:
+                logger.note(f"resuming from {restored.path} at step {restored.step:,}")
+                changed = self.changed_options(restored.metadata)
+                if changed:
+                    logger.note("options changed since the checkpoint: " + ", ".join(changed))
+                # only options the user changed: a larger --steps alone also changes the
+                # iterations of a run shorter than one chunk, which is no news to them
+                saved = restored.metadata.get("config", {})
+                moved = [flag_name(name) for name in ("chunk_steps", "val_freq")
+                         if name in saved and saved[name] != getattr(c, name)]
+                saved_chunk = restored.metadata.get("iterations_per_chunk")
+                if moved and saved_chunk not in (None, self._iterations_per_chunk()):
+                    logger.note(f"{' and '.join(moved)} changed since the checkpoint: chunk "
+                                "boundaries move, so results may differ from an "
+                                "uninterrupted run in the last bits")
+            train_state = self.train_loop(restored)
+            wall = time.time() - started
+            evaluations = self.evaluations
+            scores = np.stack([e.scores for e in evaluations])  # [V, S], NaN: none finished
+            trained = c.steps - self.start_step
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)   # a seed never finishing
+                best = np.nanmax(scores, axis=0)
+            summary = {
+                "preset": c.preset, "env": self.spec.name, "protocol": self.spec.protocol,
+                "seeds": c.seeds, "steps": c.steps,
+                # null where no greedy episode finished: partial games are not scores
+                "final_scores": finite_or_none(scores[-1]),
+                "final_episodes": [int(e) for e in np.asarray(evaluations[-1].episodes)],
+                "best_scores": finite_or_none(best),
+                "eval_steps": [e.step for e in evaluations],
+                "eval_episodes": [[int(x) for x in np.asarray(e.episodes)] for e in evaluations],
+                "wall_seconds": round(wall, 2),
+                "steps_per_second": round(trained * c.seeds / max(wall, 1e-9), 1),
+                "steps_per_second_per_seed": round(trained / max(wall, 1e-9), 1),
+            }
+            if evaluations and evaluations[-1].normalised is not None:
+                summary["final_normalised_scores"] = finite_or_none(evaluations[-1].normalised)
+                summary["normalised_score_source"] = human_scores.SOURCE
+            if restored is not None:
+                summary["resumed_from_step"] = restored.step
+            params = jax.tree.map(lambda x: np.asarray(x[0]), train_state.params)
+            logger.finish(summary, params=params, in_channels=self.settings_stack_channels(),
+                          rows_label=self.filter_rows_label())
+        return summary
+
+
+class QTrainer(Trainer):
+    """A run of the Q agent (the DQN family, ``agents.dqn``): replay memory, held-out
+    transitions drawn from it, the native chunk loop or ``loops.q_host``."""
+
+    kind = CHECKPOINT_KIND
+    structure = STRUCTURAL_SETTINGS
+
+    def __init__(self, config: Config, run_dir: Path, quiet: bool = False, **kwargs):
+        super().__init__(config, run_dir, quiet, **kwargs)
+        self.agent: QAgent = make_q_agent(agent_settings(config, self.spec, self.native))
+
+    @property
+    def stacker(self) -> QAgent:
+        return self.agent
+
+    def steps_per_iteration(self) -> int:
+        return self.config.envs
+
+    def saved_setting_defaults(self) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(QAgentSettings)}
+
+    def _init_example(self):
+        """(train, replay, actor) of all seeds as ShapeDtypeStructs, replay counters shared."""
+        return jax.eval_shape(jax.vmap(self.agent.init, out_axes=(0, self._replay_axes(), 0)),
+                              self.keys)
+
+    @functools.cached_property
+    def replay_bytes(self) -> int:
+        """Size of all seeds' replay memory."""
+        return ckpt.nbytes(self._init_example()[1])
+
+    def _include_replay(self) -> bool:
+        if self.checkpoint_replay is not None:
+            return self.checkpoint_replay
+        return self.native and self.replay_bytes <= REPLAY_AUTO_LIMIT
+
+    def templates(self) -> dict[str, Any]:
+        """The checkpoint items of this run as ShapeDtypeStructs (for restoring)."""
+        train, replay, actor = self._init_example()
+        heldout = jax.eval_shape(self._sample_heldout_fn(self._replay_axes()), replay, self.keys)
+        if self.native:
+            carry = jax.eval_shape(lambda k: init_native_seeds(self.agent, self.env, k), self.keys)
+            return {"train": carry.train, "actor": carry.actor, "env": self._env_item(carry),
+                    "replay": carry.replay, "heldout": heldout}
+        return {"train": train, "actor": actor, "replay": replay, "heldout": heldout}
+
+    @staticmethod
+    def _env_item(carry: NativeCarry) -> dict[str, Any]:
+        return {"env_state": carry.env_state, "frame": carry.frame, "is_first": carry.is_first,
+                "score": carry.score}
+
+    def _replay_axes(self):
+        example = jax.eval_shape(self.agent.init, self.keys[0])[1]
+        return self.agent.replay.seed_axes(example)
+
+    def _sample_heldout_fn(self, replay_axes) -> Callable:
+        return jax.vmap(make_heldout_sampler(self.agent, self.val_size), in_axes=(replay_axes, 0))
+
+    def _apply_restored(self, restored: Restored | None) -> None:
+        super()._apply_restored(restored)
+        if restored is not None and restored.items.get("replay") is None:
+            envs = self.config.envs
+            self.cadence = dataclasses.replace(
+                self.cadence, learn_from=restored.iteration + math.ceil(self.config.learn_start / envs))
+
+    def _compile_validation(self, replay_axes) -> None:
+        self._sample_heldout = edge_jit(self._sample_heldout_fn(replay_axes))
+        self._value_stats = edge_jit(jax.vmap(make_value_stats(self.agent)))
+
+    def value_stats(self, items: dict, step: int, v, td_error):
+        """The held-out V and TD error: the Q agent's from transitions drawn once from its
+        replay memory (at the first evaluation after learning starts)."""
+        c = self.config
+        if self.heldout is None and step >= c.learn_start:
+            keys = jax.random.split(self.heldout_key, c.seeds)
+            self.heldout = self._sample_heldout(items["replay"], keys)
+        if self.heldout is not None:
+            v, td_error = (np.asarray(x, np.float64) for x in
+                           jax.device_get(self._value_stats(items["train"], self.heldout)))
+        return v, td_error
+
+    def _state_notes(self) -> tuple[bool, str]:
+        c = self.config
+        replay = (f"; replay memory {gib(self.replay_bytes)} for --mem-size "
+                  f"{c.mem_size:,} per seed")
+        if c.mem_size > c.steps:
+            replay += f", of which --steps {c.steps:,} fills {c.steps / c.mem_size:.1%}"
+        return c.mem_size > c.steps, replay
+
+    def _learning_notes(self) -> list[str]:
+        c = self.config
+        if c.learn_start >= c.steps:
+            return [f"--learn-start {c.learn_start:,} is not below --steps {c.steps:,}: "
+                    "this run acts and fills its memory but never learns"]
+        return []
+
+    def train_loop(self, restored: Restored | None) -> Any:
+        self._note_replay()
+        return self._run_native(restored) if self.native else self._run_host(restored)
 
     def _note_replay(self) -> None:
         size = self.replay_bytes / 2 ** 20
@@ -585,72 +702,42 @@ class Trainer(SessionBase):
         self._compile_validation(runner.replay_axes)
         return runner.run(self, restored)
 
-    def run(self, restored: Restored | None = None) -> dict[str, Any]:
-        c = self.config
-        started = time.time()
-        self._apply_restored(restored)
-        resume_step = restored.step if restored is not None else None
-        with RunLogger(self.run_dir, c, quiet=self.quiet, resume_step=resume_step) as logger, \
-                self.guard:
-            self.logger = logger
-            for line in self.startup_notes():
-                logger.note(line)
-            if restored is not None:
-                logger.note(f"resuming from {restored.path} at step {restored.step:,}")
-                changed = self.changed_options(restored.metadata)
-                if changed:
-                    logger.note("options changed since the checkpoint: " + ", ".join(changed))
-                # only options the user changed: a larger --steps alone also changes the
-                # iterations of a run shorter than one chunk, which is no news to them
-                saved = restored.metadata.get("config", {})
-                moved = [flag_name(name) for name in ("chunk_steps", "val_freq")
-                         if name in saved and saved[name] != getattr(c, name)]
-                saved_chunk = restored.metadata.get("iterations_per_chunk")
-                if moved and saved_chunk not in (None, self._iterations_per_chunk()):
-                    logger.note(f"{' and '.join(moved)} changed since the checkpoint: chunk "
-                                "boundaries move, so results may differ from an "
-                                "uninterrupted run in the last bits")
-            if self.learner is not None:
-                from jaxatari.loops.actors import run_actor_learner
-                if restored is not None and not self.native:
-                    logger.note("host envs cannot be restored: the resumed run starts new "
-                                "games with empty frame stacks")
-                train_state = run_actor_learner(c, self.env, self.keys, self, restored)
-            else:
-                self._note_replay()
-                if self.native:
-                    train_state = self._run_native(restored)
-                else:
-                    train_state = self._run_host(restored)
-            wall = time.time() - started
-            evaluations = self.evaluations
-            scores = np.stack([e.scores for e in evaluations])  # [V, S], NaN: none finished
-            trained = c.steps - self.start_step
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)   # a seed never finishing
-                best = np.nanmax(scores, axis=0)
-            summary = {
-                "preset": c.preset, "env": self.spec.name, "protocol": self.spec.protocol,
-                "seeds": c.seeds, "steps": c.steps,
-                # null where no greedy episode finished: partial games are not scores
-                "final_scores": finite_or_none(scores[-1]),
-                "final_episodes": [int(e) for e in np.asarray(evaluations[-1].episodes)],
-                "best_scores": finite_or_none(best),
-                "eval_steps": [e.step for e in evaluations],
-                "eval_episodes": [[int(x) for x in np.asarray(e.episodes)] for e in evaluations],
-                "wall_seconds": round(wall, 2),
-                "steps_per_second": round(trained * c.seeds / max(wall, 1e-9), 1),
-                "steps_per_second_per_seed": round(trained / max(wall, 1e-9), 1),
-            }
-            if evaluations and evaluations[-1].normalised is not None:
-                summary["final_normalised_scores"] = finite_or_none(evaluations[-1].normalised)
-                summary["normalised_score_source"] = human_scores.SOURCE
-            if restored is not None:
-                summary["resumed_from_step"] = restored.step
-            params = jax.tree.map(lambda x: np.asarray(x[0]), train_state.params)
-            logger.finish(summary, params=params, in_channels=self.settings_stack_channels(),
-                          rows_label=self.filter_rows_label())
-        return summary
+
+
+class ActorLearnerTrainer(Trainer):
+    """A run of an actor-learner (``--async``, ``agents.actor_learner``): its held-out
+    rollouts are its loops' own, and ``loops.actors`` chooses the loop."""
+
+    kind = ACTOR_LEARNER_KIND
+    structure = ACTOR_LEARNER_STRUCTURE
+
+    def __init__(self, config: Config, run_dir: Path, quiet: bool = False, **kwargs):
+        super().__init__(config, run_dir, quiet, **kwargs)
+        self.learner = build_learner(config, self.spec)
+
+    @property
+    def stacker(self):
+        return self.learner
+
+    @property
+    def path_kind(self) -> str:
+        if not self.native and self.config.async_mode == "async":
+            return "host-async"
+        return super().path_kind
+
+    def steps_per_iteration(self) -> int:
+        return self.config.envs * self.config.batch_size
+
+    def templates(self) -> dict[str, Any]:
+        from jaxatari.loops.actors import checkpoint_templates
+        return checkpoint_templates(self.config, self.env, self.keys)
+
+    def train_loop(self, restored: Restored | None) -> Any:
+        from jaxatari.loops.actors import run_actor_learner
+        if restored is not None and not self.native:
+            self.logger.note("host envs cannot be restored: the resumed run starts new "
+                             "games with empty frame stacks")
+        return run_actor_learner(self.config, self.env, self.keys, self, restored)
 
 
 def seeds_mean(scores) -> float | None:
@@ -715,8 +802,8 @@ def _at_step(saved: dict[str, Any]) -> str:
 
 def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
           resume_from: Path | None = None, *, resume: bool | None = None,
-          checkpoint_every: bool = False, checkpoint_replay: bool | None = None,
-          val_size: int = DEFAULT_VAL_SIZE, interactive: bool | None = None
+          checkpoint_every: bool | None = None, checkpoint_replay: bool | None = None,
+          val_size: int | None = None, interactive: bool | None = None
           ) -> tuple[Path, dict]:
     """Trains ``config`` in ``run_dir`` and returns (run_dir, summary).
 
@@ -731,11 +818,8 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
         True resumes it, False starts again (the old checkpoints are moved aside to
         ``checkpoints-replaced-<time>``), None asks on an interactive terminal and refuses
         (one-line error) without one.
-    checkpoint_every: keep every evaluation's checkpoint as ``checkpoints/step_<step>``.
-    checkpoint_replay: put the replay memory in ``checkpoints/last``; None: yes for
-        JAX-native envs up to 1 GiB, no for host envs.
-    val_size: held-out transitions for the V and TD-error statistics (the original's
-        -valSize).
+    checkpoint_every, checkpoint_replay, val_size: the config's --checkpoint-every,
+        --checkpoint-replay and --val-size unless given (``loops.settings.checkpoint_choices``).
     interactive: whether to ask questions on the terminal (default: stdin is a terminal).
     """
     interactive = sys.stdin.isatty() if interactive is None else interactive
@@ -759,8 +843,8 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
 
 
 def _train_locked(config: Config, run_dir: Path, lock: RunDirLock, source: Path | None, *,
-                  quiet: bool, resume: bool | None, checkpoint_every: bool,
-                  checkpoint_replay: bool | None, val_size: int, interactive: bool
+                  quiet: bool, resume: bool | None, checkpoint_every: bool | None,
+                  checkpoint_replay: bool | None, val_size: int | None, interactive: bool
                   ) -> tuple[Path, dict]:
     """``train`` once the run directory is known and, where it exists, locked."""
     trainer = Trainer(config, run_dir, quiet=quiet, keep_every=checkpoint_every,

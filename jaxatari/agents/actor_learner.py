@@ -44,7 +44,7 @@ near-uniform policy.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +58,9 @@ from jaxatari.agents.optimiser import apply_gradients, make_optimiser
 from jaxatari.losses import action_value, bootstrap_value, huber
 from jaxatari.networks import ActorCriticNetwork, QNetwork, make_body
 from jaxatari.types import TrainState
+
+Params = Any                   # a network's parameter pytree
+Metrics = dict[str, jax.Array]
 
 METHODS = ("sarsa", "onestep", "nstep", "a3c")
 Q_METHODS = ("sarsa", "onestep", "nstep")
@@ -188,16 +191,21 @@ class ActorLearner:
     network: object
     stack_shape: tuple[int, ...]
     frame_dtype: jnp.dtype
-    init: Callable        # (key) -> (TrainState, Actors)
-    observe: Callable     # (actors, frame [N, ...], is_first [N]) -> actors
-    epsilon: Callable     # (actors) -> [N] current epsilons
-    policy: Callable      # (params, stacks [B, ...], epsilon [B], key) -> actions [B]
-    act: Callable         # (params, actors) -> (actions [N], epsilon [N], actors)
-    evaluate_policy: Callable  # (params, stacks [B, ...], key, epsilon, greedy) -> actions [B]
-    loss: Callable        # (params, target_params, rollout, key) -> (loss, metrics)
-    update: Callable      # (train, rollout) -> (train, metrics)
-    sync_target: Callable  # (train) -> train
-    learning_rate: Callable  # (update count) -> learning rate
+    init: Callable[[jax.Array], tuple[TrainState, Actors]]   # (key)
+    # (actors, frame [N, ...], is_first [N]) -> actors
+    observe: Callable[[Actors, jax.Array, jax.Array], Actors]
+    epsilon: Callable[[Actors], jax.Array]   # [N] current epsilons
+    # (params, stacks [B, ...], epsilon [B], key) -> actions [B]
+    policy: Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
+    # (params, actors) -> (actions [N], epsilon [N], actors)
+    act: Callable[[Params, Actors], tuple[jax.Array, jax.Array, Actors]]
+    # (params, stacks [B, ...], key, epsilon, greedy) -> actions [B]
+    evaluate_policy: Callable[..., jax.Array]
+    # (params, target_params, rollout, key) -> (loss, metrics)
+    loss: Callable[[Params, Params, Rollout, jax.Array], tuple[jax.Array, Metrics]]
+    update: Callable[[TrainState, Rollout], tuple[TrainState, Metrics]]
+    sync_target: Callable[[TrainState], TrainState]
+    learning_rate: Callable[[jax.Array], jax.Array]   # (update count) -> learning rate
 
 
 def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> ActorLearner:

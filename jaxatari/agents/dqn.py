@@ -13,7 +13,7 @@ loss for its sequence form; acting, the learning cadence and everything around s
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,9 @@ from jaxatari.networks import QNetwork, RecurrentQNetwork, make_body, zero_lstm_
 from jaxatari.replay import Replay, ReplayState, make_replay
 from jaxatari.replay.storage import Row
 from jaxatari.types import ActorState, TrainState
+
+Params = Any                   # a network's parameter pytree
+Metrics = dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,16 +79,24 @@ class QAgent:
     replay: Replay
     stack_shape: tuple[int, ...]   # one frame stack (one frame if recurrent), channels last
     frame_dtype: jnp.dtype         # what replay and the network receive
-    init: Callable        # (key) -> (TrainState, ReplayState, ActorState)
-    init_actor: Callable  # (num_envs, key) -> ActorState with empty stacks (and zero LSTM state)
-    q_values: Callable    # (params, stack [B, ...]) -> [B, K, A]; recurrent: one step from zero state
-    loss: Callable        # (params, target_params, batch, weights [B]) -> (objective, aux)
-    learn: Callable       # (train, batch, weights [B]) -> (train, aux): one optimiser step
-    act: Callable         # (params, actor, epsilon, vote, explore_only) -> (actions [E], actor)
-    observe: Callable     # (actor, frame [E, ...], is_first [E]) -> actor
-    make_row: Callable    # (frame, action, reward, terminal, is_first, valid, key) -> Row
-    update: Callable      # (train, replay_state, beta) -> (train, replay_state, metrics)
-    sync_target: Callable # (train) -> train
+    init: Callable[[jax.Array], tuple[TrainState, ReplayState, ActorState]]   # (key)
+    # (num_envs, key) -> ActorState with empty stacks (and zero LSTM state)
+    init_actor: Callable[[int, jax.Array], ActorState]
+    # (params, stack [B, ...]) -> [B, K, A]; recurrent: one step from zero state
+    q_values: Callable[[Params, jax.Array], jax.Array]
+    # (params, target_params, batch, weights [B]) -> (objective, aux)
+    loss: Callable[[Params, Params, Any, jax.Array], tuple[jax.Array, Metrics]]
+    # (train, batch, weights [B]) -> (train, aux): one optimiser step
+    learn: Callable[[TrainState, Any, jax.Array], tuple[TrainState, Metrics]]
+    # (params, actor, epsilon, vote, explore_only) -> (actions [E], actor)
+    act: Callable[..., tuple[jax.Array, ActorState]]
+    # (actor, frame [E, ...], is_first [E]) -> actor
+    observe: Callable[[ActorState, jax.Array, jax.Array], ActorState]
+    # (frame, action, reward, terminal, is_first, valid, key) -> Row
+    make_row: Callable[..., Row]
+    # (train, replay_state, beta) -> (train, replay_state, metrics)
+    update: Callable[[TrainState, ReplayState, Any], tuple[TrainState, ReplayState, Metrics]]
+    sync_target: Callable[[TrainState], TrainState]
 
 
 def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:

@@ -75,8 +75,8 @@ from jaxatari.config import Config
 from jaxatari.envs import JaxEnv
 from jaxatari.loops.actor_common import ActorHostEvaluator, ChunkLog, HeldOutRollouts
 from jaxatari.loops.actors_async import async_templates, run_host_async
-from jaxatari.loops.session import (PlainSession, eval_steps_per_env, run_native_chunks,
-                                    to_seeds)
+from jaxatari.loops.session import (PlainSession, SeedsStep, eval_steps_per_env,
+                                    run_native_chunks, to_seeds)
 from jaxatari.loops.settings import (build_learner, chunk_iterations, crosses,
                                      mean_actor_epsilon)
 from jaxatari.metrics import mean_score
@@ -201,11 +201,9 @@ def run_host_sync(config: Config, env_factory, keys, session, restored=None):
                 record["obs"].append(actors.stack)
                 record["valid"].append(~after_done)
                 actions, eps, actors = act(train.params, actors)
-                result = env.step(np.asarray(actions).reshape(-1))
-                reward = to_seeds(result.reward, seeds)
-                terminal = to_seeds(result.terminated, seeds)
-                done = terminal | to_seeds(result.truncated, seeds)
-                over = to_seeds(result.game_over, seeds)
+                result = SeedsStep.of(env.step(np.asarray(actions).reshape(-1)), seeds)
+                reward, terminal, done, over = (result.reward, result.terminated, result.done,
+                                                result.game_over)
                 record["action"].append(actions)
                 record["reward"].append(reward)
                 record["terminal"].append(terminal)
@@ -217,8 +215,8 @@ def run_host_sync(config: Config, env_factory, keys, session, restored=None):
                 score = np.where(over, 0.0, score)
                 is_first = after_done
                 after_done = done
-                actors = observe(actors.replace(after_done=jnp.asarray(done)),
-                                 to_seeds(result.obs, seeds), is_first)
+                actors = observe(actors.replace(after_done=jnp.asarray(done)), result.obs,
+                                 is_first)
             record["obs"].append(actors.stack)
             rollout = Rollout(**{name: jnp.stack([jnp.asarray(v) for v in values], axis=1)
                                  for name, values in record.items()})   # [S, T(+1), N, ...]

@@ -19,7 +19,7 @@ from jaxatari.agents.dqn import QAgent
 from jaxatari.agents.native import Cadence, to_agent_frame
 from jaxatari.config import Config
 from jaxatari.envs.base import SplitStep
-from jaxatari.loops.session import Session, evaluate_on_host, to_seeds
+from jaxatari.loops.session import Session, SeedsStep, evaluate_on_host, to_seeds
 from jaxatari.xla_options import edge_jit
 
 
@@ -338,14 +338,13 @@ class HostRunner:
                 # Uniform next actions need nothing from this step: they go to the envs
                 # before its bookkeeping, which then overlaps them.
                 early = None if learned or last else send_uniform(epsilon_next)
-                reward = to_seeds(result.reward, seeds)
-                terminated = to_seeds(result.terminated, seeds)
-                done = terminated | to_seeds(result.truncated, seeds)
-                over = to_seeds(result.game_over, seeds)
+                result = SeedsStep.of(result, seeds)
+                reward, terminated, done = result.reward, result.terminated, result.done
+                over = result.game_over
                 numbers = _pack((seeds, envs), reward=reward, terminated=terminated,
                                 is_first=is_first, valid=~after_done, next_is_first=after_done,
                                 after_done=done)
-                next_frame = to_seeds(result.obs, seeds)
+                next_frame = result.obs
                 is_first, after_done = after_done, done
                 if learned or last:
                     replay_state, actor = explored.flush(replay_state, actor)

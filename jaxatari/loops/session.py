@@ -14,6 +14,7 @@ score of the finished episodes (or of the running ones when none finished).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Callable, NoReturn, Protocol
@@ -169,6 +170,25 @@ def to_seeds(x, seeds: int) -> np.ndarray:
     return np.asarray(x).reshape(seeds, -1, *np.shape(x)[1:])
 
 
+@dataclasses.dataclass(frozen=True)
+class SeedsStep:
+    """One step of a host pool of S * E envs, every field [S, E, ...] (``envs.base``'s
+    next-step reset convention; ``game_over``: a whole game ended, for scores)."""
+
+    obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    done: np.ndarray          # terminated or truncated
+    game_over: np.ndarray
+
+    @classmethod
+    def of(cls, result, seeds: int) -> "SeedsStep":
+        terminated = to_seeds(result.terminated, seeds)
+        return cls(obs=to_seeds(result.obs, seeds), reward=to_seeds(result.reward, seeds),
+                   terminated=terminated, done=terminated | to_seeds(result.truncated, seeds),
+                   game_over=to_seeds(result.game_over, seeds))
+
+
 def eval_steps_per_env(config: Config) -> int:
     return max(math.ceil(config.val_steps / config.val_envs), 1)
 
@@ -194,15 +214,15 @@ def evaluate_on_host(config: Config, env_factory, step: int, *, start: Callable,
         after_done = np.zeros((seeds, envs), bool)
         for _ in range(eval_steps_per_env(c)):
             actions, state = act(state)
-            result = env.step(np.asarray(actions).reshape(-1))
-            over = to_seeds(result.game_over, seeds)
-            score += to_seeds(result.reward, seeds)
+            result = SeedsStep.of(env.step(np.asarray(actions).reshape(-1)), seeds)
+            over = result.game_over
+            score += result.reward
             total += np.where(over, score, 0.0).sum(1)
             episodes += over.sum(1)
             score = np.where(over, 0.0, score)
             is_first = after_done
-            after_done = to_seeds(result.terminated | result.truncated, seeds)
-            state = observe(state, to_seeds(result.obs, seeds), is_first, after_done)
+            after_done = result.done
+            state = observe(state, result.obs, is_first, after_done)
         return mean_score(total, episodes, score.mean(1)), episodes
     finally:
         env.close()

@@ -1,7 +1,8 @@
 """The flat options (``jaxatari.config.Config``) translated, in one place, into what the
 training loops build: the Q agent's and the actor-learners' static settings, the learning
 cadence (Mnih et al. 2015's learn start, update period and target period; Schaul et al.
-2016's annealed importance-sampling exponent) and the length of a jitted chunk.
+2016's annealed importance-sampling exponent), the length of a jitted chunk and what the
+checkpoints keep.
 """
 from __future__ import annotations
 
@@ -137,3 +138,36 @@ def mean_actor_epsilon(learner: ActorLearner, steps, final_epsilon) -> float:
     s = learner.settings
     return float(np.mean(actor_epsilon(np.asarray(steps), np.asarray(final_epsilon),
                                        start=s.epsilon_start, decay_steps=s.epsilon_steps)))
+
+
+# --checkpoint-replay: "auto" leaves the choice to the run (JAX-native envs up to 1 GiB).
+CHECKPOINT_REPLAY = {"auto": None, "true": True, "false": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointChoices:
+    """What a run's checkpoints keep.
+
+    keep_every: every evaluation's checkpoint as ``checkpoints/step_<step>`` (the
+        original's -checkpoint).
+    checkpoint_replay: the replay memory in ``checkpoints/last``; None: yes for JAX-native
+        envs up to 1 GiB, no for host envs.
+    val_size: held-out transitions for the V and TD-error statistics (the original's
+        -valSize).
+    """
+
+    keep_every: bool
+    checkpoint_replay: bool | None
+    val_size: int
+
+
+def checkpoint_choices(config: Config, *, keep_every: bool | None = None,
+                       checkpoint_replay: bool | None = None,
+                       val_size: int | None = None) -> CheckpointChoices:
+    """--checkpoint-every, --checkpoint-replay and --val-size, each replaced by a value a
+    library caller gives."""
+    return CheckpointChoices(
+        keep_every=config.checkpoint_every if keep_every is None else keep_every,
+        checkpoint_replay=(CHECKPOINT_REPLAY[config.checkpoint_replay]
+                           if checkpoint_replay is None else checkpoint_replay),
+        val_size=config.val_size if val_size is None else val_size)
