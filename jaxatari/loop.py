@@ -61,7 +61,7 @@ from jaxatari.loops.session import SessionBase, eval_steps_per_env, run_native_c
 # agent_settings and chunk_iterations: also this module's names for scripts and tests
 from jaxatari.loops.settings import (agent_settings, build_learner, cadence_of,
                                      checkpoint_choices, chunk_iterations)
-from jaxatari.metrics import Evaluation, RunLogger, finite_or_none, mean_score
+from jaxatari.metrics import ChunkStats, Evaluation, RunLogger, finite_or_none, mean_score
 from jaxatari.networks import body_misfit
 from jaxatari.rundir import RunDirLock, check_run_dir, create_run_dir
 from jaxatari.xla_options import edge_jit
@@ -247,6 +247,7 @@ class Trainer(SessionBase):
             raise ConfigError(f"{misfit} ({self.spec.name})")
         self.cadence = cadence_of(config)
         self.native = isinstance(self.env, JaxEnv)
+        self.build_agent()
         self.keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
         self.heldout_key = jax.random.PRNGKey(config.seed + HELDOUT_KEY_OFFSET)
         choices = checkpoint_choices(config, keep_every=keep_every,
@@ -263,11 +264,15 @@ class Trainer(SessionBase):
     @property
     def settings(self):
         """The agent's static settings."""
-        return self.stacker.settings
+        return self.pure_agent.settings
+
+    def build_agent(self) -> None:
+        """Builds this kind's pure agent from the config and the env's spec."""
+        raise NotImplementedError
 
     @property
-    def stacker(self):
-        """The agent (it knows its settings and frame-stack shape)."""
+    def pure_agent(self):
+        """This kind's pure agent record (its settings, frame-stack shape and functions)."""
         raise NotImplementedError
 
     @property
@@ -439,7 +444,7 @@ class Trainer(SessionBase):
                      rows_label=self.filter_rows_label())
 
     def settings_stack_channels(self) -> int:
-        return self.stacker.stack_shape[-1]
+        return self.pure_agent.stack_shape[-1]
 
     def filter_rows_label(self) -> str:
         from jaxatari.plots import filter_rows_label
@@ -550,12 +555,11 @@ class QTrainer(Trainer):
     kind = CHECKPOINT_KIND
     structure = STRUCTURAL_SETTINGS
 
-    def __init__(self, config: Config, run_dir: Path, quiet: bool = False, **kwargs):
-        super().__init__(config, run_dir, quiet, **kwargs)
-        self.agent: QAgent = make_q_agent(agent_settings(config, self.spec, self.native))
+    def build_agent(self) -> None:
+        self.agent: QAgent = make_q_agent(agent_settings(self.config, self.spec, self.native))
 
     @property
-    def stacker(self) -> QAgent:
+    def pure_agent(self) -> QAgent:
         return self.agent
 
     def steps_per_iteration(self) -> int:
@@ -687,7 +691,8 @@ class QTrainer(Trainer):
             return mean_score(total, episodes, partial), episodes, None, None
 
         def log_chunk(step: int, carry: NativeCarry, out, run: int, seconds: float):
-            self.logger.log_chunk(step, out, self.cadence.epsilon(step), seconds, run * c.envs)
+            self.logger.log_chunk(step, ChunkStats.of(out), self.cadence.epsilon(step), seconds,
+                                  run * c.envs)
 
         return run_native_chunks(self, carry=carry, iteration=iteration,
                                  total_iterations=total_iterations, iterations_per_chunk=length,
@@ -711,12 +716,11 @@ class ActorLearnerTrainer(Trainer):
     kind = ACTOR_LEARNER_KIND
     structure = ACTOR_LEARNER_STRUCTURE
 
-    def __init__(self, config: Config, run_dir: Path, quiet: bool = False, **kwargs):
-        super().__init__(config, run_dir, quiet, **kwargs)
-        self.learner = build_learner(config, self.spec)
+    def build_agent(self) -> None:
+        self.learner = build_learner(self.config, self.spec)
 
     @property
-    def stacker(self):
+    def pure_agent(self):
         return self.learner
 
     @property

@@ -66,6 +66,33 @@ class Evaluation:
                    td_error=array(record.get("td_error")))
 
 
+@dataclasses.dataclass(frozen=True)
+class ChunkStats:
+    """One chunk's training statistics, as every loop hands them to ``RunLogger.log_chunk``.
+
+    scores [T, S, E]: the raw game score where ``finished`` [T, S, E] (an episode ended);
+    loss, td_error, q_mean [U, S]: the learner's, on the update rows where ``learned`` [U].
+    Read by field, or by name as a mapping (``stats["loss"]``).
+    """
+
+    scores: np.ndarray
+    finished: np.ndarray
+    loss: np.ndarray
+    td_error: np.ndarray
+    q_mean: np.ndarray
+    learned: np.ndarray
+
+    @classmethod
+    def of(cls, out) -> "ChunkStats":
+        """From a mapping of the same names (a jitted chunk's outputs)."""
+        if isinstance(out, ChunkStats):
+            return out
+        return cls(**{f.name: np.asarray(out[f.name]) for f in dataclasses.fields(cls)})
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return getattr(self, name)
+
+
 def mean_score(total, episodes, partial=None) -> np.ndarray:
     """Mean raw score over finished episodes; NaN (shown as n/a) where none finished.
 
@@ -235,12 +262,13 @@ class RunLogger:
         else:
             print(text, file=sys.stderr, flush=True)
 
-    def log_chunk(self, step: int, out: dict[str, np.ndarray], epsilon: float, seconds: float,
+    def log_chunk(self, step: int, out: ChunkStats, epsilon: float, seconds: float,
                   steps: int) -> None:
-        """``out`` holds a chunk's outputs: scores/finished [T, S, E], loss etc. [T, S], learned [T]."""
-        finished = np.asarray(out["finished"], bool)
-        scores = np.asarray(out["scores"], np.float64)
-        learned = np.asarray(out["learned"], bool)
+        """One chunk's ``ChunkStats`` (or a mapping of its names)."""
+        out = ChunkStats.of(out)
+        finished = np.asarray(out.finished, bool)
+        scores = np.asarray(out.scores, np.float64)
+        learned = np.asarray(out.learned, bool)
         speed = steps / max(seconds, 1e-9)
         for seed in range(self.seeds):
             done = finished[:, seed]

@@ -18,6 +18,7 @@ from jaxatari.agents.actor_native import make_rollout_value_stats
 from jaxatari.agents.frames import push_frame, to_agent_frame
 from jaxatari.config import Config
 from jaxatari.loops.session import evaluate_on_host
+from jaxatari.metrics import ChunkStats
 from jaxatari.types import TrainState
 from jaxatari.xla_options import edge_jit
 
@@ -94,21 +95,23 @@ class ChunkLog:
         self.started = time.perf_counter()
         self.steps = 0
 
-    def out(self) -> dict[str, np.ndarray]:
+    def out(self) -> ChunkStats:
         """Seeds may have made different numbers of updates (async mode): each seed's rows
         are padded with its own mean, so the per-seed means the logger prints are exact."""
         rows = max((len(m) for m in self.metrics), default=0)
-        out = {"scores": np.stack(self.scores), "finished": np.stack(self.finished),
-               "learned": np.ones(rows, bool)}
-        for name in ("loss", "td_error", "q_mean"):
-            table = np.full((rows, self.seeds), np.nan)
+
+        def table(name: str) -> np.ndarray:
+            values = np.full((rows, self.seeds), np.nan)
             for seed, metrics in enumerate(self.metrics):
-                values = [float(m[name]) for m in metrics]
-                if values:
-                    table[:, seed] = np.mean(values)
-                    table[:len(values), seed] = values
-            out[name] = table
-        return out
+                seed_values = [float(m[name]) for m in metrics]
+                if seed_values:
+                    values[:, seed] = np.mean(seed_values)
+                    values[:len(seed_values), seed] = seed_values
+            return values
+
+        return ChunkStats(scores=np.stack(self.scores), finished=np.stack(self.finished),
+                          loss=table("loss"), td_error=table("td_error"),
+                          q_mean=table("q_mean"), learned=np.ones(rows, bool))
 
 
 class ActorHostEvaluator:

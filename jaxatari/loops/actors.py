@@ -1,61 +1,20 @@
-"""The actor-learners' outer loops (``--async sarsa|onestep|nstep|a3c``): the edge around
-``jaxatari.agents.actor_learner``; the asynchronous host loop is ``loops.actors_async``.
+"""The actor-learners' outer loops (``--async sarsa|onestep|nstep|a3c``, Mnih et al.
+2016): the edge around ``jaxatari.agents.actor_learner``.
 
-How this relates to the original's Hogwild A3C
------------------------------------------------
-Kaixhin/Atari (like Mnih et al. 2016) ran ``-threads`` CPU threads, each with its own
-emulator and a thread-local copy of the network, all writing gradients into one shared
-parameter tensor without locks (Hogwild!, Recht et al. 2011): a thread plays t_max steps,
-computes its gradient against parameters that other threads may be overwriting, and
-applies it to the shared parameters and shared RMSProp statistics.
+JAX has no shared mutable parameters, so the original's Hogwild! threads (Recht et al.
+2011) become N batched actors: with ``--async-mode sync`` the N = ``--envs`` envs of a
+seed step together and every T = ``--batch-size`` steps the [T, N] rollout makes one
+update, averaged over the actors - A2C (Wu et al. 2017), the same losses without stale
+gradients. JAX-native envs run the whole loop in XLA (``agents.actor_native``, driven by
+``loops.session.run_native_chunks``); host envs step one pool of S * N envs reshaped to
+[S, N]. ``--async-mode async`` is ``loops.actors_async``.
 
-JAX has no shared mutable parameters: a jitted function maps parameters to new
-parameters. And on a CPU or GPU, one network evaluation on a batch of N states costs far
-less than N evaluations of one state. So here the N actors are batched:
-
-* ``--async-mode sync`` (A2C-style, the default for the demos): N = ``--envs`` envs per
-  seed step together; every T = ``--batch-size`` steps the [T, N] rollout makes ONE
-  update, averaged over the actors. For JAX-native envs (Catch, GridWorld, MinAtar) the
-  whole loop - acting, env steps, rollouts, updates, target syncs - is one jitted
-  ``lax.scan`` with the seeds vmapped (as ``agents/native.py``); for host envs one pool of
-  S * N envs is reshaped to [S, N]. This is A2C (Wu et al. 2017, "the synchronous version
-  of A3C"): the same losses, without the stale gradients of lock-free threads.
-* ``--async-mode async`` (host envs with envpool): envpool's async API plays
-  ``--envs`` envs and hands back whichever ``B`` are ready first (B is the largest
-  proper divisor of ``--envs``, half of them for even counts), so a slow env never
-  stalls acting or learning, as in Hogwild where a slow thread never stalls the others.
-  Each env's transitions are gathered under its env id; whenever B envs have completed a
-  rollout of T steps, one update is made from them. Unlike Hogwild the update is one
-  consistent step: gradients never mix parameters of different ages within an update;
-  like Hogwild a rollout may span a parameter update (its first steps acted with older
-  parameters), which is the same mild off-policyness A3C accepted.
-
-Why batch at all: JAX arrays are immutable, so lock-free writes into one parameter buffer
-are impossible; and batching N actors into one network call (and one update) is what
-makes a CPU's vector units or a GPU efficient, where N threads each evaluating one state
-leave them idle. ``--async-mode async`` with a JAX-native env is refused: those envs have
-no async API, and inside one jitted scan nothing can be slow anyway.
-
-Life loss: the async mode builds envpool itself (``make_async_envpool``), with every
-option from the protocol recorded in the env spec (``envs.atari.envpool_kwargs``; raw game
-rewards from ``info["reward"]``, game overs from ``info["terminated"]``) and detects lost
-lives from ``info["lives"]``, as ``envs/atari.py`` does, instead of envpool's
-``episodic_life``; validation always plays whole games (life loss not terminal).
-
-Runs, checkpoints, Ctrl+C and resume: the loops talk to a ``loops.session.Session``
-(``loop.Trainer`` for a run, ``PlainSession`` for library use) that validates, saves ``last``/``best``/``step_N``
-after each evaluation, answers Ctrl+C at the loops' safe points (between chunks, updates or
-receives) with the same ``InterruptGuard`` as the replay agents, and hands back a
-restored checkpoint (``native_items``, ``actors_async.async_items``,
-``checkpoint_templates``).
-
-Kept from the original: a shared global step (target network synced every ``--tau``
-global steps, the learning rate annealed to 0 over ``--steps``), per-actor epsilons, a
-validation that acts epsilon-greedily (Q methods) or samples from the policy (A3C) and
-reports raw game scores. Deviations: validation pauses training (the original validated
-in a parallel thread while learners kept training); after a lost life in async mode the
-env is not held for a reset step (the next frame starts a new stack at once: the
-life-loss step has discount 0, so no bootstrap needs the old stack).
+Kept from the original: a shared global step (target synced every ``--tau`` steps, the
+learning rate annealed to 0 over ``--steps``), per-actor epsilons, validation acting
+epsilon-greedily (Q methods) or sampling the policy (A3C) on raw game scores; validation
+pauses training (the original validated in a parallel thread). The loops talk to a
+``loops.session.Session`` and hand it their checkpoint items (``native_items``,
+``actors_async.async_items``, ``checkpoint_templates``).
 """
 from __future__ import annotations
 
@@ -79,7 +38,7 @@ from jaxatari.loops.session import (PlainSession, SeedsStep, eval_steps_per_env,
                                     run_native_chunks, to_seeds)
 from jaxatari.loops.settings import (build_learner, chunk_iterations, crosses,
                                      mean_actor_epsilon)
-from jaxatari.metrics import mean_score
+from jaxatari.metrics import ChunkStats, mean_score
 from jaxatari.xla_options import edge_jit
 
 __all__ = ["PlainSession", "checkpoint_templates", "run_actor_learner", "train_native"]
@@ -136,11 +95,13 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
         return mean_score(total, episodes, partial), episodes, v, td
 
     def log_chunk(step: int, carry: NativeActorCarry, out, run: int, seconds: float):
-        log = {name: np.asarray(out[name]).transpose(0, 2, 1, 3).reshape(
-                   -1, c.seeds, c.envs) for name in ("scores", "finished")}
-        log.update({name: np.asarray(out[name]) for name in ("loss", "td_error", "q_mean")})
-        log["learned"] = np.ones(run, bool)
-        session.logger.log_chunk(step, log, mean_actor_epsilon(learner, carry.actors.steps,
+        def per_step(name):   # [I, S, T, N] -> [I * T, S, N]
+            return np.asarray(out[name]).transpose(0, 2, 1, 3).reshape(-1, c.seeds, c.envs)
+
+        stats = ChunkStats(scores=per_step("scores"), finished=per_step("finished"),
+                           loss=np.asarray(out["loss"]), td_error=np.asarray(out["td_error"]),
+                           q_mean=np.asarray(out["q_mean"]), learned=np.ones(run, bool))
+        session.logger.log_chunk(step, stats, mean_actor_epsilon(learner, carry.actors.steps,
                                                                carry.actors.final_epsilon),
                                  seconds, run * steps_per_iteration)
 

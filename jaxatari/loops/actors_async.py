@@ -1,7 +1,18 @@
-"""The actor-learners' asynchronous host loop (``--async-mode async``, envpool's async
-API): whichever envs are ready first are served, so a slow env never stalls acting or
-learning, as in the Hogwild! threads (Recht et al. 2011) of Mnih et al. 2016's A3C; each
-update is one consistent step on B completed rollouts. See ``loops.actors``.
+"""The actor-learners' asynchronous host loop (``--async-mode async``, Mnih et al. 2016).
+
+envpool's async API plays ``--envs`` envs and hands back whichever B are ready first (B
+the largest proper divisor of ``--envs``), so a slow env never stalls acting or learning,
+as a slow Hogwild! thread (Recht et al. 2011) never stalls the others. Each env's
+transitions are filed under its env id; whenever B envs have completed a rollout of T
+steps, one update is made from them: one consistent step, though a rollout may span an
+update (the mild off-policyness A3C accepted). JAX-native envs have no async API and are
+refused.
+
+Life loss: the pool is built from the protocol recorded in the env spec
+(``envs.atari.envpool_kwargs``; raw rewards from ``info["reward"]``, game overs from
+``info["terminated"]``) and lost lives are read from ``info["lives"]`` as ``envs/atari.py``
+does; after a lost life the next frame starts a new stack at once (the life-loss step has
+discount 0, so no bootstrap reads the old one). Validation plays whole games.
 """
 from __future__ import annotations
 
@@ -267,6 +278,11 @@ def run_host_async(config: Config, env_factory, keys, session, restored=None,
         trains[seed] = train
         chunk.metrics[seed].append(jax.device_get(metrics))
 
+    def learn_ready(seed: int, runner: AsyncActors, pad: bool = False):
+        """Learns from every batch of completed rollouts (``pad``: the last, padded one)."""
+        while (rollout := runner.pop_batch(pad=pad)) is not None:
+            learn(seed, rollout, chunk)
+
     logger = session.logger
     chunk = ChunkLog(seeds)
     logged = first
@@ -312,8 +328,7 @@ def run_host_async(config: Config, env_factory, keys, session, restored=None,
             for seed, runner in enumerate(runners):
                 finished.append(runner.step(policy_for(seed)) if runner.received < c.steps
                                 else [])
-                while (rollout := runner.pop_batch()) is not None:
-                    learn(seed, rollout, chunk)
+                learn_ready(seed, runner)
             record_scores(finished)
             chunk.steps += min(r.received for r in runners) - before
             log_and_evaluate(final=False)
@@ -323,8 +338,7 @@ def run_host_async(config: Config, env_factory, keys, session, restored=None,
         for seed, runner in enumerate(runners):
             finished.append(runner.drain())
             runner.flush()
-            while (rollout := runner.pop_batch(pad=True)) is not None:
-                learn(seed, rollout, chunk)
+            learn_ready(seed, runner, pad=True)
         record_scores(finished)
         chunk.steps += min(r.received for r in runners) - logged
         log_and_evaluate(final=True)

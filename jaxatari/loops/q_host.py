@@ -20,6 +20,7 @@ from jaxatari.agents.native import Cadence, to_agent_frame
 from jaxatari.config import Config
 from jaxatari.envs.base import SplitStep
 from jaxatari.loops.session import Session, SeedsStep, evaluate_on_host, to_seeds
+from jaxatari.metrics import ChunkStats
 from jaxatari.xla_options import edge_jit
 
 
@@ -383,8 +384,8 @@ class HostRunner:
                 chunk["learned"].append(learned)
                 chunk_steps += envs
                 if chunk_steps >= c.chunk_steps or last:
-                    out = {name: np.stack([np.asarray(v) for v in values])
-                           for name, values in chunk.items()}
+                    out = ChunkStats(**{name: np.stack([np.asarray(v) for v in values])
+                                        for name, values in chunk.items()})
                     logger.log_chunk(step_after, out, epsilon_now,
                                      time.perf_counter() - chunk_started, chunk_steps)
                     chunk = {name: [] for name in chunk}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, NoReturn, Protocol
+from typing import Any, Callable, NoReturn, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ from jaxatari.metrics import Evaluation, mean_score
 Items = Callable[[], dict]
 
 
+@runtime_checkable
 class Session(Protocol):
     """The run around a training loop, as the loop sees it.
 
