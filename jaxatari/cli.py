@@ -166,10 +166,7 @@ def _train(args: argparse.Namespace) -> int:
     run_dir, summary = train(
         config, quiet=args.quiet,
         resume_from=Path(args.resume) if isinstance(args.resume, str) else None,
-        resume=True if args.resume is not None else (False if args.no_resume else None),
-        checkpoint_every=config.checkpoint_every,
-        checkpoint_replay={"auto": None, "true": True, "false": False}[config.checkpoint_replay],
-        val_size=config.val_size)
+        resume=True if args.resume is not None else (False if args.no_resume else None))
     print_scores(summary)
     print(f"{summary['steps']:,} steps x {summary['seeds']} seeds in {summary['wall_seconds']:.1f} s "
           f"({summary['steps_per_second']:,.0f} steps/s over all seeds)")

@@ -1,10 +1,10 @@
 """Validation statistics and evaluation episodes.
 
-Validation (Kaixhin/Atari ``Validation.lua``; mission-anchors 1.9), per seed:
+Validation (Kaixhin/Atari ``Validation.lua``), per seed:
 
 * the mean raw game score over the episodes completed in ``--val-steps`` steps at epsilon
   ``--val-epsilon`` (bootstrap heads vote), or the running episodes' score if none completed
-  (``agents.native.make_native_evaluate`` and ``host.HostRunner.evaluate`` play them);
+  (``agents.native.make_native_evaluate`` and ``loops.session.evaluate_on_host`` play them);
 * the human-normalised score for Atari games (``jaxatari.human_scores``, table source named);
 * the average value V and |TD error| on a fixed set of held-out transitions. The original
   kept the first ``valSize + 1`` training transitions in a separate memory; here a fixed
@@ -34,6 +34,13 @@ from jaxatari.types import ActorState, Transition
 from jaxatari.xla_options import edge_jit
 
 DEFAULT_VAL_SIZE = 500   # the original's -valSize
+# The evaluations' random streams, offset from --seed so they never repeat training's:
+# the chain of evaluation keys (split once per evaluation, checkpointed) ...
+EVAL_KEY_OFFSET = 10_007
+# ... host evaluation envs, seeded --seed + EVAL_ENV_SEED_OFFSET + step ...
+EVAL_ENV_SEED_OFFSET = 7919
+# ... and the draw of the Q agent's held-out transitions from its replay memory.
+HELDOUT_KEY_OFFSET = 31_337
 
 
 # ------------------------------------------------------------------ held-out transitions

@@ -52,12 +52,16 @@ import numpy as np
 from jaxatari import checkpoint as ckpt
 from jaxatari import human_scores
 from jaxatari.agents.dqn import QAgent, QAgentSettings, make_q_agent
-from jaxatari.agents.native import (Cadence, NativeCarry, init_native_seeds, make_native_chunk,
+from jaxatari.agents.native import (NativeCarry, init_native_seeds, make_native_chunk,
                                     make_native_evaluate, native_seed_axes)
-from jaxatari.config import Config, ConfigError, config_json, flag_name, resolved_loss
+from jaxatari.config import Config, ConfigError, config_json, flag_name
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
-from jaxatari.evaluation import DEFAULT_VAL_SIZE, make_heldout_sampler, make_value_stats
-from jaxatari.metrics import Evaluation, RunLogger, finite_or_none, mean_score
+from jaxatari.evaluation import HELDOUT_KEY_OFFSET, make_heldout_sampler, make_value_stats
+from jaxatari.loops.session import SessionBase, eval_steps_per_env, run_native_chunks
+# agent_settings and chunk_iterations: also this module's names for scripts and tests
+from jaxatari.loops.settings import (agent_settings, build_learner, cadence_of,
+                                     checkpoint_choices, chunk_iterations)
+from jaxatari.metrics import ChunkStats, Evaluation, RunLogger, finite_or_none, mean_score
 from jaxatari.networks import body_misfit
 from jaxatari.rundir import RunDirLock, check_run_dir, create_run_dir
 from jaxatari.xla_options import edge_jit
@@ -77,87 +81,6 @@ STRUCTURAL_SETTINGS = ("num_actions", "obs_shape", "obs_dtype", "hist_len", "bod
 ACTOR_LEARNER_STRUCTURE = ("method", "num_actions", "obs_shape", "obs_dtype", "num_actors",
                            "hist_len", "body", "mlp_features", "hidden_size", "dueling",
                            "optimiser", "grad_clip")
-
-
-def conv_impl(config: Config, native: bool) -> str:
-    """--conv auto: XLA's convolution where it is fast on CPU (called at top level from the
-    host loop, one seed: about 2x PatchConv for the Nature update), patches elsewhere
-    (inside lax.scan, or vmapped over seeds where XLA groups the convolution)."""
-    if config.conv != "auto":
-        return config.conv
-    return "patch" if native or config.seeds > 1 else "xla"
-
-
-def agent_settings(config: Config, spec: EnvSpec, native: bool = True) -> QAgentSettings:
-    """Translates the flat options into the Q agent's static choices."""
-    uint8 = spec.obs_dtype == "uint8" or config.discretise_mem
-    return QAgentSettings(
-        num_actions=spec.num_actions, obs_shape=tuple(spec.obs_shape),
-        obs_dtype="uint8" if uint8 else "float32", hist_len=config.hist_len,
-        body=config.model_body, mlp_features=(config.mlp_hidden,),
-        hidden_size=config.hidden_size, dueling=config.duel,
-        num_heads=max(config.bootstraps, 1), bootstrap_prob=config.bootstrap_prob,
-        loss=resolved_loss(config), double_q=config.double_q, pal_alpha=config.pal_alpha,
-        td_clip=config.td_clip, reward_clip=config.reward_clip, gamma=config.gamma,
-        n_step=config.n_step,
-        replay="uniform" if config.mem_priority == "none" else config.mem_priority,
-        capacity=config.mem_size, num_envs=config.envs, alpha=config.alpha,
-        batch_size=config.batch_size, optimiser=config.optimiser, learning_rate=config.eta,
-        momentum=config.momentum, grad_clip=config.grad_clip,
-        loss_reduction=config.loss_reduction,
-        lr_decay_updates=total_updates(config) if config.eta_anneal else 0,
-        recurrent=config.recurrent, burn_in=config.burn_in, loss_steps=config.loss_steps,
-        conv=conv_impl(config, native))
-
-
-def chunk_iterations(config: Config, steps_per_iteration: int) -> int:
-    """Iterations per jitted chunk of the JAX-native loops: --chunk-steps, shortened to
-    --val-freq when that is smaller. Validation runs between chunks, so a chunk longer than
-    --val-freq would validate only once per chunk; one length keeps one compile."""
-    c = config
-    chunk = max(min(c.chunk_steps, c.steps) // steps_per_iteration, 1)
-    return min(chunk, max(c.val_freq // steps_per_iteration, 1))
-
-
-def total_updates(config: Config) -> int:
-    """Learner updates in a whole run: one every --mem-sample-freq steps after --learn-start,
-    --mem-n-samples each."""
-    learning_steps = max(config.steps - config.learn_start, 0)
-    return max(learning_steps // config.mem_sample_freq * config.mem_n_samples, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunCadence(Cadence):
-    """``Cadence`` with two run-level refinements.
-
-    learn_from: no learning before this iteration (a resumed run whose replay memory was
-        not checkpointed refills it for --learn-start steps first).
-    uniform_replay: beta is 0 for uniform replay. Its importance weights are 1 whatever
-        beta is, but XLA computes ``w / max(w)`` through a reciprocal, so with beta > 0 they
-        come out as 1 or 0.99999994 depending on beta, which anneals over --steps: a run's
-        numbers would then depend on --steps, and a run resumed with a larger --steps
-        would not reproduce an uninterrupted one. With beta = 0 they are exactly 1.
-    """
-
-    learn_from: int = 0
-    uniform_replay: bool = False
-
-    def learns(self, iteration):
-        return super().learns(iteration) & (iteration >= self.learn_from)
-
-    def beta(self, step):
-        return 0.0 if self.uniform_replay else super().beta(step)
-
-
-def cadence_of(config: Config) -> RunCadence:
-    envs, freq = config.envs, config.mem_sample_freq
-    return RunCadence(num_envs=envs, learn_start=config.learn_start,
-                      update_every=max(freq // envs, 1),
-                      updates_per_learn=max(envs // freq, 1) * config.mem_n_samples,
-                      target_period=config.tau, epsilon_start=config.epsilon_start,
-                      epsilon_end=config.epsilon_end, epsilon_steps=config.epsilon_steps,
-                      beta_zero=config.beta_zero if config.mem_priority != "none" else 0.0,
-                      total_steps=config.steps, uniform_replay=config.mem_priority == "none")
 
 
 def environment_record() -> dict[str, Any]:
@@ -291,13 +214,30 @@ class Restored:
         return [Evaluation.from_json(e) for e in self.metadata.get("evaluations", [])]
 
 
-class Trainer:
-    """Runs one configuration end to end; the public entry is ``train(config)``."""
+class Trainer(SessionBase):
+    """Runs one configuration end to end; the public entry is ``train(config)``. The
+    ``loops.session.Session`` of a run: evaluations completed with human-normalised
+    scores and held-out statistics, checkpoints, resume and the Ctrl+C question.
+
+    ``Trainer(config, ...)`` builds the subclass of the config's agent kind: ``QTrainer``
+    (the DQN family) or ``ActorLearnerTrainer`` (``--async``). Each owns its agent, its
+    checkpoint templates and structural settings and its choice of loop.
+    """
+
+    kind: str                       # the checkpoint's agent kind
+    structure: tuple[str, ...]      # settings that must match a checkpoint to resume it
+
+    def __new__(cls, config: Config, *args, **kwargs):
+        if cls is Trainer:
+            cls = QTrainer if config.async_method == "none" else ActorLearnerTrainer
+        return super().__new__(cls)
 
     def __init__(self, config: Config, run_dir: Path, quiet: bool = False, *,
-                 keep_every: bool = False, checkpoint_replay: bool | None = None,
-                 val_size: int = DEFAULT_VAL_SIZE, interactive: bool = False):
-        self.config = config
+                 keep_every: bool | None = None, checkpoint_replay: bool | None = None,
+                 val_size: int | None = None, interactive: bool = False):
+        """``keep_every``, ``checkpoint_replay`` and ``val_size`` default to the config's
+        (``loops.settings.checkpoint_choices``)."""
+        super().__init__(config)
         self.run_dir = run_dir
         self.quiet = quiet
         self.env = make_env(config)
@@ -307,80 +247,65 @@ class Trainer:
             raise ConfigError(f"{misfit} ({self.spec.name})")
         self.cadence = cadence_of(config)
         self.native = isinstance(self.env, JaxEnv)
-        self.agent: QAgent | None = None
-        self.learner = None
-        if config.async_method == "none":
-            self.agent = make_q_agent(agent_settings(config, self.spec, self.native))
-        else:
-            from jaxatari.actor_loop import build_learner
-            self.learner = build_learner(config, self.spec)
+        self.build_agent()
         self.keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
-        self.eval_key = jax.random.PRNGKey(config.seed + 10_007)
-        self.heldout_key = jax.random.PRNGKey(config.seed + 31_337)
-        self.checkpoints = ckpt.RunCheckpoints(run_dir, keep_every=keep_every)
-        self.checkpoint_replay = checkpoint_replay
-        if val_size < 1:
-            raise ConfigError(f"--val-size must be positive, got {val_size}")
-        self.val_size = val_size
+        self.heldout_key = jax.random.PRNGKey(config.seed + HELDOUT_KEY_OFFSET)
+        choices = checkpoint_choices(config, keep_every=keep_every,
+                                     checkpoint_replay=checkpoint_replay, val_size=val_size)
+        self.checkpoints = ckpt.RunCheckpoints(run_dir, keep_every=choices.keep_every)
+        self.checkpoint_replay = choices.checkpoint_replay
+        self.val_size = choices.val_size
         self.guard = InterruptGuard(interactive)
-        self.evaluations: list[Evaluation] = []
         self.best_score = -math.inf
         self.heldout = None
-        self.next_eval = config.val_freq
         self.start_step = 0
-        self.logger: RunLogger | None = None
 
     # ------------------------------------------------------------------ state layout
     @property
-    def kind(self) -> str:
-        return CHECKPOINT_KIND if self.agent is not None else ACTOR_LEARNER_KIND
+    def settings(self):
+        """The agent's static settings."""
+        return self.pure_agent.settings
+
+    def build_agent(self) -> None:
+        """Builds this kind's pure agent from the config and the env's spec."""
+        raise NotImplementedError
 
     @property
-    def settings(self):
-        """The agent's or the actor-learner's static settings."""
-        return (self.agent or self.learner).settings
+    def pure_agent(self):
+        """This kind's pure agent record (its settings, frame-stack shape and functions)."""
+        raise NotImplementedError
 
     @property
     def path_kind(self) -> str:
-        if self.native:
-            return "native"
-        return "host-async" if self.learner is not None and \
-            self.config.async_mode == "async" else "host"
+        return "native" if self.native else "host"
 
-    def _init_example(self):
-        """(train, replay, actor) of all seeds as ShapeDtypeStructs, replay counters shared."""
-        return jax.eval_shape(jax.vmap(self.agent.init, out_axes=(0, self._replay_axes(), 0)),
-                              self.keys)
-
-    @functools.cached_property
-    def replay_bytes(self) -> int:
-        """Size of all seeds' replay memory (0 for the actor-learners, which keep none)."""
-        return 0 if self.agent is None else ckpt.nbytes(self._init_example()[1])
+    # What a kind may refine; the defaults are an actor-learner's.
+    replay_bytes = 0                # all seeds' replay memory
 
     def _include_replay(self) -> bool:
-        if self.agent is None:
-            return False
-        if self.checkpoint_replay is not None:
-            return self.checkpoint_replay
-        return self.native and self.replay_bytes <= REPLAY_AUTO_LIMIT
+        return False
+
+    def saved_setting_defaults(self) -> dict[str, Any]:
+        """Settings a checkpoint older than them was saved with (their defaults)."""
+        return {}
+
+    def steps_per_iteration(self) -> int:
+        raise NotImplementedError
 
     def templates(self) -> dict[str, Any]:
         """The checkpoint items of this run as ShapeDtypeStructs (for restoring)."""
-        if self.agent is None:
-            from jaxatari.actor_loop import checkpoint_templates
-            return checkpoint_templates(self.config, self.env, self.keys)
-        train, replay, actor = self._init_example()
-        heldout = jax.eval_shape(self._sample_heldout_fn(self._replay_axes()), replay, self.keys)
-        if self.native:
-            carry = jax.eval_shape(lambda k: init_native_seeds(self.agent, self.env, k), self.keys)
-            return {"train": carry.train, "actor": carry.actor, "env": self._env_item(carry),
-                    "replay": carry.replay, "heldout": heldout}
-        return {"train": train, "actor": actor, "replay": replay, "heldout": heldout}
+        raise NotImplementedError
 
-    @staticmethod
-    def _env_item(carry: NativeCarry) -> dict[str, Any]:
-        return {"env_state": carry.env_state, "frame": carry.frame, "is_first": carry.is_first,
-                "score": carry.score}
+    def train_loop(self, restored: Restored | None) -> Any:
+        """Runs this kind's loop; returns the final train state [S]."""
+        raise NotImplementedError
+
+    def _state_notes(self) -> tuple[bool, str]:
+        """(whether the state note is due whatever its size, what it adds about replay)."""
+        return False, ""
+
+    def _learning_notes(self) -> list[str]:
+        return []
 
     @functools.cached_property
     def state_bytes(self) -> int:
@@ -388,13 +313,6 @@ class Trainer:
         learner, actors, envs, held-out set and replay memory (from shapes: nothing is
         allocated to count them)."""
         return ckpt.nbytes(self.templates())
-
-    def _replay_axes(self):
-        example = jax.eval_shape(self.agent.init, self.keys[0])[1]
-        return self.agent.replay.seed_axes(example)
-
-    def _sample_heldout_fn(self, replay_axes) -> Callable:
-        return jax.vmap(make_heldout_sampler(self.agent, self.val_size), in_axes=(replay_axes, 0))
 
     def base_metadata(self) -> dict[str, Any]:
         c = self.config
@@ -405,9 +323,7 @@ class Trainer:
                 "val_size": self.val_size}
 
     def _iterations_per_chunk(self) -> int:
-        c = self.config
-        per_iteration = c.envs * (c.batch_size if self.agent is None else 1)
-        return chunk_iterations(c, per_iteration)
+        return chunk_iterations(self.config, self.steps_per_iteration())
 
     # ------------------------------------------------------------------ resume
     def restore(self, path: Path) -> Restored:
@@ -434,11 +350,9 @@ class Trainer:
         if meta.get("seeds") != self.config.seeds:
             raise ckpt.CheckpointError(f"checkpoint {path} holds {meta.get('seeds')} seeds; this "
                                        f"run has --seeds {self.config.seeds}")
-        structure = STRUCTURAL_SETTINGS if self.agent is not None else ACTOR_LEARNER_STRUCTURE
         # A checkpoint older than a setting was saved with that setting's default.
-        defaults = ({f.name: f.default for f in dataclasses.fields(QAgentSettings)}
-                    if self.agent is not None else {})
-        for name in structure:
+        defaults = self.saved_setting_defaults()
+        for name in self.structure:
             if saved.get(name, defaults.get(name)) != ours.get(name):
                 raise ckpt.CheckpointError(
                     f"checkpoint {path} was saved by another network or memory ({name} "
@@ -467,43 +381,10 @@ class Trainer:
         self.heldout = restored.items.get("heldout")
         if restored.metadata.get("eval_key") is not None:
             self.eval_key = jnp.asarray(restored.metadata["eval_key"], jnp.uint32)
-        if self.agent is not None and restored.items.get("replay") is None:
-            envs = self.config.envs
-            self.cadence = dataclasses.replace(
-                self.cadence, learn_from=restored.iteration + math.ceil(self.config.learn_start / envs))
 
     # ------------------------------------------------------------------ validation & saving
-    def next_eval_key(self):
-        """The key of the next evaluation: a chain split once per evaluation (checkpointed,
-        so a resumed run's evaluations draw what the uninterrupted run's would)."""
-        self.eval_key, key = jax.random.split(self.eval_key)
-        return key
-
-    def _compile_validation(self, replay_axes) -> None:
-        self._sample_heldout = edge_jit(self._sample_heldout_fn(replay_axes))
-        self._value_stats = edge_jit(jax.vmap(make_value_stats(self.agent)))
-
-    def validate(self, step: int, scores, episodes, train, replay_state, v=None,
-                 td_error=None) -> Evaluation:
-        """Completes an evaluation's statistics (normalised score, V, TD error: from the
-        held-out transitions of the replay memory, or given by an actor-learner loop) and
-        logs it."""
-        c = self.config
-        if self.agent is not None and self.heldout is None and step >= c.learn_start:
-            keys = jax.random.split(self.heldout_key, c.seeds)
-            self.heldout = self._sample_heldout(replay_state, keys)
-        td = td_error
-        if self.heldout is not None:
-            v, td = (np.asarray(x, np.float64) for x in
-                     jax.device_get(self._value_stats(train, self.heldout)))
-        normalised = human_scores.normalise(self.spec.human_name, scores)
-        evaluation = Evaluation(step, np.asarray(scores, np.float64), np.asarray(episodes),
-                                normalised=normalised, v=v, td_error=td)
-        self.evaluations.append(evaluation)
-        self.logger.log_eval(step, evaluation.scores, evaluation.episodes, normalised=normalised,
-                             v=v, td_error=td, params=train.params)
-        self.next_eval = (step // c.val_freq + 1) * c.val_freq
-        return evaluation
+    def normalise(self, scores):
+        return human_scores.normalise(self.spec.human_name, scores)
 
     def metadata(self, step: int, iteration: int, reason: str) -> dict[str, Any]:
         latest = self.evaluations[-1] if self.evaluations else None
@@ -533,16 +414,6 @@ class Trainer:
     def interrupt_requested(self) -> bool:
         return self.guard.requested
 
-    def record_evaluation(self, step: int, scores, episodes, items: Callable[[], dict],
-                          iteration: int, v=None, td_error=None) -> Evaluation:
-        """An actor-learner loop's evaluation, with V and TD error from its own held-out
-        rollouts (``actor_loop.HeldOutRollouts``): completed, logged and checkpointed."""
-        saved = items()
-        evaluation = self.validate(step, scores, episodes, saved["train"], None,
-                                   v=v, td_error=td_error)
-        self.save_after_eval(evaluation, saved, iteration)
-        return evaluation
-
     def save_after_eval(self, evaluation: Evaluation, items: dict[str, Any], iteration: int) -> None:
         """``last`` after every evaluation, ``best`` when the mean score over seeds beats the
         best so far (as the original: strictly greater), ``step_<step>`` with keep_every."""
@@ -564,7 +435,7 @@ class Trainer:
     def _plot_filters(self, params) -> None:
         """conv_filters.png of seed 0 at every validation (networks without convolutions
         return before drawing anything)."""
-        from jaxatari.metrics import plot_filters
+        from jaxatari.plots import plot_filters
         plot_filters(self.run_dir / "conv_filters.png",
                      jax.tree.map(lambda x: np.asarray(x[0]), params),
                      self.settings_stack_channels(),
@@ -573,10 +444,10 @@ class Trainer:
                      rows_label=self.filter_rows_label())
 
     def settings_stack_channels(self) -> int:
-        return (self.agent or self.learner).stack_shape[-1]
+        return self.pure_agent.stack_shape[-1]
 
     def filter_rows_label(self) -> str:
-        from jaxatari.metrics import filter_rows_label
+        from jaxatari.plots import filter_rows_label
         frame_channels = self.spec.obs_shape[-1] if len(self.spec.obs_shape) == 3 else 1
         stacked = self.settings_stack_channels() // max(frame_channels, 1)
         return filter_rows_label(frame_channels, stacked)
@@ -602,103 +473,23 @@ class Trainer:
         c = self.config
         notes = []
         state = self.state_bytes
-        if state >= LARGE_STATE or (self.agent is not None and c.mem_size > c.steps):
-            replay = ""
-            if self.agent is not None:
-                replay = (f"; replay memory {gib(self.replay_bytes)} for --mem-size "
-                          f"{c.mem_size:,} per seed")
-                if c.mem_size > c.steps:
-                    replay += f", of which --steps {c.steps:,} fills {c.steps / c.mem_size:.1%}"
+        due, replay = self._state_notes()
+        if state >= LARGE_STATE or due:
             notes.append(f"allocates about {gib(state)} for the state of {c.seeds} "
                          f"seed{'s' if c.seeds > 1 else ''}{replay}")
-        if self.agent is not None and c.learn_start >= c.steps:
-            notes.append(f"--learn-start {c.learn_start:,} is not below --steps {c.steps:,}: "
-                         "this run acts and fills its memory but never learns")
+        notes.extend(self._learning_notes())
         validations = c.steps // c.val_freq + (1 if c.steps % c.val_freq else 0)
         if validations * c.val_steps > c.steps:
             notes.append(f"validation: {validations:,} evaluation"
                          f"{'s' if validations > 1 else ''} of --val-steps {c.val_steps:,} "
                          f"({validations * c.val_steps:,} steps per seed) beside {c.steps:,} "
                          "training steps")
-        chunk = self._iterations_per_chunk() * (c.envs * (1 if self.agent is not None
-                                                           else c.batch_size))
+        chunk = self._iterations_per_chunk() * self.steps_per_iteration()
         if (self.native and c.val_freq % chunk and c.steps > c.val_freq):
             notes.append(f"validation happens between chunks of {chunk:,} steps: at the first "
                          f"chunk end at or after each multiple of --val-freq {c.val_freq:,} "
                          f"(make it a multiple of --chunk-steps to have it exact)")
         return notes
-
-    def _note_replay(self) -> None:
-        size = self.replay_bytes / 2 ** 20
-        if self._include_replay():
-            self.logger.note(f"checkpoints/last includes the replay memory ({size:,.1f} MiB)")
-        else:
-            self.logger.note(f"checkpoints do not include the replay memory ({size:,.1f} MiB); "
-                             "a resumed run refills it for --learn-start steps before learning")
-
-    # ---------------------------------------------------------------- JAX-native path
-    def _run_native(self, restored: Restored | None) -> Any:
-        c = self.config
-        env: JaxEnv = self.env
-        agent = self.agent
-        logger = self.logger
-        length = self._iterations_per_chunk()
-        total_iterations = c.steps // c.envs
-        # One compiled chunk of ``length`` iterations; a shorter last chunk runs it with the
-        # tail masked (``active``) rather than compiling a second one.
-        chunk = edge_jit(make_native_chunk(agent, env, self.cadence, length), donate_argnums=0)
-
-        evaluate = edge_jit(jax.vmap(make_native_evaluate(
-            agent, env.for_mode("eval"), num_envs=c.val_envs, num_steps=max(math.ceil(c.val_steps / c.val_envs), 1),
-            epsilon=c.val_epsilon)))
-        init = edge_jit(lambda keys: init_native_seeds(agent, env, keys))
-        if restored is None:
-            carry = init(self.keys)
-            iteration = 0
-        else:
-            items = restored.items
-            replay = items["replay"] if items["replay"] is not None else init(self.keys).replay
-            carry = NativeCarry(train=items["train"], replay=replay, actor=items["actor"],
-                                **items["env"])
-            iteration = restored.iteration
-        axes = native_seed_axes(agent, carry)
-        self._compile_validation(axes.replay)
-
-        def items_of(carry: NativeCarry) -> dict[str, Any]:
-            return {"train": carry.train, "actor": carry.actor, "env": self._env_item(carry),
-                    "replay": carry.replay}
-
-        evaluated_at = self.evaluations[-1].step if self.evaluations else -1
-        while True:
-            step = iteration * c.envs
-            if self.guard.requested:
-                self.handle_interrupt(lambda: items_of(carry), step, iteration)
-            done = iteration >= total_iterations
-            if (step >= self.next_eval or done) and step != evaluated_at:
-                key = self.next_eval_key()
-                total, episodes, partial = jax.device_get(
-                    evaluate(carry.train.params, jax.random.split(key, c.seeds)))
-                evaluation = self.validate(step, mean_score(total, episodes, partial), episodes,
-                                           carry.train, carry.replay)
-                self.save_after_eval(evaluation, items_of(carry), iteration)
-                evaluated_at = step
-            if done:
-                return carry.train
-            run = min(length, total_iterations - iteration)
-            started = time.perf_counter()
-            carry, out = chunk(carry, jnp.int32(iteration), jnp.int32(run))
-            out = jax.tree.map(lambda x: x[:run], jax.device_get(out))
-            iteration += run
-            step = iteration * c.envs
-            logger.log_chunk(step, out, self.cadence.epsilon(step),
-                             time.perf_counter() - started, run * c.envs)
-
-    # ---------------------------------------------------------------- host-env path
-    def _run_host(self, restored: Restored | None) -> Any:
-        from jaxatari.host import HostRunner
-        runner = HostRunner(self.config, self.env, self.agent, self.cadence, self.keys)
-        self._compile_validation(runner.replay_axes)
-        return runner.run(self.logger, self, restored)
 
     def run(self, restored: Restored | None = None) -> dict[str, Any]:
         c = self.config
@@ -725,18 +516,7 @@ class Trainer:
                     logger.note(f"{' and '.join(moved)} changed since the checkpoint: chunk "
                                 "boundaries move, so results may differ from an "
                                 "uninterrupted run in the last bits")
-            if self.learner is not None:
-                from jaxatari.actor_loop import run_actor_learner
-                if restored is not None and not self.native:
-                    logger.note("host envs cannot be restored: the resumed run starts new "
-                                "games with empty frame stacks")
-                train_state = run_actor_learner(c, self.env, self.keys, self, restored)
-            else:
-                self._note_replay()
-                if self.native:
-                    train_state = self._run_native(restored)
-                else:
-                    train_state = self._run_host(restored)
+            train_state = self.train_loop(restored)
             wall = time.time() - started
             evaluations = self.evaluations
             scores = np.stack([e.scores for e in evaluations])  # [V, S], NaN: none finished
@@ -766,6 +546,202 @@ class Trainer:
             logger.finish(summary, params=params, in_channels=self.settings_stack_channels(),
                           rows_label=self.filter_rows_label())
         return summary
+
+
+class QTrainer(Trainer):
+    """A run of the Q agent (the DQN family, ``agents.dqn``): replay memory, held-out
+    transitions drawn from it, the native chunk loop or ``loops.q_host``."""
+
+    kind = CHECKPOINT_KIND
+    structure = STRUCTURAL_SETTINGS
+
+    def build_agent(self) -> None:
+        self.agent: QAgent = make_q_agent(agent_settings(self.config, self.spec, self.native))
+
+    @property
+    def pure_agent(self) -> QAgent:
+        return self.agent
+
+    def steps_per_iteration(self) -> int:
+        return self.config.envs
+
+    def saved_setting_defaults(self) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(QAgentSettings)}
+
+    def _init_example(self):
+        """(train, replay, actor) of all seeds as ShapeDtypeStructs, replay counters shared."""
+        return jax.eval_shape(jax.vmap(self.agent.init, out_axes=(0, self._replay_axes(), 0)),
+                              self.keys)
+
+    @functools.cached_property
+    def replay_bytes(self) -> int:
+        """Size of all seeds' replay memory."""
+        return ckpt.nbytes(self._init_example()[1])
+
+    def _include_replay(self) -> bool:
+        if self.checkpoint_replay is not None:
+            return self.checkpoint_replay
+        return self.native and self.replay_bytes <= REPLAY_AUTO_LIMIT
+
+    def templates(self) -> dict[str, Any]:
+        """The checkpoint items of this run as ShapeDtypeStructs (for restoring)."""
+        train, replay, actor = self._init_example()
+        heldout = jax.eval_shape(self._sample_heldout_fn(self._replay_axes()), replay, self.keys)
+        if self.native:
+            carry = jax.eval_shape(lambda k: init_native_seeds(self.agent, self.env, k), self.keys)
+            return {"train": carry.train, "actor": carry.actor, "env": self._env_item(carry),
+                    "replay": carry.replay, "heldout": heldout}
+        return {"train": train, "actor": actor, "replay": replay, "heldout": heldout}
+
+    @staticmethod
+    def _env_item(carry: NativeCarry) -> dict[str, Any]:
+        return {"env_state": carry.env_state, "frame": carry.frame, "is_first": carry.is_first,
+                "score": carry.score}
+
+    def _replay_axes(self):
+        example = jax.eval_shape(self.agent.init, self.keys[0])[1]
+        return self.agent.replay.seed_axes(example)
+
+    def _sample_heldout_fn(self, replay_axes) -> Callable:
+        return jax.vmap(make_heldout_sampler(self.agent, self.val_size), in_axes=(replay_axes, 0))
+
+    def _apply_restored(self, restored: Restored | None) -> None:
+        super()._apply_restored(restored)
+        if restored is not None and restored.items.get("replay") is None:
+            envs = self.config.envs
+            self.cadence = dataclasses.replace(
+                self.cadence, learn_from=restored.iteration + math.ceil(self.config.learn_start / envs))
+
+    def _compile_validation(self, replay_axes) -> None:
+        self._sample_heldout = edge_jit(self._sample_heldout_fn(replay_axes))
+        self._value_stats = edge_jit(jax.vmap(make_value_stats(self.agent)))
+
+    def value_stats(self, items: dict, step: int, v, td_error):
+        """The held-out V and TD error: the Q agent's from transitions drawn once from its
+        replay memory (at the first evaluation after learning starts)."""
+        c = self.config
+        if self.heldout is None and step >= c.learn_start:
+            keys = jax.random.split(self.heldout_key, c.seeds)
+            self.heldout = self._sample_heldout(items["replay"], keys)
+        if self.heldout is not None:
+            v, td_error = (np.asarray(x, np.float64) for x in
+                           jax.device_get(self._value_stats(items["train"], self.heldout)))
+        return v, td_error
+
+    def _state_notes(self) -> tuple[bool, str]:
+        c = self.config
+        replay = (f"; replay memory {gib(self.replay_bytes)} for --mem-size "
+                  f"{c.mem_size:,} per seed")
+        if c.mem_size > c.steps:
+            replay += f", of which --steps {c.steps:,} fills {c.steps / c.mem_size:.1%}"
+        return c.mem_size > c.steps, replay
+
+    def _learning_notes(self) -> list[str]:
+        c = self.config
+        if c.learn_start >= c.steps:
+            return [f"--learn-start {c.learn_start:,} is not below --steps {c.steps:,}: "
+                    "this run acts and fills its memory but never learns"]
+        return []
+
+    def train_loop(self, restored: Restored | None) -> Any:
+        self._note_replay()
+        return self._run_native(restored) if self.native else self._run_host(restored)
+
+    def _note_replay(self) -> None:
+        size = self.replay_bytes / 2 ** 20
+        if self._include_replay():
+            self.logger.note(f"checkpoints/last includes the replay memory ({size:,.1f} MiB)")
+        else:
+            self.logger.note(f"checkpoints do not include the replay memory ({size:,.1f} MiB); "
+                             "a resumed run refills it for --learn-start steps before learning")
+
+    # ---------------------------------------------------------------- JAX-native path
+    def _run_native(self, restored: Restored | None) -> Any:
+        c = self.config
+        env: JaxEnv = self.env
+        agent = self.agent
+        length = self._iterations_per_chunk()
+        total_iterations = c.steps // c.envs
+        # One compiled chunk of ``length`` iterations; a shorter last chunk runs it with the
+        # tail masked (``active``) rather than compiling a second one.
+        chunk = edge_jit(make_native_chunk(agent, env, self.cadence, length), donate_argnums=0)
+
+        evaluate = edge_jit(jax.vmap(make_native_evaluate(
+            agent, env.for_mode("eval"), num_envs=c.val_envs, num_steps=eval_steps_per_env(c), epsilon=c.val_epsilon)))
+        init = edge_jit(lambda keys: init_native_seeds(agent, env, keys))
+        if restored is None:
+            carry = init(self.keys)
+            iteration = 0
+        else:
+            items = restored.items
+            replay = items["replay"] if items["replay"] is not None else init(self.keys).replay
+            carry = NativeCarry(train=items["train"], replay=replay, actor=items["actor"],
+                                **items["env"])
+            iteration = restored.iteration
+        axes = native_seed_axes(agent, carry)
+        self._compile_validation(axes.replay)
+
+        def items_of(carry: NativeCarry) -> dict[str, Any]:
+            return {"train": carry.train, "actor": carry.actor, "env": self._env_item(carry),
+                    "replay": carry.replay}
+
+        def evaluate_carry(carry: NativeCarry, key):
+            total, episodes, partial = jax.device_get(
+                evaluate(carry.train.params, jax.random.split(key, c.seeds)))
+            return mean_score(total, episodes, partial), episodes, None, None
+
+        def log_chunk(step: int, carry: NativeCarry, out, run: int, seconds: float):
+            self.logger.log_chunk(step, ChunkStats.of(out), self.cadence.epsilon(step), seconds,
+                                  run * c.envs)
+
+        return run_native_chunks(self, carry=carry, iteration=iteration,
+                                 total_iterations=total_iterations, iterations_per_chunk=length,
+                                 steps_per_iteration=c.envs, chunk=chunk,
+                                 evaluate=evaluate_carry, items=items_of,
+                                 log_chunk=log_chunk).train
+
+    # ---------------------------------------------------------------- host-env path
+    def _run_host(self, restored: Restored | None) -> Any:
+        from jaxatari.loops.q_host import HostRunner
+        runner = HostRunner(self.config, self.env, self.agent, self.cadence, self.keys)
+        self._compile_validation(runner.replay_axes)
+        return runner.run(self, restored)
+
+
+
+class ActorLearnerTrainer(Trainer):
+    """A run of an actor-learner (``--async``, ``agents.actor_learner``): its held-out
+    rollouts are its loops' own, and ``loops.actors`` chooses the loop."""
+
+    kind = ACTOR_LEARNER_KIND
+    structure = ACTOR_LEARNER_STRUCTURE
+
+    def build_agent(self) -> None:
+        self.learner = build_learner(self.config, self.spec)
+
+    @property
+    def pure_agent(self):
+        return self.learner
+
+    @property
+    def path_kind(self) -> str:
+        if not self.native and self.config.async_mode == "async":
+            return "host-async"
+        return super().path_kind
+
+    def steps_per_iteration(self) -> int:
+        return self.config.envs * self.config.batch_size
+
+    def templates(self) -> dict[str, Any]:
+        from jaxatari.loops.actors import checkpoint_templates
+        return checkpoint_templates(self.config, self.env, self.keys)
+
+    def train_loop(self, restored: Restored | None) -> Any:
+        from jaxatari.loops.actors import run_actor_learner
+        if restored is not None and not self.native:
+            self.logger.note("host envs cannot be restored: the resumed run starts new "
+                             "games with empty frame stacks")
+        return run_actor_learner(self.config, self.env, self.keys, self, restored)
 
 
 def seeds_mean(scores) -> float | None:
@@ -830,8 +806,8 @@ def _at_step(saved: dict[str, Any]) -> str:
 
 def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
           resume_from: Path | None = None, *, resume: bool | None = None,
-          checkpoint_every: bool = False, checkpoint_replay: bool | None = None,
-          val_size: int = DEFAULT_VAL_SIZE, interactive: bool | None = None
+          checkpoint_every: bool | None = None, checkpoint_replay: bool | None = None,
+          val_size: int | None = None, interactive: bool | None = None
           ) -> tuple[Path, dict]:
     """Trains ``config`` in ``run_dir`` and returns (run_dir, summary).
 
@@ -846,11 +822,8 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
         True resumes it, False starts again (the old checkpoints are moved aside to
         ``checkpoints-replaced-<time>``), None asks on an interactive terminal and refuses
         (one-line error) without one.
-    checkpoint_every: keep every evaluation's checkpoint as ``checkpoints/step_<step>``.
-    checkpoint_replay: put the replay memory in ``checkpoints/last``; None: yes for
-        JAX-native envs up to 1 GiB, no for host envs.
-    val_size: held-out transitions for the V and TD-error statistics (the original's
-        -valSize).
+    checkpoint_every, checkpoint_replay, val_size: the config's --checkpoint-every,
+        --checkpoint-replay and --val-size unless given (``loops.settings.checkpoint_choices``).
     interactive: whether to ask questions on the terminal (default: stdin is a terminal).
     """
     interactive = sys.stdin.isatty() if interactive is None else interactive
@@ -874,8 +847,8 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
 
 
 def _train_locked(config: Config, run_dir: Path, lock: RunDirLock, source: Path | None, *,
-                  quiet: bool, resume: bool | None, checkpoint_every: bool,
-                  checkpoint_replay: bool | None, val_size: int, interactive: bool
+                  quiet: bool, resume: bool | None, checkpoint_every: bool | None,
+                  checkpoint_replay: bool | None, val_size: int | None, interactive: bool
                   ) -> tuple[Path, dict]:
     """``train`` once the run directory is known and, where it exists, locked."""
     trainer = Trainer(config, run_dir, quiet=quiet, keep_every=checkpoint_every,

@@ -41,8 +41,19 @@ class TDError(Protocol):
                  *, pal_alpha: float) -> jax.Array: ...
 
 
-def _bootstrap_action(q: QValues) -> jax.Array:
-    return jnp.argmax(q.select_t)
+def action_value(q_values: jax.Array, action: jax.Array) -> jax.Array:
+    """Q(s, a) from Q-values [..., A] and actions [...]."""
+    return jnp.take_along_axis(q_values, action[..., None], -1)[..., 0]
+
+
+def bootstrap_value(target_t: jax.Array, select_t: jax.Array) -> jax.Array:
+    """The bootstrap Q_target(s', argmax_a select_t(s', a)) over the last axis [..., A].
+
+    ``select_t`` is the target network's Q-values for DQN (Mnih et al. 2015), so this is
+    max_a Q_target(s', a); for Double Q-learning (van Hasselt et al. 2016) it is the online
+    network's: the action is chosen online and evaluated by the target network.
+    """
+    return action_value(target_t, jnp.argmax(select_t, axis=-1))
 
 
 def q_learning_td_error(q, a_tm1, r_t, discount_t, *, pal_alpha=0.0):
@@ -52,7 +63,7 @@ def q_learning_td_error(q, a_tm1, r_t, discount_t, *, pal_alpha=0.0):
     action is chosen online and evaluated by the target network.
     """
     del pal_alpha
-    target = r_t + discount_t * q.target_t[_bootstrap_action(q)]
+    target = r_t + discount_t * bootstrap_value(q.target_t, q.select_t)
     return jax.lax.stop_gradient(target) - q.online_tm1[a_tm1]
 
 
@@ -166,6 +177,19 @@ def reduce_loss(per_item: jax.Array, mask: jax.Array, reduction: str) -> jax.Arr
     return per_head.sum()
 
 
+def _selects_online(double_q: bool, td_error: TDError) -> bool:
+    """Whether the online network picks the bootstrap action: --double-q, or the "double"
+    rule, which needs the online network's choice whatever --double-q says."""
+    return double_q or td_error is double_q_learning_td_error
+
+
+def _per_head(td_error: TDError, pal_alpha: float) -> Callable:
+    """The TD error of one transition vmapped over the K heads (one action, reward and
+    discount for all of them)."""
+    return jax.vmap(lambda q, a, r, d: td_error(q, a, r, d, pal_alpha=pal_alpha),
+                    in_axes=(0, None, None, None))
+
+
 def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_clip: float,
                 pal_alpha: float, reduction: str) -> Callable:
     """Builds loss(params, target_params, batch, weights) -> (objective, aux).
@@ -178,11 +202,8 @@ def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_cli
     passes a TD error does not read are removed by XLA.
     """
     _check_reduction(reduction)
-    # The "double" rule needs the online network's choice whatever --double-q says.
-    double_q = double_q or td_error is double_q_learning_td_error
-    per_head = jax.vmap(lambda q, a, r, d: td_error(q, a, r, d, pal_alpha=pal_alpha),
-                        in_axes=(0, None, None, None))              # over K
-    per_batch = jax.vmap(per_head)                                  # over B
+    double_q = _selects_online(double_q, td_error)
+    per_batch = jax.vmap(_per_head(td_error, pal_alpha))            # over B
 
     def loss_fn(params, target_params, batch: Transition, weights: jax.Array):
         online_tm1 = apply_fn(params, batch.obs_tm1)                 # [B, K, A]
@@ -241,10 +262,8 @@ def make_sequence_q_loss(unroll: Callable, init_carry: Callable, td_error: TDErr
         raise ValueError(f"unknown sequence loss steps {loss_steps!r}: choose one of "
                          f"{', '.join(SEQUENCE_LOSS_STEPS)}")
     _check_reduction(reduction)
-    double_q = double_q or td_error is double_q_learning_td_error
-    per_head = jax.vmap(lambda q, a, r, d: td_error(q, a, r, d, pal_alpha=pal_alpha),
-                        in_axes=(0, None, None, None))              # over K
-    per_step = jax.vmap(jax.vmap(per_head))                          # over T and B
+    double_q = _selects_online(double_q, td_error)
+    per_step = jax.vmap(jax.vmap(_per_head(td_error, pal_alpha)))   # over T and B
 
     def q_window(params, obs, first):                                # -> [T+1, B, K, A]
         carry = init_carry(obs.shape[1])

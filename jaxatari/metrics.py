@@ -1,4 +1,5 @@
-"""Run logging: progress bar, CSV, TensorBoard, summary, plots. numpy only on the way in.
+"""Run logging: progress bar, CSV, TensorBoard, summary (the plots are ``jaxatari.plots``).
+numpy only on the way in.
 
 Files in RUN_DIR:
   progress.csv   per chunk and seed: training episodes and their mean raw game score,
@@ -29,12 +30,13 @@ import json
 import math
 import os
 import sys
-import warnings
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxatari.plots import csv_number, plot_curves, plot_filters, plot_run
 
 
 @dataclasses.dataclass
@@ -62,6 +64,33 @@ class Evaluation:
                    episodes=np.asarray(record["episodes"], np.int64),
                    normalised=array(record.get("normalised")), v=array(record.get("v")),
                    td_error=array(record.get("td_error")))
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkStats:
+    """One chunk's training statistics, as every loop hands them to ``RunLogger.log_chunk``.
+
+    scores [T, S, E]: the raw game score where ``finished`` [T, S, E] (an episode ended);
+    loss, td_error, q_mean [U, S]: the learner's, on the update rows where ``learned`` [U].
+    Read by field, or by name as a mapping (``stats["loss"]``).
+    """
+
+    scores: np.ndarray
+    finished: np.ndarray
+    loss: np.ndarray
+    td_error: np.ndarray
+    q_mean: np.ndarray
+    learned: np.ndarray
+
+    @classmethod
+    def of(cls, out) -> "ChunkStats":
+        """From a mapping of the same names (a jitted chunk's outputs)."""
+        if isinstance(out, ChunkStats):
+            return out
+        return cls(**{f.name: np.asarray(out[f.name]) for f in dataclasses.fields(cls)})
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return getattr(self, name)
 
 
 def mean_score(total, episodes, partial=None) -> np.ndarray:
@@ -149,13 +178,6 @@ def _kept_rows(path: Path, header: list[str], resume_step: int | None) -> list[l
     return kept
 
 
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return float("nan")
-
-
 class RunLogger:
     def __init__(self, run_dir: Path, config, quiet: bool = False,
                  resume_step: int | None = None):
@@ -197,9 +219,9 @@ class RunLogger:
         # the reason it stopped), whatever --quiet or the terminal says; appended on resume.
         self.log_file = (self.run_dir / LOG_FILE).open("a")
         self.progress_file, self.progress, kept = self._open("progress.csv", PROGRESS_HEADER)
-        self.train_rows = [(int(r[0]), int(r[1]), _number(r[3])) for r in kept if r[2] != "0"]
+        self.train_rows = [(int(r[0]), int(r[1]), csv_number(r[3])) for r in kept if r[2] != "0"]
         self.eval_file, self.evals, kept = self._open("eval.csv", EVAL_HEADER)
-        self.eval_rows = [(int(r[0]), int(r[1]), _number(r[2])) for r in kept]
+        self.eval_rows = [(int(r[0]), int(r[1]), csv_number(r[2])) for r in kept]
         self.episode_file = None
         if self.config.verbose:
             self.episode_file, self.episodes, _ = self._open("episodes.csv", EPISODE_HEADER)
@@ -240,12 +262,13 @@ class RunLogger:
         else:
             print(text, file=sys.stderr, flush=True)
 
-    def log_chunk(self, step: int, out: dict[str, np.ndarray], epsilon: float, seconds: float,
+    def log_chunk(self, step: int, out: ChunkStats, epsilon: float, seconds: float,
                   steps: int) -> None:
-        """``out`` holds a chunk's outputs: scores/finished [T, S, E], loss etc. [T, S], learned [T]."""
-        finished = np.asarray(out["finished"], bool)
-        scores = np.asarray(out["scores"], np.float64)
-        learned = np.asarray(out["learned"], bool)
+        """One chunk's ``ChunkStats`` (or a mapping of its names)."""
+        out = ChunkStats.of(out)
+        finished = np.asarray(out.finished, bool)
+        scores = np.asarray(out.scores, np.float64)
+        learned = np.asarray(out.learned, bool)
         speed = steps / max(seconds, 1e-9)
         for seed in range(self.seeds):
             done = finished[:, seed]
@@ -390,242 +413,3 @@ class RunLogger:
         if self.tb is not None:
             self.tb.close()
         return False
-
-
-def _series(rows: list[tuple[int, int, float]], seeds: int) -> tuple[np.ndarray, np.ndarray]:
-    """rows (step, seed, value) -> steps [N], values [N, S] (NaN where a seed has none)."""
-    steps = np.array(sorted({row[0] for row in rows}))
-    values = np.full((len(steps), seeds), np.nan)
-    where = {step: i for i, step in enumerate(steps)}
-    for step, seed, value in rows:
-        values[where[step], seed] = value
-    return steps, values
-
-
-def plot_curves(path: Path, eval_rows, train_rows, seeds: int, title: str) -> None:
-    """Evaluation and training scores against steps: mean over seeds with a min-max band, and
-    each seed as a thin line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for ax, rows, label in ((axes[0], eval_rows, "greedy evaluation score"),
-                            (axes[1], train_rows, "training episode score")):
-        if rows:
-            steps, values = _series(rows, seeds)
-            # markers where points are few: a single evaluation is a point, not an empty line
-            marker = "o" if len(steps) <= 25 else None
-            for seed in range(seeds):
-                ax.plot(steps, values[:, seed], lw=0.7, alpha=0.5, marker=marker, ms=3,
-                        label="each seed" if seed == 0 and seeds > 1 else None)
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)   # a step no seed scored
-                ax.fill_between(steps, np.nanmin(values, 1), np.nanmax(values, 1), alpha=0.2,
-                                color="k", lw=0, label="min to max" if seeds > 1 else None)
-                ax.plot(steps, np.nanmean(values, 1), color="k", lw=2, marker=marker, ms=4,
-                        label=f"mean of {seeds}")
-            ax.legend(loc="best")
-        ax.set_xlabel("agent steps per seed")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-# ------------------------------------------------------------------------ plots from files
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    if not Path(path).is_file():
-        return []
-    with Path(path).open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def eval_series(run_dir: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """steps [N] and values [N, S] of one eval.csv column (NaN where missing)."""
-    rows = [r for r in read_csv(Path(run_dir) / "eval.csv") if r.get(column, "") not in ("", None)]
-    if not rows:
-        return np.zeros(0), np.zeros((0, 0))
-    seeds = max(int(r["seed"]) for r in rows) + 1
-    return _series([(int(r["step"]), int(r["seed"]), _number(r[column])) for r in rows], seeds)
-
-
-def progress_series(run_dir: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = [r for r in read_csv(Path(run_dir) / "progress.csv")
-            if r.get(column, "") not in ("", None) and np.isfinite(_number(r[column]))]
-    if not rows:
-        return np.zeros(0), np.zeros((0, 0))
-    seeds = max(int(r["seed"]) for r in rows) + 1
-    return _series([(int(r["step"]), int(r["seed"]), _number(r[column])) for r in rows], seeds)
-
-
-def _band_plot(ax, steps, values, label=None, color="k", seeds_too=True):
-    """Mean over seeds with a min-max band, and each seed as a thin line (points marked
-    when there are few)."""
-    marker = "o" if len(steps) <= 25 else None
-    seeds = values.shape[1]
-    if seeds_too and seeds > 1:
-        for seed in range(seeds):
-            ax.plot(steps, values[:, seed], lw=0.7, alpha=0.5, marker=marker, markersize=2,
-                    color=None if color == "k" else color,
-                    label="each seed" if seed == 0 and color == "k" else None)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN steps (no seed finished)
-        ax.fill_between(steps, np.nanmin(values, 1), np.nanmax(values, 1), alpha=0.2,
-                        color=color, lw=0)
-        ax.plot(steps, np.nanmean(values, 1), color=color, lw=2, marker=marker, markersize=4,
-                label=label or (f"mean of {seeds} seeds" if seeds > 1 else "1 seed"))
-
-
-def plot_metric(path: Path, steps: np.ndarray, values: np.ndarray, ylabel: str, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    _band_plot(ax, steps, values)
-    ax.legend(loc="best")
-    ax.set_xlabel("agent steps per seed")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-# (file name, source, column, axis label)
-RUN_PLOTS = (
-    ("scores.png", "eval", "score", "average validation score (raw game score)"),
-    ("normalised_scores.png", "eval", "normalised_score", "human-normalised validation score"),
-    ("v.png", "eval", "v", "average V on held-out transitions"),
-    ("td_error.png", "eval", "td_error", "average |TD error| on held-out transitions"),
-    ("loss.png", "progress", "loss", "training loss"),
-)
-
-
-def plot_run(run_dir: Path, title: str = "") -> list[Path]:
-    """The per-run PNGs of ``RUN_PLOTS`` for every statistic the run logged."""
-    run_dir = Path(run_dir)
-    written = []
-    for name, source, column, label in RUN_PLOTS:
-        series = eval_series if source == "eval" else progress_series
-        steps, values = series(run_dir, column)
-        if len(steps) == 0 or not np.isfinite(values).any():
-            continue
-        plot_metric(run_dir / name, steps, values, label, title)
-        written.append(run_dir / name)
-    return written
-
-
-def first_conv_kernel(params, in_channels: int) -> np.ndarray | None:
-    """The first PatchConv kernel of one network's params as [k, k, C_in, C_out], or None.
-
-    PatchConv keeps the kernel as a Dense kernel [k*k*C_in, C_out] whose rows run over the
-    (i, j) patch offsets, then the input channels (networks.PatchConv), so with C_in known
-    (the stacked observation's channels) k = sqrt(rows / C_in)."""
-    params = params.get("params", params) if isinstance(params, dict) else params
-    body = params.get("body") if isinstance(params, dict) else None
-    if not isinstance(body, dict):
-        return None
-    convs = sorted((k for k in body if k.startswith("PatchConv_")),
-                   key=lambda k: int(k.rsplit("_", 1)[1]))
-    if not convs:
-        return None
-    kernel = np.asarray(body[convs[0]]["dense"]["kernel"], np.float32)
-    rows, out = kernel.shape
-    k = int(round(math.sqrt(rows / max(in_channels, 1))))
-    if k * k * in_channels != rows:
-        return None
-    return kernel.reshape(k, k, in_channels, out)
-
-
-def filter_grid(kernel: np.ndarray) -> np.ndarray:
-    """[k, k, C_in, C_out] -> one grey image: a row of tiles per input channel (stacked
-    frame), a column per filter, each tile scaled to [0, 1] by the layer's extreme values,
-    one pixel of padding."""
-    k, _, c_in, c_out = kernel.shape
-    low, high = float(kernel.min()), float(kernel.max())
-    scaled = (kernel - low) / max(high - low, 1e-12)
-    grid = np.ones((c_in * (k + 1) + 1, c_out * (k + 1) + 1), np.float32)
-    for c in range(c_in):
-        for o in range(c_out):
-            grid[1 + c * (k + 1):1 + c * (k + 1) + k, 1 + o * (k + 1):1 + o * (k + 1) + k] = \
-                scaled[:, :, c, o]
-    return grid
-
-
-def filter_rows_label(frame_channels: int, hist_len: int) -> str:
-    """What the rows of conv_filters.png are: stacked frames, a frame's channels (MinAtar's
-    object layers), or both."""
-    if hist_len <= 1:
-        return "input channel" if frame_channels == 1 else \
-            f"input channel\n({frame_channels} of one observation)"
-    if frame_channels == 1:
-        return "stacked frame\n(oldest first)"
-    return f"{hist_len} frames x {frame_channels}\nchannels (oldest first)"
-
-
-def plot_filters(path: Path, params, in_channels: int, title: str = "",
-                 rows_label: str = "input channel\n(oldest first)") -> bool:
-    """Saves the first conv layer's filters as an image grid (columns: filters, rows: input
-    channels, named by ``rows_label``); False for a network without convolutions."""
-    kernel = first_conv_kernel(params, in_channels)
-    if kernel is None:
-        return False
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = filter_grid(kernel)
-    k, _, c_in, c_out = kernel.shape
-    scale = min(12.0 / grid.shape[1], 0.25)
-    fig, ax = plt.subplots(figsize=(max(grid.shape[1] * scale, 4), max(grid.shape[0] * scale, 1.5) + 0.8),
-                           constrained_layout=True)
-    ax.imshow(grid, cmap="gray", interpolation="nearest")
-    ax.set_title(f"first conv layer: {c_out} filters of {k}x{k} over {c_in} input channels; "
-                 f"{title}", fontsize=8)
-    ax.set_xlabel("filter")
-    ax.set_ylabel(rows_label, fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
-def plot_runs(run_dirs: list[Path], path: Path, column: str = "score", training: bool = False,
-              reference: tuple[float, str] | None = None) -> Path:
-    """Overlays several runs' curves (mean over seeds with a min-max band): their evaluations'
-    ``column``, or with ``training`` their progress.csv's (training scores); ``reference``
-    (value, label) draws a published figure as a dashed line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = progress_series if training else eval_series
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, run_dir in enumerate(run_dirs):
-        steps, values = series(run_dir, column)
-        if len(steps) == 0:
-            continue
-        label = f"{Path(run_dir).name} ({values.shape[1]} seed{'s' if values.shape[1] > 1 else ''})"
-        _band_plot(ax, steps, values, label=label, color=colours[i % len(colours)],
-                   seeds_too=False)
-    if reference is not None:
-        ax.axhline(reference[0], color="k", ls="--", lw=1, label=reference[1])
-    ax.legend(loc="best", fontsize=8)
-    ax.set_xlabel("agent steps per seed")
-    if training:
-        ax.set_ylabel({"score": "training score (raw game score, exploring)"}.get(column, column))
-    else:
-        ax.set_ylabel({"score": "average validation score (raw game score)",
-                       "normalised_score": "human-normalised validation score",
-                       "v": "average V", "td_error": "average |TD error|"}.get(column, column))
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)

@@ -29,7 +29,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxatari.actor_loop import PlainSession, run_actor_learner
+from jaxatari.loops.actors import PlainSession, run_actor_learner
 from jaxatari.config import build_config
 from jaxatari.envs import make_env
 from scripts.benchmark import ChunkTimer

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxatari.metrics import eval_series, plot_runs, progress_series
+from jaxatari.plots import eval_series, plot_runs, progress_series
 from scripts.provenance import commit_label, write_result
 
 PUBLISHED_DQN = 43.0   # Young and Tian 2019, DQN on SpaceInvaders-MinAtar at 5M frames

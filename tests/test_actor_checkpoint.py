@@ -251,8 +251,9 @@ def test_actor_learner_validations_report_v_and_td_error(a3c_run):
 
 
 def test_heldout_rollouts_are_fixed_once_taken_and_scored_by_the_loss(tmp_path):
-    from jaxatari.actor_loop import (HeldOutRollouts, build_learner, init_native_actor_carry,
-                                     make_native_heldout)
+    from jaxatari.agents.actor_native import init_native_actor_carry, make_native_heldout
+    from jaxatari.loops.actor_common import HeldOutRollouts
+    from jaxatari.loops.settings import build_learner
     config = tiny_actor(async_method="nstep", val_size=40)   # 2 rollouts of 5 steps x 4 actors
     env = Trainer(config, tmp_path / "run").env
     learner = build_learner(config, env.spec)

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxatari.actor_loop import AsyncActors, async_batch_size
+from jaxatari.loops.actors_async import AsyncActors, async_batch_size
 from jaxatari.agents.actor_learner import (FINAL_EPSILON_PROBS, FINAL_EPSILONS,
                                            ActorLearnerSettings, Rollout, actor_epsilon,
                                            draw_final_epsilons, make_actor_learner,
@@ -518,7 +518,8 @@ class EvalRecorder:
 
 
 def train_and_evaluate(preset: str, overrides: dict, greedy_episodes_per_env: int = 4):
-    from jaxatari.actor_loop import PlainSession, make_native_actor_evaluate, train_native
+    from jaxatari.agents.actor_native import make_native_actor_evaluate
+    from jaxatari.loops.actors import PlainSession, train_native
     config = build_config(preset, overrides)
     env = make_env(config)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
@@ -569,7 +570,7 @@ def test_learns_catch_on_every_seed(preset, overrides):
 
 @pytest.mark.slow
 def test_a3c_finds_the_shortest_path_in_gridworld():
-    from jaxatari.actor_loop import PlainSession, train_native
+    from jaxatari.loops.actors import PlainSession, train_native
     config = build_config("demo-grid", {})
     env = make_env(config)
     session = PlainSession(config, EvalRecorder())

@@ -15,7 +15,7 @@ from jaxatari import checkpoint as ckpt
 from jaxatari.cli import main
 from jaxatari.human_scores import SOURCE, normalise, random_and_human
 from jaxatari.loop import train
-from jaxatari.metrics import filter_grid, first_conv_kernel
+from jaxatari.plots import filter_grid, first_conv_kernel
 from jaxatari.video import read_video
 from tests.tiny import tiny
 

@@ -44,7 +44,7 @@ near-uniform policy.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,10 +53,14 @@ import rlax
 from flax import struct
 
 from jaxatari import exploration
-from jaxatari.agents.dqn import make_optimiser
-from jaxatari.losses import huber
+from jaxatari.agents.frames import push_frame
+from jaxatari.agents.optimiser import apply_gradients, make_optimiser
+from jaxatari.losses import action_value, bootstrap_value, huber
 from jaxatari.networks import ActorCriticNetwork, QNetwork, make_body
 from jaxatari.types import TrainState
+
+Params = Any                   # a network's parameter pytree
+Metrics = dict[str, jax.Array]
 
 METHODS = ("sarsa", "onestep", "nstep", "a3c")
 Q_METHODS = ("sarsa", "onestep", "nstep")
@@ -187,16 +191,21 @@ class ActorLearner:
     network: object
     stack_shape: tuple[int, ...]
     frame_dtype: jnp.dtype
-    init: Callable        # (key) -> (TrainState, Actors)
-    observe: Callable     # (actors, frame [N, ...], is_first [N]) -> actors
-    epsilon: Callable     # (actors) -> [N] current epsilons
-    policy: Callable      # (params, stacks [B, ...], epsilon [B], key) -> actions [B]
-    act: Callable         # (params, actors) -> (actions [N], epsilon [N], actors)
-    evaluate_policy: Callable  # (params, stacks [B, ...], key, epsilon, greedy) -> actions [B]
-    loss: Callable        # (params, target_params, rollout, key) -> (loss, metrics)
-    update: Callable      # (train, rollout) -> (train, metrics)
-    sync_target: Callable  # (train) -> train
-    learning_rate: Callable  # (update count) -> learning rate
+    init: Callable[[jax.Array], tuple[TrainState, Actors]]   # (key)
+    # (actors, frame [N, ...], is_first [N]) -> actors
+    observe: Callable[[Actors, jax.Array, jax.Array], Actors]
+    epsilon: Callable[[Actors], jax.Array]   # [N] current epsilons
+    # (params, stacks [B, ...], epsilon [B], key) -> actions [B]
+    policy: Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
+    # (params, actors) -> (actions [N], epsilon [N], actors)
+    act: Callable[[Params, Actors], tuple[jax.Array, jax.Array, Actors]]
+    # (params, stacks [B, ...], key, epsilon, greedy) -> actions [B]
+    evaluate_policy: Callable[..., jax.Array]
+    # (params, target_params, rollout, key) -> (loss, metrics)
+    loss: Callable[[Params, Params, Rollout, jax.Array], tuple[jax.Array, Metrics]]
+    update: Callable[[TrainState, Rollout], tuple[TrainState, Metrics]]
+    sync_target: Callable[[TrainState], TrainState]
+    learning_rate: Callable[[jax.Array], jax.Array]   # (update count) -> learning rate
 
 
 def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> ActorLearner:
@@ -238,10 +247,7 @@ def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> Actor
 
     def observe(actors: Actors, frame, is_first):
         """Pushes the newest frame; a new episode starts from an empty stack."""
-        keep = ~is_first.reshape(-1, *([1] * len(stack_shape)))
-        stack = jnp.where(keep, actors.stack, jnp.zeros_like(actors.stack))
-        stack = jnp.concatenate([stack[..., channels:], frame.astype(frame_dtype)], axis=-1)
-        return actors.replace(stack=stack)
+        return actors.replace(stack=push_frame(actors.stack, frame, is_first))
 
     def epsilon(actors: Actors):
         return actor_epsilon(actors.steps, actors.final_epsilon, start=s.epsilon_start,
@@ -306,13 +312,12 @@ def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> Actor
                 a_next = exploration.epsilon_greedy(
                     key, q_next.reshape(-1, s.num_actions), rollout.epsilon.reshape(-1)
                 ).reshape(num_steps, num_actors)
-            elif s.double_q:
-                a_next = jnp.argmax(jax.lax.stop_gradient(online[1:]), axis=-1)
-            else:
-                a_next = jnp.argmax(q_next, axis=-1)
-            v_next = jnp.take_along_axis(q_next, a_next[..., None], -1)[..., 0]
+                v_next = action_value(q_next, a_next)
+            else:   # Double Q (van Hasselt et al. 2016): the online network picks a'
+                select = jax.lax.stop_gradient(online[1:]) if s.double_q else q_next
+                v_next = bootstrap_value(q_next, select)
             g = jax.lax.stop_gradient(returns(reward, discount, v_next, rollout.cut))
-            q_a = jnp.take_along_axis(q_tm1, rollout.action[..., None], -1)[..., 0]
+            q_a = action_value(q_tm1, rollout.action)
             td = g - q_a
             per_step = huber(td, s.td_clip)
             metrics = {"td_error": jnp.abs(td), "q_mean": q_tm1.max(-1)}
@@ -325,9 +330,7 @@ def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> Actor
         key, loss_key = jax.random.split(train.key)
         grads, metrics = jax.grad(loss, has_aux=True)(train.params, train.target_params,
                                                        rollout, loss_key)
-        updates, opt_state = optimiser.update(grads, train.opt_state, train.params)
-        params = optax.apply_updates(train.params, updates)
-        return train.replace(params=params, opt_state=opt_state, key=key), metrics
+        return apply_gradients(optimiser, train, grads).replace(key=key), metrics
 
     def sync_target(train: TrainState) -> TrainState:
         if not is_q:

@@ -13,40 +13,23 @@ loss for its sequence form; acting, the learning cadence and everything around s
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxatari import exploration
+from jaxatari.agents.frames import push_frame
+from jaxatari.agents.optimiser import apply_gradients, make_optimiser
 from jaxatari.losses import make_q_loss, make_sequence_q_loss, resolve_td_error
 from jaxatari.networks import QNetwork, RecurrentQNetwork, make_body, zero_lstm_carry
 from jaxatari.replay import Replay, ReplayState, make_replay
 from jaxatari.replay.storage import Row
 from jaxatari.types import ActorState, TrainState
 
-
-def make_optimiser(name: str, *, learning_rate, momentum: float, grad_clip: float,
-                   rms_epsilon: float = 0.01) -> optax.GradientTransformation:
-    """The original's optimisers through optax.
-
-    rmspropm: centred RMSProp (Graves 2013) with decay ``momentum`` and epsilon 0.01 inside
-    the square root, as Kaixhin/Atari modules/rmspropm.lua; adam; adadelta; rmsprop
-    (uncentred, epsilon ``rms_epsilon``, the async agents' sharedRmsProp); sgd.
-    ``grad_clip`` > 0 clips the global L2 norm of the gradient first.
-    """
-    optimisers = {
-        "rmspropm": lambda: optax.rmsprop(learning_rate, decay=momentum, eps=0.01, centered=True),
-        "rmsprop": lambda: optax.rmsprop(learning_rate, decay=momentum, eps=rms_epsilon),
-        "adam": lambda: optax.adam(learning_rate),
-        "adadelta": lambda: optax.adadelta(learning_rate),
-        "sgd": lambda: optax.sgd(learning_rate, momentum=momentum or None),
-    }
-    if name not in optimisers:
-        raise ValueError(f"unknown optimiser {name!r}: choose one of {', '.join(optimisers)}")
-    chain = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
-    return optax.chain(*chain, optimisers[name]())
+Params = Any                   # a network's parameter pytree
+Metrics = dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +79,24 @@ class QAgent:
     replay: Replay
     stack_shape: tuple[int, ...]   # one frame stack (one frame if recurrent), channels last
     frame_dtype: jnp.dtype         # what replay and the network receive
-    init: Callable        # (key) -> (TrainState, ReplayState, ActorState)
-    init_actor: Callable  # (num_envs, key) -> ActorState with empty stacks (and zero LSTM state)
-    q_values: Callable    # (params, stack [B, ...]) -> [B, K, A]; recurrent: one step from zero state
-    loss: Callable        # (params, target_params, batch, weights [B]) -> (objective, aux)
-    learn: Callable       # (train, batch, weights [B]) -> (train, aux): one optimiser step
-    act: Callable         # (params, actor, epsilon, vote, explore_only) -> (actions [E], actor)
-    observe: Callable     # (actor, frame [E, ...], is_first [E]) -> actor
-    make_row: Callable    # (frame, action, reward, terminal, is_first, valid, key) -> Row
-    update: Callable      # (train, replay_state, beta) -> (train, replay_state, metrics)
-    sync_target: Callable # (train) -> train
+    init: Callable[[jax.Array], tuple[TrainState, ReplayState, ActorState]]   # (key)
+    # (num_envs, key) -> ActorState with empty stacks (and zero LSTM state)
+    init_actor: Callable[[int, jax.Array], ActorState]
+    # (params, stack [B, ...]) -> [B, K, A]; recurrent: one step from zero state
+    q_values: Callable[[Params, jax.Array], jax.Array]
+    # (params, target_params, batch, weights [B]) -> (objective, aux)
+    loss: Callable[[Params, Params, Any, jax.Array], tuple[jax.Array, Metrics]]
+    # (train, batch, weights [B]) -> (train, aux): one optimiser step
+    learn: Callable[[TrainState, Any, jax.Array], tuple[TrainState, Metrics]]
+    # (params, actor, epsilon, vote, explore_only) -> (actions [E], actor)
+    act: Callable[..., tuple[jax.Array, ActorState]]
+    # (actor, frame [E, ...], is_first [E]) -> actor
+    observe: Callable[[ActorState, jax.Array, jax.Array], ActorState]
+    # (frame, action, reward, terminal, is_first, valid, key) -> Row
+    make_row: Callable[..., Row]
+    # (train, replay_state, beta) -> (train, replay_state, metrics)
+    update: Callable[[TrainState, ReplayState, Any], tuple[TrainState, ReplayState, Metrics]]
+    sync_target: Callable[[TrainState], TrainState]
 
 
 def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
@@ -183,8 +174,7 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         recurrent state) and draws its acting bootstrap head (one head per episode per
         env, Osband et al.)."""
         key, head_key = jax.random.split(actor.key)
-        stack = jnp.where(is_first.reshape(-1, *([1] * len(stack_shape))), 0, actor.stack)
-        stack = jnp.concatenate([stack[..., channels:], frame.astype(frame_dtype)], axis=-1)
+        stack = push_frame(actor.stack, frame, is_first)
         new_head = jax.random.randint(head_key, actor.head.shape, 0, s.num_heads)
         core = jax.tree.map(lambda c: jnp.where(is_first[:, None], 0.0, c), actor.core)
         return actor.replace(stack=stack, head=jnp.where(is_first, new_head, actor.head),
@@ -217,9 +207,7 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         Agent.lua ``learn`` with --loss-reduction sum), clipped, then the optimiser's step."""
         grads, aux = jax.grad(loss_fn, has_aux=True)(train.params, train.target_params,
                                                      batch, weights)
-        updates, opt_state = optimiser.update(grads, train.opt_state, train.params)
-        params = optax.apply_updates(train.params, updates)
-        return train.replace(params=params, opt_state=opt_state), aux
+        return apply_gradients(optimiser, train, grads), aux
 
     def update(train: TrainState, replay_state: ReplayState, beta):
         key, sample_key = jax.random.split(train.key)

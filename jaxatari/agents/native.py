@@ -4,7 +4,7 @@ One jitted ``lax.scan`` runs a chunk of iterations; each iteration steps the E e
 every seed, acts, writes replay and, on the learning cadence, updates. The iteration
 counter, epsilon, the update and target-sync decisions are computed OUTSIDE the seed
 ``vmap`` from the unbatched counter, so ``lax.cond`` on them stays a real branch instead
-of a ``select`` that would run the update every step (DESIGN.md section 4).
+of a ``select`` that would run the update every step.
 
 The env follows the next-step reset convention (envs/base.py): the step after a done
 resets that env and is written to replay as an invalid row, exactly as envpool's
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxatari.agents.dqn import QAgent
+from jaxatari.agents.frames import to_agent_frame
 from jaxatari.exploration import linear_epsilon
 from jaxatari.replay import ReplayState
 from jaxatari.types import ActorState, TrainState
@@ -71,14 +72,6 @@ class Cadence:
         steps_before, steps_after = iteration * self.num_envs, (iteration + 1) * self.num_envs
         return ((steps_after >= self.learn_start)
                 & (steps_after // self.target_period != steps_before // self.target_period))
-
-
-def to_agent_frame(frame: jax.Array, dtype) -> jax.Array:
-    """Float observations in [0, 1] become bytes when the agent stores uint8 (the original's
-    discretiseMem, rounded rather than truncated)."""
-    if dtype == jnp.uint8 and frame.dtype != jnp.uint8:
-        return jnp.round(jnp.clip(frame, 0.0, 1.0) * 255.0).astype(jnp.uint8)
-    return frame.astype(dtype)
 
 
 def _reset_or_step(env, key, env_state, actions, after_done):

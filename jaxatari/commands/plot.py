@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 def run_plot(args) -> int:
     from jaxatari.config import ConfigError
-    from jaxatari.metrics import eval_series, plot_run, plot_runs
+    from jaxatari.plots import eval_series, plot_run, plot_runs
 
     run_dirs = [Path(d) for d in args.run_dirs]
     for run_dir in run_dirs:

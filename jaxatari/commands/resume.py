@@ -41,12 +41,9 @@ def run_resume(args) -> int:
     args.game = None
     overrides = _overrides(args)
     config = run_config(run_dir, overrides, allowed_imports=args.allow_import)
-    replay = {"auto": None, "true": True, "false": False}[config.checkpoint_replay]
     # In place, wherever the directory is now, unless --run-dir names a new one (a fork).
     target = Path(overrides["run_dir"]) if overrides.get("run_dir") else run_dir
-    out_dir, summary = train(config, target, quiet=args.quiet, resume_from=run_dir,
-                             checkpoint_every=config.checkpoint_every,
-                             checkpoint_replay=replay, val_size=config.val_size)
+    out_dir, summary = train(config, target, quiet=args.quiet, resume_from=run_dir)
     print_scores(summary)
     print(f"resumed at step {summary['resumed_from_step']:,}; trained to {summary['steps']:,} "
           f"steps in {summary['wall_seconds']:.1f} s")

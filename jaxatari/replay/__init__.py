@@ -39,16 +39,24 @@ class ReplayState:
     priorities: Any        # the prioritised index's state; () for uniform replay
 
 
+Batch = Any   # types.Transition, or types.Sequence for a recurrent learner
+
+
 @dataclasses.dataclass(frozen=True)
 class Replay:
-    init: Callable
-    add: Callable
-    sample: Callable
-    update_priorities: Callable
-    seed_axes: Callable    # ReplayState -> vmap axes (counters unbatched)
+    """Pure functions of one seed's replay memory; see ``make_replay``."""
+
+    init: Callable[[Row], ReplayState]                  # (example row) -> empty memory
+    add: Callable[[ReplayState, Row], ReplayState]      # one row of every env stream
+    # (state, key, batch size) -> (batch, flat indices [B], sampling probabilities [B])
+    sample: Callable[[ReplayState, jax.Array, int], tuple[Batch, jax.Array, jax.Array]]
+    # (state, flat indices [B], priorities [B]) -> state
+    update_priorities: Callable[[ReplayState, jax.Array, jax.Array], ReplayState]
+    seed_axes: Callable[[ReplayState], Any]   # vmap axes (counters unbatched)
     num_rows: int
     num_envs: int
-    gather: Callable | None = None   # (storage, flat_indices [B]) -> (batch, valid [B])
+    # (storage, flat indices [B]) -> (batch, valid [B])
+    gather: Callable[[FrameStorage, jax.Array], tuple[Batch, jax.Array]] | None = None
 
 
 def make_replay(kind: str, *, capacity: int, num_envs: int, hist_len: int, n_step: int,

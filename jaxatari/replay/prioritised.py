@@ -24,7 +24,7 @@ binary heap, used the heap's array order as an approximate ranking, re-sorted it
 steps, drew ranks uniformly inside each stratum and weighted them by the power law:
 here ranks are exact (ties by flat index), ranks are drawn from the power law itself
 inside each stratum (so the returned probability is the one they were drawn with), and priorities
-are the unclipped |TD error| (mission-anchors 1.15, item 3).
+are the unclipped |TD error|.
 """
 from __future__ import annotations
 

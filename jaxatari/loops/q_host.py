@@ -1,4 +1,5 @@
-"""Training with host environments (envpool, ale-py, gymnasium): one pool for all seeds.
+"""The Q agent's training loop with host environments (envpool, ale-py, gymnasium): one
+pool for all seeds, acting, replay and learning as DQN (Mnih et al. 2015).
 
 One pool holds ``S * E`` envs; its observations ``[S*E, ...]`` are reshaped to
 ``[S, E, ...]`` at this boundary and the jitted, seed-vmapped agent functions do the rest.
@@ -7,7 +8,6 @@ cadence and target syncs are host-side numbers shared by all seeds.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable
 
@@ -19,12 +19,9 @@ from jaxatari.agents.dqn import QAgent
 from jaxatari.agents.native import Cadence, to_agent_frame
 from jaxatari.config import Config
 from jaxatari.envs.base import SplitStep
-from jaxatari.metrics import mean_score
+from jaxatari.loops.session import Session, SeedsStep, evaluate_on_host, to_seeds
+from jaxatari.metrics import ChunkStats
 from jaxatari.xla_options import edge_jit
-
-
-def _to_seeds(x: np.ndarray, seeds: int) -> np.ndarray:
-    return x.reshape(seeds, -1, *x.shape[1:])
 
 
 # The per-env numbers of one step travel to the device as one float32 array [S, E, 6]:
@@ -220,51 +217,41 @@ class HostRunner:
         del seeds
 
     def evaluate(self, params, step: int, key) -> tuple[np.ndarray, np.ndarray]:
-        """Plays --val-steps steps per seed (over --val-envs envs) in evaluation mode."""
+        """``loops.session.evaluate_on_host`` with the Q agent: epsilon-greedy at
+        --val-epsilon, bootstrap heads voting."""
         c = self.config
-        env = self.env_factory(c.seeds * c.val_envs, c.seed + 7919 + step, mode="eval")
-        try:
+        vote = self.agent.settings.num_heads > 1
+
+        def start(frames):
             actor = jax.vmap(lambda k: self.agent.init_actor(c.val_envs, k))(
                 jax.random.split(key, c.seeds))
-            frame = _to_seeds(env.reset(), c.seeds)
-            actor = self.observe(actor, frame, np.ones((c.seeds, c.val_envs), bool))
-            score = np.zeros((c.seeds, c.val_envs))
-            total = np.zeros(c.seeds)
-            episodes = np.zeros(c.seeds, np.int64)
-            after_done = np.zeros((c.seeds, c.val_envs), bool)
-            vote = self.agent.settings.num_heads > 1
-            for _ in range(max(math.ceil(c.val_steps / c.val_envs), 1)):
-                actions, actor = self.act(params, actor, c.val_epsilon, vote, False)
-                result = env.step(np.asarray(actions).reshape(-1))
-                reward = _to_seeds(result.reward, c.seeds)
-                over = _to_seeds(result.game_over, c.seeds)
-                done = _to_seeds(result.terminated | result.truncated, c.seeds)
-                score += reward
-                total += np.where(over, score, 0.0).sum(1)
-                episodes += over.sum(1)
-                score = np.where(over, 0.0, score)
-                is_first = after_done
-                after_done = done
-                actor = self.take_in(actor, _to_seeds(result.obs, c.seeds),
-                                     _pack(done.shape, next_is_first=is_first, after_done=done))
-            return mean_score(total, episodes, score.mean(1)), episodes
-        finally:
-            env.close()
+            return self.observe(actor, frames, np.ones(frames.shape[:2], bool))
 
-    def run(self, logger, trainer, restored=None) -> Any:
-        """Trains from step 0 or from ``restored`` (a ``loop.Restored``); ``trainer`` (the
-        ``loop.Trainer``) completes evaluations, saves checkpoints and answers Ctrl+C.
+        def act(actor):
+            return self.act(params, actor, c.val_epsilon, vote, False)
+
+        def observe(actor, frames, is_first, done):
+            return self.take_in(actor, frames,
+                                _pack(done.shape, next_is_first=is_first, after_done=done))
+
+        return evaluate_on_host(c, self.env_factory, step, start=start, act=act,
+                                observe=observe)
+
+    def run(self, session: Session, restored=None) -> Any:
+        """Trains from step 0 or from ``restored`` (a ``loop.Restored``); ``session``
+        (``loop.Trainer``) completes evaluations, saves checkpoints and answers Ctrl+C.
         Returns the final train state [S].
 
         A host env cannot be put back where it was: a resumed run starts new games (envs
         seeded ``--seed + step``), keeps learner, actor keys, counters and (if saved) the
         replay memory, whose newest rows become reset steps (``end_saved_episodes``), and
         otherwise waits ``--learn-start`` steps while the memory refills
-        (``trainer.cadence`` says when learning may start).
+        (``self.cadence`` says when learning may start).
         """
         c = self.config
         seeds, envs = c.seeds, c.envs
-        cadence = trainer.cadence
+        cadence = self.cadence
+        logger = session.logger
         train, replay_state, actor = self.init(self.keys)
         start = 0
         if restored is not None:
@@ -276,7 +263,7 @@ class HostRunner:
             start = restored.iteration
         env = self.env_factory(seeds * envs, c.seed + start * envs, mode="train")
         stepping = SplitStep(env)
-        frame = _to_seeds(env.reset(), seeds)
+        frame = to_seeds(env.reset(), seeds)
         is_first = np.ones((seeds, envs), bool)
         after_done = np.zeros((seeds, envs), bool)
         score = np.zeros((seeds, envs))
@@ -284,7 +271,7 @@ class HostRunner:
                                   "q_mean": [], "learned": []}
         chunk_started, chunk_steps = time.perf_counter(), 0
         total_iterations = c.steps // envs
-        evaluated_at = trainer.evaluations[-1].step if trainer.evaluations else -1
+        evaluated_at = session.evaluations[-1].step if session.evaluations else -1
         no_metrics = np.zeros(seeds, np.float32)
         num_actions = self.agent.settings.num_actions
 
@@ -331,10 +318,10 @@ class HostRunner:
         # transition, logs and evaluates. A learning iteration first stores and learns, so
         # the next actions come from the updated network, as in the original.
         try:
-            if start < total_iterations and start * envs >= trainer.next_eval \
+            if start < total_iterations and start * envs >= session.next_eval \
                     and start * envs != evaluated_at:
                 # due but not done (a resumed run stopped just before it)
-                self._evaluate(trainer, train, replay_state, items, start * envs, start)
+                self._evaluate(session, items, start * envs, start)
                 evaluated_at = start * envs
             if start < total_iterations:
                 first = _pack((seeds, envs), next_is_first=is_first)
@@ -352,14 +339,13 @@ class HostRunner:
                 # Uniform next actions need nothing from this step: they go to the envs
                 # before its bookkeeping, which then overlaps them.
                 early = None if learned or last else send_uniform(epsilon_next)
-                reward = _to_seeds(result.reward, seeds)
-                terminated = _to_seeds(result.terminated, seeds)
-                done = terminated | _to_seeds(result.truncated, seeds)
-                over = _to_seeds(result.game_over, seeds)
+                result = SeedsStep.of(result, seeds)
+                reward, terminated, done = result.reward, result.terminated, result.done
+                over = result.game_over
                 numbers = _pack((seeds, envs), reward=reward, terminated=terminated,
                                 is_first=is_first, valid=~after_done, next_is_first=after_done,
                                 after_done=done)
-                next_frame = _to_seeds(result.obs, seeds)
+                next_frame = result.obs
                 is_first, after_done = after_done, done
                 if learned or last:
                     replay_state, actor = explored.flush(replay_state, actor)
@@ -398,25 +384,24 @@ class HostRunner:
                 chunk["learned"].append(learned)
                 chunk_steps += envs
                 if chunk_steps >= c.chunk_steps or last:
-                    out = {name: np.stack([np.asarray(v) for v in values])
-                           for name, values in chunk.items()}
+                    out = ChunkStats(**{name: np.stack([np.asarray(v) for v in values])
+                                        for name, values in chunk.items()})
                     logger.log_chunk(step_after, out, epsilon_now,
                                      time.perf_counter() - chunk_started, chunk_steps)
                     chunk = {name: [] for name in chunk}
                     chunk_started, chunk_steps = time.perf_counter(), 0
-                if step_after >= trainer.next_eval or last or trainer.guard.requested:
+                if step_after >= session.next_eval or last or session.interrupt_requested:
                     replay_state, actor = explored.flush(replay_state, actor)
-                if step_after >= trainer.next_eval or last:
-                    self._evaluate(trainer, train, replay_state, items, step_after, iteration + 1)
+                if step_after >= session.next_eval or last:
+                    self._evaluate(session, items, step_after, iteration + 1)
                     evaluated_at = step_after
-                if trainer.guard.requested and not last:
-                    trainer.handle_interrupt(items, step_after, iteration + 1)
+                if session.interrupt_requested and not last:
+                    session.handle_interrupt(items, step_after, iteration + 1)
         finally:
             env.close()
         return train
 
-    def _evaluate(self, trainer, train, replay_state, items, step: int, iteration: int) -> None:
-        key = trainer.next_eval_key()
-        scores, episodes = self.evaluate(train.params, step, key)
-        evaluation = trainer.validate(step, scores, episodes, train, replay_state)
-        trainer.save_after_eval(evaluation, items(), iteration)
+    def _evaluate(self, session: Session, items, step: int, iteration: int) -> None:
+        key = session.next_eval_key()
+        scores, episodes = self.evaluate(items()["train"].params, step, key)
+        session.record_evaluation(step, scores, episodes, items, iteration)

@@ -1,0 +1,231 @@
+"""The actor-learners' outer loops (``--async sarsa|onestep|nstep|a3c``, Mnih et al.
+2016): the edge around ``jaxatari.agents.actor_learner``.
+
+JAX has no shared mutable parameters, so the original's Hogwild! threads (Recht et al.
+2011) become N batched actors: with ``--async-mode sync`` the N = ``--envs`` envs of a
+seed step together and every T = ``--batch-size`` steps the [T, N] rollout makes one
+update, averaged over the actors - A2C (Wu et al. 2017), the same losses without stale
+gradients. JAX-native envs run the whole loop in XLA (``agents.actor_native``, driven by
+``loops.session.run_native_chunks``); host envs step one pool of S * N envs reshaped to
+[S, N]. ``--async-mode async`` is ``loops.actors_async``.
+
+Kept from the original: a shared global step (target synced every ``--tau`` steps, the
+learning rate annealed to 0 over ``--steps``), per-actor epsilons, validation acting
+epsilon-greedily (Q methods) or sampling the policy (A3C) on raw game scores; validation
+pauses training (the original validated in a parallel thread). The loops talk to a
+``loops.session.Session`` and hand it their checkpoint items (``native_items``,
+``actors_async.async_items``, ``checkpoint_templates``).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxatari.agents.actor_learner import Q_METHODS, ActorLearner, Rollout
+from jaxatari.agents.actor_native import (NativeActorCarry, init_native_actor_carry,
+                                          make_native_actor_chunk, make_native_actor_evaluate,
+                                          make_native_heldout)
+from jaxatari.agents.frames import to_agent_frame
+from jaxatari.config import Config
+from jaxatari.envs import JaxEnv
+from jaxatari.loops.actor_common import ActorHostEvaluator, ChunkLog, HeldOutRollouts
+from jaxatari.loops.actors_async import async_templates, run_host_async
+from jaxatari.loops.session import (PlainSession, SeedsStep, eval_steps_per_env,
+                                    run_native_chunks, to_seeds)
+from jaxatari.loops.settings import (build_learner, chunk_iterations, crosses,
+                                     mean_actor_epsilon)
+from jaxatari.metrics import ChunkStats, mean_score
+from jaxatari.xla_options import edge_jit
+
+__all__ = ["PlainSession", "checkpoint_templates", "run_actor_learner", "train_native"]
+
+
+# --------------------------------------------------------------------- JAX-native envs
+
+def native_items(carry: NativeActorCarry) -> dict[str, Any]:
+    """A native run's checkpoint items: learner, actors (stacks, epsilon counters and final
+    epsilons, keys) and the envs themselves (JAX-native envs are plain state)."""
+    return {"train": carry.train, "actors": carry.actors,
+            "env": {"env_state": carry.env_state, "score": carry.score}}
+
+
+def train_native(config: Config, env: JaxEnv, keys, session, restored=None
+                 ) -> tuple[NativeActorCarry, ActorLearner]:
+    """The JAX-native loop; returns the final carry [S] and the learner.
+
+    ``session``: ``PlainSession`` or ``loop.Trainer`` (evaluations, checkpoints, Ctrl+C);
+    ``restored``: a ``loop.Restored`` to continue from. Saves happen only at chunk
+    boundaries and a resumed run continues with the same chunks from the saved iteration,
+    so with the same options it reproduces the uninterrupted run bit for bit on CPU.
+    """
+    c = config
+    learner = build_learner(c, env.spec)
+    steps_per_iteration = c.batch_size * c.envs
+    total_iterations = c.steps // steps_per_iteration
+    per_chunk = chunk_iterations(c, steps_per_iteration)
+    # one compiled chunk; a shorter last chunk runs it with its tail masked
+    chunk = edge_jit(make_native_actor_chunk(learner, env, per_chunk, c.tau), donate_argnums=0)
+
+    evaluate = edge_jit(jax.vmap(make_native_actor_evaluate(
+        learner, env.for_mode("eval"), num_envs=c.val_envs, num_steps=eval_steps_per_env(c),
+        epsilon=c.val_epsilon)))
+    init_carry = edge_jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))
+    if restored is None:
+        carry = init_carry(keys)
+        iteration = 0
+    else:
+        items = restored.items
+        carry = NativeActorCarry(train=items["train"], actors=items["actors"], **items["env"])
+        iteration = restored.iteration
+    heldout = HeldOutRollouts(learner, c)
+    play_heldout = edge_jit(jax.vmap(make_native_heldout(learner, env, heldout.count)))
+
+    def evaluate_carry(carry: NativeActorCarry, key):
+        total, episodes, partial = jax.device_get(
+            evaluate(carry.train.params, jax.random.split(key, c.seeds)))
+        if heldout.rollouts is None:
+            start = init_carry(keys)
+            heldout.fix(play_heldout(start.train.params, start.actors, start.env_state,
+                                     start.score))
+        v, td = heldout.stats(lambda seed: jax.tree.map(lambda x: x[seed], carry.train))
+        return mean_score(total, episodes, partial), episodes, v, td
+
+    def log_chunk(step: int, carry: NativeActorCarry, out, run: int, seconds: float):
+        def per_step(name):   # [I, S, T, N] -> [I * T, S, N]
+            return np.asarray(out[name]).transpose(0, 2, 1, 3).reshape(-1, c.seeds, c.envs)
+
+        stats = ChunkStats(scores=per_step("scores"), finished=per_step("finished"),
+                           loss=np.asarray(out["loss"]), td_error=np.asarray(out["td_error"]),
+                           q_mean=np.asarray(out["q_mean"]), learned=np.ones(run, bool))
+        session.logger.log_chunk(step, stats, mean_actor_epsilon(learner, carry.actors.steps,
+                                                               carry.actors.final_epsilon),
+                                 seconds, run * steps_per_iteration)
+
+    carry = run_native_chunks(session, carry=carry, iteration=iteration,
+                              total_iterations=total_iterations, iterations_per_chunk=per_chunk,
+                              steps_per_iteration=steps_per_iteration, chunk=chunk,
+                              evaluate=evaluate_carry, items=native_items, log_chunk=log_chunk,
+                              evaluates_at_start=False)
+    return carry, learner
+
+
+# -------------------------------------------------------------------------- host envs
+
+def run_host_sync(config: Config, env_factory, keys, session, restored=None):
+    """S * N host envs in one pool stepped together; one vmapped update per rollout.
+    Returns the final train state [S].
+
+    A resumed run restores learner, actor keys, epsilon counters and the update count; the
+    envs cannot be restored, so it starts new games (seeded ``--seed + step``) with empty
+    frame stacks, and the running episodes' scores are lost."""
+    c = config
+    seeds, envs, length = c.seeds, c.envs, c.batch_size
+    learner = build_learner(c, env_factory.spec)
+    init = edge_jit(jax.vmap(learner.init))
+    observe = edge_jit(jax.vmap(lambda a, f, first: learner.observe(
+        a, to_agent_frame(f, learner.frame_dtype), first)))
+    act = edge_jit(jax.vmap(learner.act))
+    update = edge_jit(jax.vmap(learner.update), donate_argnums=0)
+    sync = edge_jit(jax.vmap(learner.sync_target))
+    evaluator = ActorHostEvaluator(c, env_factory, learner)
+    heldout = HeldOutRollouts(learner, c)
+    steps_per_update = length * envs
+    total_updates = c.steps // steps_per_update
+    logger = session.logger
+
+    train, actors = init(keys)
+    start = 0
+    if restored is not None:
+        train, actors = restored.items["train"], restored.items["actors"]
+        start = restored.iteration
+    env = env_factory(seeds * envs, c.seed + start * steps_per_update, mode="train")
+    actors = observe(actors.replace(after_done=jnp.zeros((seeds, envs), bool)),
+                     to_seeds(env.reset(), seeds), np.ones((seeds, envs), bool))
+    after_done = np.zeros((seeds, envs), bool)
+    score = np.zeros((seeds, envs))
+    chunk = ChunkLog(seeds)
+
+    def items():
+        return {"train": train, "actors": actors}
+
+    try:
+        for index in range(start, total_updates):
+            if session.interrupt_requested:
+                session.handle_interrupt(items, index * steps_per_update, index)
+            record = {name: [] for name in ("obs", "action", "reward", "terminal", "cut",
+                                            "valid", "epsilon")}
+            for _ in range(length):
+                record["obs"].append(actors.stack)
+                record["valid"].append(~after_done)
+                actions, eps, actors = act(train.params, actors)
+                result = SeedsStep.of(env.step(np.asarray(actions).reshape(-1)), seeds)
+                reward, terminal, done, over = (result.reward, result.terminated, result.done,
+                                                result.game_over)
+                record["action"].append(actions)
+                record["reward"].append(reward)
+                record["terminal"].append(terminal)
+                record["cut"].append(done)
+                record["epsilon"].append(eps)
+                score = score + reward
+                chunk.scores.append(score.copy())
+                chunk.finished.append(over)
+                score = np.where(over, 0.0, score)
+                is_first = after_done
+                after_done = done
+                actors = observe(actors.replace(after_done=jnp.asarray(done)), result.obs,
+                                 is_first)
+            record["obs"].append(actors.stack)
+            rollout = Rollout(**{name: jnp.stack([jnp.asarray(v) for v in values], axis=1)
+                                 for name, values in record.items()})   # [S, T(+1), N, ...]
+            heldout.offer_seeds(rollout)
+            train, metrics = update(train, rollout)
+            before, after = index * steps_per_update, (index + 1) * steps_per_update
+            if learner.settings.method in Q_METHODS and crosses(before, after, c.tau):
+                train = sync(train)
+            metrics = jax.device_get(metrics)
+            for seed in range(seeds):
+                chunk.metrics[seed].append({k: v[seed] for k, v in metrics.items()})
+            chunk.steps += steps_per_update
+            last = index + 1 == total_updates
+            if chunk.steps >= c.chunk_steps or last:
+                logger.log_chunk(after, chunk.out(),
+                                 mean_actor_epsilon(learner, actors.steps, actors.final_epsilon),
+                                 time.perf_counter() - chunk.started, chunk.steps)
+                chunk.reset()
+            if after >= session.next_eval or last:
+                scores, episodes = evaluator(train.params, after, session.next_eval_key())
+                v, td = heldout.stats(lambda seed: jax.tree.map(lambda x: x[seed], train))
+                session.record_evaluation(after, scores, episodes, items, index + 1, v, td)
+    finally:
+        env.close()
+    return train
+
+
+
+# ---------------------------------------------------------------------------- entry
+
+def checkpoint_templates(config: Config, env, keys) -> dict[str, Any]:
+    """A run's checkpoint items as ShapeDtypeStructs (what ``loop.Trainer`` restores into)."""
+    learner = build_learner(config, env.spec)
+    if isinstance(env, JaxEnv):
+        return native_items(jax.eval_shape(
+            jax.vmap(lambda k: init_native_actor_carry(learner, env, k)), keys))
+    train, actors = jax.eval_shape(jax.vmap(learner.init), keys)
+    if config.async_mode == "async":
+        actors = async_templates(config.seeds, config.envs)
+    return {"train": train, "actors": actors}
+
+
+def run_actor_learner(config: Config, env, keys, session, restored=None):
+    """Trains ``config.seeds`` seeds of the actor-learner ``--async`` names with ``session``
+    (``PlainSession`` or ``loop.Trainer``), from scratch or from ``restored``; returns the
+    final train state [S]."""
+    if isinstance(env, JaxEnv):
+        return train_native(config, env, keys, session, restored)[0].train
+    if config.async_mode == "async":
+        return run_host_async(config, env, keys, session, restored)
+    return run_host_sync(config, env, keys, session, restored)
