@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxatari import loop
-from jaxatari.config import build_config
+from jaxatari.config import build_config, flag_name
 from scripts.provenance import commit_label, write_result
 
 CATCH_CEILING_FEW_FRAMES = 0.83
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{np.mean(r['best']):.3f} | {r['wall_seconds']} |")
     if actor_results:
         lines += ["", "## The actor-learners on Catch", "",
-                  "Each by its Catch preset with only the method switched (`--async-method`), "
+                  "Each by its Catch preset with only the method switched (`--async`), "
                   "the preset's own seeds, steps and evaluation (epsilon 0 for the Q methods; "
                   "A3C samples from its policy, as the original's validation). Best = the best "
                   "evaluation, final = the last.", "",
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                   "| min final | wall s |",
                   "|---|---|---:|---|---|---:|---:|"]
         for name, r in actor_results.items():
-            options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r["options"].items())
+            options = " ".join(f"{flag_name(k)} {v}" for k, v in r["options"].items())
             lines.append(f"| {name} | `{' '.join([r['preset'], options]).strip()}` | "
                          f"{r['steps']:,} | {', '.join(f'{x:.3f}' for x in r['best'])} | "
                          f"{', '.join(f'{x:.3f}' for x in r['final'])} | "
