@@ -91,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             _, summary = loop.train(config, run_dir=Path(scratch) / name, quiet=True,
                                     interactive=False)
             results[name] = {"options": VARIANTS[name],
-                             "best": [round(float(x), 4) for x in summary["best_scores"]],
-                             "final": [round(float(x), 4) for x in summary["final_scores"]],
-                             "wall_seconds": round(summary["wall_seconds"], 1)}
+                             **_scores(summary)}
             print(f"{name}: best {results[name]['best']} final {results[name]['final']} "
                   f"({results[name]['wall_seconds']} s)", flush=True)
         for name in (n for n in names if n in ACTOR_LEARNERS):
@@ -103,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                                     interactive=False)
             actor_results[name] = {
                 "preset": preset, "options": options, "steps": config.steps,
-                "best": [round(float(x), 4) for x in summary["best_scores"]],
-                "final": [round(float(x), 4) for x in summary["final_scores"]],
-                "wall_seconds": round(summary["wall_seconds"], 1)}
+                **_scores(summary)}
             r = actor_results[name]
             print(f"{name}: best {r['best']} final {r['final']} ({r['wall_seconds']} s)",
                   flush=True)
@@ -128,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---:|---:|"]
     for name, r in results.items():
         options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r["options"].items())
-        lines.append(f"| {name} | `{options}` | {', '.join(f'{x:.3f}' for x in r['best'])} | "
-                     f"{', '.join(f'{x:.3f}' for x in r['final'])} | "
+        lines.append(f"| {name} | `{options}` | {_rates(r['best'])} | {_rates(r['final'])} | "
                      f"{np.mean(r['best']):.3f} | {r['wall_seconds']} |")
     if actor_results:
         lines += ["", "## The actor-learners on Catch", "",
@@ -143,11 +138,21 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in actor_results.items():
             options = " ".join(f"{flag_name(k)} {v}" for k, v in r["options"].items())
             lines.append(f"| {name} | `{' '.join([r['preset'], options]).strip()}` | "
-                         f"{r['steps']:,} | {', '.join(f'{x:.3f}' for x in r['best'])} | "
-                         f"{', '.join(f'{x:.3f}' for x in r['final'])} | "
+                         f"{r['steps']:,} | {_rates(r['best'])} | {_rates(r['final'])} | "
                          f"{min(r['final']):.3f} | {r['wall_seconds']} |")
     write_result(out, record, lines)
     return 0
+
+
+def _scores(summary: dict) -> dict:
+    """Best and final greedy rate per seed and the wall time of one run's summary."""
+    return {"best": [round(float(x), 4) for x in summary["best_scores"]],
+            "final": [round(float(x), 4) for x in summary["final_scores"]],
+            "wall_seconds": round(summary["wall_seconds"], 1)}
+
+
+def _rates(values) -> str:
+    return ", ".join(f"{x:.3f}" for x in values)
 
 
 if __name__ == "__main__":
