@@ -10,7 +10,7 @@ network's for Double Q-learning, the target network's otherwise, so every rule h
 usable with or without Double Q.
 
 Users add their own rule without editing the package: ``--loss my_module:my_td_error``
-loads any function with this signature (see README, "Your own TD error").
+loads any function with this signature (docs/extending.md, "Your own TD error").
 """
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def step_minatar(args) -> dict:
 
 
 def markdown(session: dict) -> str:
-    """The session as a short table for results/ and the README."""
+    """The session as a short table for results/ and docs/performance.md."""
     steps = session["steps"]
     device = steps.get("device", {}).get("result", {})
     source = device.get("source", {})
