@@ -155,6 +155,30 @@ def print_scores(summary: dict[str, Any]) -> None:
               f"{text(best):>17}")
     if None in summary["final_scores"]:
         print("n/a: no greedy episode finished within --val-steps (raise it for a score)")
+    print_statistics(summary)
+
+
+def print_statistics(summary: dict[str, Any]) -> None:
+    """IQM, mean and median of the final and best greedy scores over the seeds that have
+    one, with 95% stratified-bootstrap intervals (Agarwal et al. 2021), and the IQM of the
+    human-normalised scores for Atari: a few seeds' mean alone says too little."""
+    from jaxatari.statistics import summary_statistics
+    block = summary.get("statistics") or summary_statistics(summary)
+
+    def cell(entry: dict[str, Any] | None, name: str) -> str:
+        if not entry or entry.get(name) is None:
+            return "n/a"
+        value, (low, high) = entry[name]["value"], entry[name]["ci95"]
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    rows = [("IQM", "", "iqm"), ("mean", "", "mean"), ("median", "", "median")]
+    if "final_normalised" in block:
+        rows.append(("normalised IQM", "_normalised", "iqm"))
+    print("\n95% intervals from a stratified bootstrap over seeds (Agarwal et al. 2021)")
+    print(f"{'':>14}  {'final greedy score':>26}  {'best greedy score':>26}")
+    for label, kind, name in rows:
+        print(f"{label:<14}  {cell(block.get('final' + kind), name):>26}  "
+              f"{cell(block.get('best' + kind), name):>26}")
+    print(f"{'seeds scored':<14}  {block['final']['seeds']:>26}  {block['best']['seeds']:>26}")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -64,6 +64,7 @@ from jaxatari.loops.settings import (agent_settings, build_learner, cadence_of,
 from jaxatari.metrics import ChunkStats, Evaluation, RunLogger, finite_or_none, mean_score
 from jaxatari.networks import body_misfit
 from jaxatari.rundir import RunDirLock, check_run_dir, create_run_dir
+from jaxatari.statistics import summary_statistics
 from jaxatari.xla_options import edge_jit
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "rlax", "gymnasium", "ale-py", "envpool",
@@ -538,8 +539,16 @@ class Trainer(SessionBase):
                 "steps_per_second_per_seed": round(trained / max(wall, 1e-9), 1),
             }
             if evaluations and evaluations[-1].normalised is not None:
-                summary["final_normalised_scores"] = finite_or_none(evaluations[-1].normalised)
+                normalised = np.stack([e.normalised for e in evaluations
+                                       if e.normalised is not None])   # [V, S]
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    best_normalised = np.nanmax(normalised, axis=0)
+                summary["final_normalised_scores"] = finite_or_none(normalised[-1])
+                summary["best_normalised_scores"] = finite_or_none(best_normalised)
                 summary["normalised_score_source"] = human_scores.SOURCE
+            # mean, median and IQM over seeds with 95% intervals (Agarwal et al. 2021)
+            summary["statistics"] = summary_statistics(summary)
             if restored is not None:
                 summary["resumed_from_step"] = restored.step
             params = jax.tree.map(lambda x: np.asarray(x[0]), train_state.params)

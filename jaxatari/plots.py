@@ -1,5 +1,6 @@
 """Plots of a run: learning curves (mean over seeds with a min-max band, and each seed),
-one picture per validation statistic, several runs side by side, and the first
+one picture per validation statistic, several runs side by side (also as interquartile
+means with 95% stratified-bootstrap bands, Agarwal et al. 2021), and the first
 convolutional layer's filters (as Mnih et al. 2015 looked at what the network learned).
 Drawn with matplotlib (Agg) from the CSVs that ``jaxatari.metrics.RunLogger`` writes.
 """
@@ -110,6 +111,21 @@ def _band_plot(ax, steps, values, label=None, color="k", seeds_too=True):
                         color=color, lw=0)
         ax.plot(steps, np.nanmean(values, 1), color=color, lw=2, marker=marker, markersize=4,
                 label=label or (f"mean of {seeds} seeds" if seeds > 1 else "1 seed"))
+
+
+def _iqm_band_plot(ax, steps, values, label: str, color: str, per_seed: bool = False):
+    """The interquartile mean over seeds at each step with its 95% stratified-bootstrap
+    band (Agarwal et al. 2021; jaxatari.statistics.iqm_curve), and with ``per_seed`` each
+    seed as a thin line."""
+    from jaxatari.statistics import iqm_curve
+    marker = "o" if len(steps) <= 25 else None
+    if per_seed:
+        for seed in range(values.shape[1]):
+            ax.plot(steps, values[:, seed], lw=0.7, alpha=0.5, marker=marker, markersize=2,
+                    color=color)
+    iqm, low, high = iqm_curve(values)
+    ax.fill_between(steps, low, high, alpha=0.2, color=color, lw=0)
+    ax.plot(steps, iqm, color=color, lw=2, marker=marker, markersize=4, label=label)
 
 
 def plot_metric(path: Path, steps: np.ndarray, values: np.ndarray, ylabel: str, title: str) -> None:
@@ -229,10 +245,13 @@ def plot_filters(path: Path, params, in_channels: int, title: str = "",
 
 
 def plot_runs(run_dirs: list[Path], path: Path, column: str = "score", training: bool = False,
-              reference: tuple[float, str] | None = None) -> Path:
-    """Overlays several runs' curves (mean over seeds with a min-max band): their evaluations'
-    ``column``, or with ``training`` their progress.csv's (training scores); ``reference``
-    (value, label) draws a published figure as a dashed line."""
+              reference: tuple[float, str] | None = None, aggregate: str = "mean",
+              per_seed: bool = False) -> Path:
+    """Overlays several runs' curves: their evaluations' ``column``, or with ``training``
+    their progress.csv's (training scores); ``reference`` (value, label) draws a published
+    figure as a dashed line. ``aggregate`` "mean": mean over seeds with a min-max band;
+    "iqm": interquartile mean with its 95% stratified-bootstrap band (Agarwal et al. 2021),
+    and with ``per_seed`` each seed's line too."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -245,8 +264,12 @@ def plot_runs(run_dirs: list[Path], path: Path, column: str = "score", training:
         if len(steps) == 0:
             continue
         label = f"{Path(run_dir).name} ({values.shape[1]} seed{'s' if values.shape[1] > 1 else ''})"
-        _band_plot(ax, steps, values, label=label, color=colours[i % len(colours)],
-                   seeds_too=False)
+        colour = colours[i % len(colours)]
+        if aggregate == "iqm":
+            _iqm_band_plot(ax, steps, values, label=f"{label}, IQM and 95% CI", color=colour,
+                           per_seed=per_seed)
+        else:
+            _band_plot(ax, steps, values, label=label, color=colour, seeds_too=per_seed)
     if reference is not None:
         ax.axhline(reference[0], color="k", ls="--", lw=1, label=reference[1])
     ax.legend(loc="best", fontsize=8)

@@ -10,5 +10,6 @@ or ``ValueError`` with a one-line message; the CLI turns them into exit status 2
   resume     resume (continue a run from its last checkpoint)
   export     export (params.msgpack, metadata, a jax.export policy)
   plot       plot (several runs' evaluation curves overlaid)
+  compare    compare (finished runs: probability of improvement, IQM, performance profile)
 """
-COMMAND_MODULES: tuple[str, ...] = ("evaluate", "resume", "export", "plot")
+COMMAND_MODULES: tuple[str, ...] = ("evaluate", "resume", "export", "plot", "compare")
