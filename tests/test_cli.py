@@ -34,6 +34,15 @@ def test_help_lists_every_option_with_its_default():
     assert "Save agent (y/n)?" in words and "SIGTERM saves without asking" in words
 
 
+def test_compare_is_a_command_with_its_own_help():
+    parser = cli.make_parser()
+    assert "compare" in parser.format_help()
+    compare_help = parser._subparsers._group_actions[0].choices["compare"].format_help()
+    for flag in ("--score", "--normalised", "--out", "RUN_DIR"):
+        assert flag in compare_help, flag
+    assert "Agarwal et al. 2021" in " ".join(compare_help.split())
+
+
 def test_presets_command_lists_demo():
     result = run_cli("presets")
     assert result.returncode == 0
@@ -88,6 +97,15 @@ def test_a_short_catch_run_writes_every_artefact(tmp_path):
                 "wall_seconds", "steps_per_second"):
         assert key in summary
     assert len(summary["final_scores"]) == 2 and summary["steps"] == 1600
+    # mean, median and IQM over seeds with 95% intervals (Agarwal et al. 2021), also printed
+    statistics = summary["statistics"]
+    for kind in ("final", "best"):
+        for name in ("mean", "median", "iqm"):
+            entry = statistics[kind][name]
+            assert entry is None or entry["ci95"][0] <= entry["value"] <= entry["ci95"][1]
+    assert "final_normalised" not in statistics          # Catch has no human score
+    assert "95% intervals from a stratified bootstrap over seeds" in result.stdout
+    assert any(line.startswith("IQM ") for line in result.stdout.splitlines())
     config = json.loads((run_dir / "config.json").read_text())
     assert config["environment"]["versions"]["jax"]
     assert config["env_spec"]["protocol"]["env"] == "catch"

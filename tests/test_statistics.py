@@ -1,5 +1,6 @@
 """jaxatari.statistics against rliable's own functions on fixed numbers (Agarwal et al.
-2021), and the statistics block a run's summary.json gets.
+2021), the statistics block a run's summary.json gets, and the compare and plot commands on
+small hand-written run directories (tests/test_cli.py checks the block of a real run).
 
 rliable is a test dependency only (the ``test`` extra). Its bootstrap lives in
 ``rliable.library``, which imports ``arch.bootstrap``; arch below 8 (which rliable 1.2
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import sys
 import types
 
 import numpy as np
 import pytest
 
+from jaxatari import plots
 from jaxatari import statistics as st
+from jaxatari.cli import main
 
 rliable_metrics = pytest.importorskip("rliable.metrics")
 
@@ -131,3 +135,84 @@ def test_summary_statistics_block():
     assert "Agarwal" in block["method"] and block["reps"] == st.REPS
     assert "final_normalised" not in st.summary_statistics({"final_scores": [1.0],
                                                             "best_scores": [1.0]})
+
+
+# ------------------------------------------------------------- compare and plot commands
+
+
+def fake_run(path, final, best=None, env="catch", eval_rows=()):
+    """A finished run directory as compare and plot read it: summary.json, eval.csv."""
+    path.mkdir(parents=True)
+    summary = {"env": env, "final_scores": final, "best_scores": best or final}
+    (path / "summary.json").write_text(json.dumps(summary))
+    lines = ["step,seed,score,episodes,normalised_score,v,td_error"]
+    lines += [f"{step},{seed},{score},3,,," for step, seed, score in eval_rows]
+    (path / "eval.csv").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_compare_prints_improvement_with_intervals_and_writes_profiles(tmp_path, capsys,
+                                                                      monkeypatch):
+    a = fake_run(tmp_path / "a", [1.0, 0.5, None, 0.75], best=[0.1, 0.2, None, 0.3])
+    b = fake_run(tmp_path / "b", [0.2, 0.5, 0.25], best=[1.0, 1.0, 1.0], env="other")
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    x, y = np.array([1.0, 0.5, 0.75]), np.array([0.2, 0.5, 0.25])
+    assert f"P(a > b) = {st.probability_of_improvement(x, y).text()}" in out
+    assert f"P(b > a) = {st.probability_of_improvement(y, x).text()}" in out
+    row_a = [line for line in out.splitlines() if line.startswith("a ")][0]
+    assert row_a.split()[1] == "3" and st.aggregate(x)["iqm"].text() in row_a
+    assert "different environments" in out
+    assert "performance profiles: compare.png" in out
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+    out_path = tmp_path / "plots" / "best.png"
+    assert main(["compare", str(a), str(b), str(a), "--score", "best",
+                 "--out", str(out_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"P({b} > {a}) = 1.000 [1.000, 1.000]" in out   # a repeated name: paths label
+    assert out_path.is_file()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["compare", "{a}"], "at least two run directories"),
+    (["compare", "{a}", "{missing}"], "no run directory at"),
+    (["compare", "{a}", "{empty}"], "has no summary.json"),
+    (["compare", "{a}", "{unscored}"], "no seed has a final greedy score"),
+    (["compare", "{a}", "{a}", "--normalised"], "no human-normalised scores"),
+    (["compare", "{a}", "{a}", "--out", "profile.svg"], "--out must name a .png"),
+    (["compare", "{a}", "{a}", "--score", "worst"], "invalid choice"),
+])
+def test_compare_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch,
+                                                              args, expected):
+    paths = {"a": fake_run(tmp_path / "a", [1.0, 2.0]), "missing": tmp_path / "missing",
+             "unscored": fake_run(tmp_path / "unscored", [None, None]),
+             "empty": tmp_path / "empty"}
+    paths["empty"].mkdir()
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main([a.format(**paths) for a in args]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_plot_draws_iqm_bands_by_default_and_per_seed_lines_on_request(tmp_path, capsys,
+                                                                       monkeypatch):
+    rows = [(step, seed, step / 100 + seed) for step in (100, 200, 300) for seed in range(4)]
+    run = fake_run(tmp_path / "run", [3.0, 4.0, 5.0, 6.0], eval_rows=rows)
+    drawn = {}
+
+    def spy(ax, steps, values, label, color, per_seed=False):
+        drawn.update(label=label, per_seed=per_seed, values=values)
+        ax.plot(steps, values[:, 0], label=label)
+    monkeypatch.setattr(plots, "_iqm_band_plot", spy)
+    assert main(["plot", str(run), "--out", str(tmp_path / "iqm.png")]) == 0
+    assert "IQM and 95% CI" in drawn["label"] and not drawn["per_seed"]
+    assert drawn["values"].shape == (3, 4)
+    monkeypatch.undo()
+    for extra in ([], ["--per-seed"], ["--aggregate", "mean", "--per-seed"]):
+        out = tmp_path / f"runs{len(extra)}.png"
+        assert main(["plot", str(run), "--out", str(out), *extra]) == 0
+        assert out.stat().st_size > 1000 and str(out) in capsys.readouterr().out
