@@ -40,6 +40,10 @@ def test_space_invaders_eval_records_video_with_saliency_in_red(tmp_path):
         "hidden_size": 32, "val_freq": 256, "val_steps": 32, "val_envs": 1, "chunk_steps": 128,
         "epsilon_steps": 128})
     run_dir, _ = train(config, tmp_path / "run", quiet=True)
+    # Atari runs summarise their human-normalised scores too (no seed scores in 32 steps)
+    statistics = json.loads((run_dir / "summary.json").read_text())["statistics"]
+    assert statistics["final_normalised"] == statistics["best_normalised"] == {
+        "seeds": 0, "mean": None, "median": None, "iqm": None}
     common = ["eval", str(run_dir), "--episodes", "1", "--max-steps", str(STEPS_PLAYED),
               "--record", "--seed", "5"]
     assert main([*common, "--out", str(tmp_path / "plain")]) == 0
