@@ -17,7 +17,8 @@ Files in RUN_DIR:
   scores.png, normalised_scores.png (Atari), v.png, td_error.png, loss.png
                  the same layout for each validation statistic and the training loss
   conv_filters.png  the first convolutional layer's filters as an image grid
-  summary.json   written last: its presence marks a finished run
+  summary.json   written last: its presence marks a finished run; scores per seed and
+                 their statistics over seeds (jaxatari.statistics, Agarwal et al. 2021)
 
 A resumed run (``RunLogger(resume_step=N)``) keeps the rows up to step N, drops those
 written after its checkpoint, and appends; TensorBoard purges the events after step N.
