@@ -15,7 +15,8 @@ configuration. Numpy only: rliable itself pulls in ``arch``, ``statsmodels`` and
 
 The bootstrap draws with NumPy's legacy ``RandomState`` from a fixed seed: its stream is
 frozen across NumPy versions, so a summary is reproducible, and it draws the indices
-exactly as rliable's bootstrap does from the same seed, so the intervals match rliable's.
+exactly as rliable's bootstrap does from NumPy's global stream after ``np.random.seed`` with
+the same seed, so the intervals match rliable's to the last bit.
 """
 from __future__ import annotations
 
@@ -200,8 +201,9 @@ def score_statistics(per_seed: Sequence[float | None], reps: int = REPS,
     scores = finite_scores(per_seed)
     if not scores.size:
         return {"seeds": 0, **{name: None for name in AGGREGATES}}
+    estimates = aggregate(scores, reps, seed)
     return {"seeds": int(scores.size),
-            **{name: interval.to_json() for name, interval in aggregate(scores, reps, seed).items()}}
+            **{name: interval.to_json() for name, interval in estimates.items()}}
 
 
 # summary.json's per-seed score lists and the statistics entries made from them

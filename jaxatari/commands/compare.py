@@ -97,8 +97,8 @@ def plot_profiles(path: Path, labels: list[str], scores: list[np.ndarray],
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for label, run_scores in zip(labels, scores):
         fraction, lower, upper = performance_profile(run_scores, taus)
-        line, = ax.plot(taus, fraction, lw=2,
-                        label=f"{label} ({run_scores.size} seed{'s' if run_scores.size > 1 else ''})")
+        seeds = f"{run_scores.size} seed{'s' if run_scores.size > 1 else ''}"
+        line, = ax.plot(taus, fraction, lw=2, label=f"{label} ({seeds})")
         ax.fill_between(taus, lower, upper, color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xlabel(f"threshold tau ({xlabel})")
     ax.set_ylabel("fraction of seeds scoring above tau")
