@@ -2,21 +2,24 @@
 between a record and the string-keyed tree ``jaxatari.checkpoint`` writes.
 
 The loops build these records and ``loop.Trainer`` saves and restores them, so a field
-is named once rather than spelled as a string at every use. ``to_tree`` and
-``from_tree`` are the only places that turn them into the on-disk tree: a field's name is
-its item's name, a nested record is stored as a dict of its fields, and a field left None
-is not saved (and comes back None from a checkpoint that lacks it). Those names and that
-nesting are the checkpoint format: renaming a field would make earlier checkpoints
-unloadable. Every array leads with the seed axis [S, ...].
+is named once rather than spelled as a string at every use. ``to_tree`` and ``from_tree``
+are the only places that turn them into the on-disk tree (and ``load_train_state`` the
+only reader of one item alone): a field's name is its item's name, a nested record is
+stored as a dict of its fields, and a field left None is not saved (and comes back None
+from a checkpoint that lacks it). Those names and that nesting are the checkpoint format:
+renaming a field would make earlier checkpoints unloadable. Every array leads with the
+seed axis [S, ...].
 """
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import jax
 from flax import struct
 
+from jaxatari import checkpoint
 from jaxatari.agents.actor_learner import Actors
 from jaxatari.agents.actor_native import NativeActorCarry
 from jaxatari.agents.native import NativeCarry
@@ -50,6 +53,14 @@ def from_tree(template: CheckpointRecord, tree: dict[str, Any]) -> CheckpointRec
             value = from_tree(shape, value)
         values[field.name] = value
     return type(template)(**values)
+
+
+def load_train_state(path: Path, train: TrainState) -> tuple[TrainState | None, dict[str, Any]]:
+    """(the learner state [S] or None, metadata) of either kind's checkpoint, restoring only
+    that item into ``train``'s shapes: what a reader of the network alone needs (eval,
+    export)."""
+    tree, metadata = checkpoint.load(path, {"train": train})
+    return tree["train"], metadata
 
 
 # ------------------------------------------------------------------------- Q agent
