@@ -26,9 +26,10 @@ they do not detect someone who edits a file and its digest together. Loading nev
 code named in a checkpoint (see ``jaxatari.saved_imports``). Every refusal is a ``CheckpointError``, a
 ``ConfigError``: one line, exit status 2 on the command line.
 
-The functions know nothing about agents: the Q-agent loops save ``train``, ``actor``,
-``env``, ``replay`` and ``heldout`` items, and the actor-learners may save any others.
-``RunCheckpoints`` adds the run-directory layout: ``checkpoints/last``, ``checkpoints/best``
+The functions know nothing about agents: what each agent kind saves, and the item names
+this format gives it, is ``loops.checkpoint_items`` (``train``, ``actor``, ``env``,
+``replay`` and ``heldout`` for the Q agent; ``train``, ``actors`` and ``env`` for the
+actor-learners). ``RunCheckpoints`` adds the run-directory layout: ``checkpoints/last``, ``checkpoints/best``
 and, with ``keep_every``, ``checkpoints/step_000012345`` (the original's ``-checkpoint``).
 """
 from __future__ import annotations
@@ -365,9 +366,6 @@ class RunCheckpoints:
 
     def step_path(self, step: int) -> Path:
         return self.directory / f"step_{step:09d}"
-
-    def save(self, name: str, items: dict[str, Any], metadata: dict[str, Any]) -> Path:
-        return save(self.path(name), items, {**metadata, "name": name})
 
     def saved(self, name: str = "last") -> Path | None:
         return resolve(self.path(name))

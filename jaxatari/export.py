@@ -48,6 +48,7 @@ from jaxatari import checkpoint as ckpt
 from jaxatari.agents.actor_learner import Q_METHODS, ActorLearnerSettings, make_actor_learner
 from jaxatari.agents.dqn import QAgentSettings, make_q_agent
 from jaxatari.config import ConfigError
+from jaxatari.loops.checkpoint_items import load_train_state
 from jaxatari.saved_imports import check_checkpoint_imports
 from jaxatari.types import ActorState
 
@@ -179,10 +180,10 @@ def load_agent(checkpoint: Path, activation=None, allowed_imports: Collection[st
         raise ckpt.CheckpointError(f"checkpoint {meta.get('path')}: {error}") from None
     keys = jax.random.split(jax.random.PRNGKey(0), int(meta["seeds"]))
     train_template = jax.eval_shape(jax.vmap(agent.init), keys)[0]
-    items, meta = ckpt.load(Path(meta["path"]), {"train": train_template})
-    if items["train"] is None:
+    train, meta = load_train_state(Path(meta["path"]), train_template)
+    if train is None:
         raise ckpt.CheckpointError(f"checkpoint {meta['path']} holds no network parameters")
-    return agent, items["train"], meta
+    return agent, train, meta
 
 
 def pick_seed(meta: dict[str, Any], seed_index: int | None) -> int:

@@ -57,6 +57,8 @@ from jaxatari.agents.native import (NativeCarry, init_native_seeds, make_native_
 from jaxatari.config import Config, ConfigError, config_json, flag_name
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
 from jaxatari.evaluation import HELDOUT_KEY_OFFSET, make_heldout_sampler, make_value_stats
+from jaxatari.loops.checkpoint_items import (ActorLearnerItems, CheckpointRecord, QItems,
+                                              from_tree, to_tree)
 from jaxatari.loops.session import SessionBase, eval_steps_per_env, run_native_chunks
 # agent_settings and chunk_iterations: also this module's names for scripts and tests
 from jaxatari.loops.settings import (agent_settings, build_learner, cadence_of,
@@ -194,13 +196,13 @@ def ask(question: str) -> bool:
 # ---------------------------------------------------------------------------- resume
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Restored:
     """What a checkpoint gives back to a run."""
 
     path: Path
     metadata: dict[str, Any]
-    items: dict[str, Any]
+    items: QItems | ActorLearnerItems
 
     @property
     def step(self) -> int:
@@ -293,9 +295,14 @@ class Trainer(SessionBase):
     def steps_per_iteration(self) -> int:
         raise NotImplementedError
 
-    def templates(self) -> dict[str, Any]:
+    def templates(self) -> CheckpointRecord:
         """The checkpoint items of this run as ShapeDtypeStructs (for restoring)."""
         raise NotImplementedError
+
+    def stored(self, items: CheckpointRecord, with_replay: bool) -> CheckpointRecord:
+        """The items a checkpoint keeps of the loop's ``items``."""
+        del with_replay
+        return items
 
     def train_loop(self, restored: Restored | None) -> Any:
         """Runs this kind's loop; returns the final train state [S]."""
@@ -313,7 +320,7 @@ class Trainer(SessionBase):
         """Bytes of everything the run keeps on the device between steps, all seeds:
         learner, actors, envs, held-out set and replay memory (from shapes: nothing is
         allocated to count them)."""
-        return ckpt.nbytes(self.templates())
+        return ckpt.nbytes(to_tree(self.templates()))
 
     def base_metadata(self) -> dict[str, Any]:
         c = self.config
@@ -332,10 +339,11 @@ class Trainer(SessionBase):
         meta = ckpt.read_metadata(path)
         self.check_compatible(meta)
         self.val_size = int(meta.get("val_size", self.val_size))   # the held-out set it kept
-        items, meta = ckpt.load(path, self.templates())
-        if items["train"] is None:
+        templates = self.templates()
+        tree, meta = ckpt.load(path, to_tree(templates))
+        if tree.get("train") is None:
             raise ckpt.CheckpointError(f"checkpoint {path} holds no learner state")
-        return Restored(path=Path(meta["path"]), metadata=meta, items=items)
+        return Restored(path=Path(meta["path"]), metadata=meta, items=from_tree(templates, tree))
 
     def check_compatible(self, meta: dict[str, Any]) -> None:
         path = meta.get("path")
@@ -379,7 +387,6 @@ class Trainer(SessionBase):
         self.evaluations = restored.evaluations
         self.best_score = float(restored.metadata.get("best_score") or -math.inf)
         self.next_eval = int(restored.metadata.get("next_eval", self.config.val_freq))
-        self.heldout = restored.items.get("heldout")
         if restored.metadata.get("eval_key") is not None:
             self.eval_key = jnp.asarray(restored.metadata["eval_key"], jnp.uint32)
 
@@ -401,21 +408,20 @@ class Trainer(SessionBase):
                 "normalised_score_source": human_scores.SOURCE
                 if human_scores.random_and_human(self.spec.human_name) else None}
 
-    def save(self, name: str, items: dict[str, Any], step: int, iteration: int, reason: str,
-             with_replay: bool) -> Path:
-        items = dict(items)
-        if not with_replay:
-            items["replay"] = None
-        meta = self.metadata(step, iteration, reason)
-        meta["replay_included"] = items.get("replay") is not None
-        meta["replay_bytes"] = self.replay_bytes
-        return self.checkpoints.save(name, {**items, "heldout": self.heldout}, meta)
+    def save(self, path: Path, items: CheckpointRecord, step: int, iteration: int,
+             reason: str, with_replay: bool) -> Path:
+        """Writes the checkpoint ``path`` (``self.checkpoints``' last, best or step_<step>)."""
+        tree = to_tree(self.stored(items, with_replay))
+        meta = {**self.metadata(step, iteration, reason), "name": path.name,
+                "replay_included": "replay" in tree, "replay_bytes": self.replay_bytes}
+        return ckpt.save(path, tree, meta)
 
     @property
     def interrupt_requested(self) -> bool:
         return self.guard.requested
 
-    def save_after_eval(self, evaluation: Evaluation, items: dict[str, Any], iteration: int) -> None:
+    def save_after_eval(self, evaluation: Evaluation, items: CheckpointRecord,
+                        iteration: int) -> None:
         """``last`` after every evaluation, ``best`` when the mean score over seeds beats the
         best so far (as the original: strictly greater), ``step_<step>`` with keep_every."""
         step = evaluation.step
@@ -423,15 +429,15 @@ class Trainer(SessionBase):
         improved = mean is not None and mean > self.best_score   # n/a never improves
         if improved:
             self.best_score = mean
-        self.save("last", items, step, iteration, "evaluation", self._include_replay())
-        self._plot_filters(items["train"].params)
+        checkpoints = self.checkpoints
+        self.save(checkpoints.path("last"), items, step, iteration, "evaluation",
+                  self._include_replay())
+        self._plot_filters(items.train.params)
         if improved:
-            self.save("best", items, step, iteration, "best validation score", False)
-        if self.checkpoints.keep_every:
-            path = self.checkpoints.step_path(step)
-            meta = {**self.metadata(step, iteration, "evaluation"), "name": path.name,
-                    "replay_included": False, "replay_bytes": self.replay_bytes}
-            ckpt.save(path, {**items, "replay": None, "heldout": self.heldout}, meta)
+            self.save(checkpoints.path("best"), items, step, iteration,
+                      "best validation score", False)
+        if checkpoints.keep_every:
+            self.save(checkpoints.step_path(step), items, step, iteration, "evaluation", False)
 
     def _plot_filters(self, params) -> None:
         """conv_filters.png of seed 0 at every validation (networks without convolutions
@@ -453,14 +459,15 @@ class Trainer(SessionBase):
         stacked = self.settings_stack_channels() // max(frame_channels, 1)
         return filter_rows_label(frame_channels, stacked)
 
-    def handle_interrupt(self, items_fn: Callable[[], dict], step: int, iteration: int) -> None:
+    def handle_interrupt(self, items_fn: Callable[[], CheckpointRecord], step: int,
+                         iteration: int) -> None:
         """At a safe point after Ctrl+C: ask (or not), save ``last``, stop the run."""
         saved = None
         if self.logger is not None:
             self.logger.flush()
         if self.guard.confirm_save():
-            saved = self.save("last", items_fn(), step, iteration, "interrupt",
-                              self._include_replay())
+            saved = self.save(self.checkpoints.path("last"), items_fn(), step, iteration,
+                              "interrupt", self._include_replay())
             print(f"Saved agent at step {step:,} to {saved}; continue it with --resume "
                   f"{self.run_dir}", file=sys.stderr, flush=True)
         raise TrainingInterrupted(f"interrupted at step {step}", saved,
@@ -592,20 +599,19 @@ class QTrainer(Trainer):
             return self.checkpoint_replay
         return self.native and self.replay_bytes <= REPLAY_AUTO_LIMIT
 
-    def templates(self) -> dict[str, Any]:
+    def templates(self) -> QItems:
         """The checkpoint items of this run as ShapeDtypeStructs (for restoring)."""
         train, replay, actor = self._init_example()
         heldout = jax.eval_shape(self._sample_heldout_fn(self._replay_axes()), replay, self.keys)
         if self.native:
             carry = jax.eval_shape(lambda k: init_native_seeds(self.agent, self.env, k), self.keys)
-            return {"train": carry.train, "actor": carry.actor, "env": self._env_item(carry),
-                    "replay": carry.replay, "heldout": heldout}
-        return {"train": train, "actor": actor, "replay": replay, "heldout": heldout}
+            return dataclasses.replace(QItems.of_native(carry), heldout=heldout)
+        return QItems(train=train, actor=actor, replay=replay, heldout=heldout)
 
-    @staticmethod
-    def _env_item(carry: NativeCarry) -> dict[str, Any]:
-        return {"env_state": carry.env_state, "frame": carry.frame, "is_first": carry.is_first,
-                "score": carry.score}
+    def stored(self, items: QItems, with_replay: bool) -> QItems:
+        """The loop's items with the held-out set, and the memory only ``with_replay``."""
+        return dataclasses.replace(items, replay=items.replay if with_replay else None,
+                                   heldout=self.heldout)
 
     def _replay_axes(self):
         example = jax.eval_shape(self.agent.init, self.keys[0])[1]
@@ -616,7 +622,10 @@ class QTrainer(Trainer):
 
     def _apply_restored(self, restored: Restored | None) -> None:
         super()._apply_restored(restored)
-        if restored is not None and restored.items.get("replay") is None:
+        if restored is None:
+            return
+        self.heldout = restored.items.heldout
+        if restored.items.replay is None:
             envs = self.config.envs
             self.cadence = dataclasses.replace(
                 self.cadence, learn_from=restored.iteration + math.ceil(self.config.learn_start / envs))
@@ -625,16 +634,16 @@ class QTrainer(Trainer):
         self._sample_heldout = edge_jit(self._sample_heldout_fn(replay_axes))
         self._value_stats = edge_jit(jax.vmap(make_value_stats(self.agent)))
 
-    def value_stats(self, items: dict, step: int, v, td_error):
+    def value_stats(self, items: QItems, step: int, v, td_error):
         """The held-out V and TD error: the Q agent's from transitions drawn once from its
         replay memory (at the first evaluation after learning starts)."""
         c = self.config
         if self.heldout is None and step >= c.learn_start:
             keys = jax.random.split(self.heldout_key, c.seeds)
-            self.heldout = self._sample_heldout(items["replay"], keys)
+            self.heldout = self._sample_heldout(items.replay, keys)
         if self.heldout is not None:
             v, td_error = (np.asarray(x, np.float64) for x in
-                           jax.device_get(self._value_stats(items["train"], self.heldout)))
+                           jax.device_get(self._value_stats(items.train, self.heldout)))
         return v, td_error
 
     def _state_notes(self) -> tuple[bool, str]:
@@ -683,16 +692,11 @@ class QTrainer(Trainer):
             iteration = 0
         else:
             items = restored.items
-            replay = items["replay"] if items["replay"] is not None else init(self.keys).replay
-            carry = NativeCarry(train=items["train"], replay=replay, actor=items["actor"],
-                                **items["env"])
+            carry = items.native_carry(items.replay if items.replay is not None
+                                       else init(self.keys).replay)
             iteration = restored.iteration
         axes = native_seed_axes(agent, carry)
         self._compile_validation(axes.replay)
-
-        def items_of(carry: NativeCarry) -> dict[str, Any]:
-            return {"train": carry.train, "actor": carry.actor, "env": self._env_item(carry),
-                    "replay": carry.replay}
 
         def evaluate_carry(carry: NativeCarry, key):
             total, episodes, partial = jax.device_get(
@@ -706,7 +710,7 @@ class QTrainer(Trainer):
         return run_native_chunks(self, carry=carry, iteration=iteration,
                                  total_iterations=total_iterations, iterations_per_chunk=length,
                                  steps_per_iteration=c.envs, chunk=chunk,
-                                 evaluate=evaluate_carry, items=items_of,
+                                 evaluate=evaluate_carry, items=QItems.of_native,
                                  log_chunk=log_chunk).train
 
     # ---------------------------------------------------------------- host-env path
@@ -741,7 +745,7 @@ class ActorLearnerTrainer(Trainer):
     def steps_per_iteration(self) -> int:
         return self.config.envs * self.config.batch_size
 
-    def templates(self) -> dict[str, Any]:
+    def templates(self) -> ActorLearnerItems:
         from jaxatari.loops.actors import checkpoint_templates
         return checkpoint_templates(self.config, self.env, self.keys)
 

@@ -73,7 +73,6 @@ class ChunkStats:
 
     scores [T, S, E]: the raw game score where ``finished`` [T, S, E] (an episode ended);
     loss, td_error, q_mean [U, S]: the learner's, on the update rows where ``learned`` [U].
-    Read by field, or by name as a mapping (``stats["loss"]``).
     """
 
     scores: np.ndarray
@@ -85,13 +84,8 @@ class ChunkStats:
 
     @classmethod
     def of(cls, out) -> "ChunkStats":
-        """From a mapping of the same names (a jitted chunk's outputs)."""
-        if isinstance(out, ChunkStats):
-            return out
+        """From a jitted chunk's outputs (a mapping of the same names)."""
         return cls(**{f.name: np.asarray(out[f.name]) for f in dataclasses.fields(cls)})
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return getattr(self, name)
 
 
 def mean_score(total, episodes, partial=None) -> np.ndarray:
@@ -265,8 +259,7 @@ class RunLogger:
 
     def log_chunk(self, step: int, out: ChunkStats, epsilon: float, seconds: float,
                   steps: int) -> None:
-        """One chunk's ``ChunkStats`` (or a mapping of its names)."""
-        out = ChunkStats.of(out)
+        """One chunk's statistics."""
         finished = np.asarray(out.finished, bool)
         scores = np.asarray(out.scores, np.float64)
         learned = np.asarray(out.learned, bool)
@@ -275,8 +268,10 @@ class RunLogger:
             done = finished[:, seed]
             count = int(done.sum())
             mean = float(scores[:, seed][done].mean()) if count else float("nan")
-            stats = {name: float(np.asarray(out[name])[learned, seed].mean()) if learned.any()
-                     else float("nan") for name in ("loss", "td_error", "q_mean")}
+            stats = {name: float(np.asarray(values)[learned, seed].mean()) if learned.any()
+                     else float("nan")
+                     for name, values in (("loss", out.loss), ("td_error", out.td_error),
+                                          ("q_mean", out.q_mean))}
             self.progress.writerow([step, seed, count, mean, stats["loss"], stats["td_error"],
                                     stats["q_mean"], float(epsilon), round(speed, 1)])
             if count:

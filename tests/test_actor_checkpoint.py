@@ -18,6 +18,7 @@ from jaxatari import checkpoint as ckpt
 from jaxatari.cli import main
 from jaxatari.config import Config, ConfigError, build_config, validate
 from jaxatari.loop import RunLogger, Trainer, TrainingInterrupted, train
+from jaxatari.loops.checkpoint_items import to_tree
 
 # A tiny actor-learner run: 2 seeds x 4 actors, rollouts of 5 steps (20 steps an
 # iteration), 5-iteration chunks, an evaluation every 200 steps, 600 steps in all.
@@ -36,7 +37,8 @@ def tiny_actor(**overrides) -> Config:
 
 
 def checkpoint_items(config: Config, path: Path) -> dict:
-    return ckpt.load(path, Trainer(config, path.parent.parent).templates())[0]
+    """The checkpoint's items as stored (the on-disk tree)."""
+    return ckpt.load(path, to_tree(Trainer(config, path.parent.parent).templates()))[0]
 
 
 def assert_same_items(a: dict, b: dict) -> None:

@@ -505,7 +505,7 @@ class EvalRecorder:
         self.evaluations: list[tuple[int, float, np.ndarray]] = []
 
     def log_chunk(self, step, out, epsilon, seconds, steps):
-        assert np.isfinite(np.asarray(out["loss"])).all()
+        assert np.isfinite(np.asarray(out.loss)).all()
 
     def log_eval(self, step, scores, episodes, **_):   # params= (for --report-weights)
         self.evaluations.append((step, time.perf_counter() - self.started, np.asarray(scores)))

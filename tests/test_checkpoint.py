@@ -15,6 +15,7 @@ import pytest
 from jaxatari import checkpoint as ckpt
 from jaxatari.config import ConfigError
 from jaxatari.loop import Trainer, train
+from jaxatari.loops.checkpoint_items import to_tree
 from tests.tiny import tiny
 
 
@@ -112,6 +113,28 @@ def test_corrupt_or_truncated_checkpoints_are_refused(tmp_path, damage):
     gc.collect()   # orbax's leftover callbacks fire here, under this module's filter
 
 
+def test_the_records_are_stored_under_the_format_s_names():
+    """A record's field names and nesting are the checkpoint format (checkpoints written
+    before the records must still load): a None field is not stored, a nested record is a
+    dict of its fields, and ``from_tree`` gives back what ``to_tree`` took apart."""
+    from jaxatari.loops.checkpoint_items import (ActorLearnerItems, ActorNativeEnvs,
+                                                 AsyncCounters, QItems, QNativeEnvs, from_tree)
+    q = QItems(train=1, actor=2, env=QNativeEnvs(env_state=3, frame=4, is_first=5, score=6),
+               heldout={"batch": 7, "valid": 8})
+    assert to_tree(q) == {"train": 1, "actor": 2, "heldout": {"batch": 7, "valid": 8},
+                          "env": {"env_state": 3, "frame": 4, "is_first": 5, "score": 6}}
+    assert to_tree(QItems(train=1, actor=2, replay=9)) == {"train": 1, "actor": 2, "replay": 9}
+    native = ActorLearnerItems(train=1, actors=2, env=ActorNativeEnvs(env_state=3, score=4))
+    assert to_tree(native) == {"train": 1, "actors": 2, "env": {"env_state": 3, "score": 4}}
+    counters = AsyncCounters(steps=1, final_epsilon=2, policy_key=3, received=4, learned=5)
+    assert to_tree(ActorLearnerItems(train=0, actors=counters)) == {
+        "train": 0, "actors": {"steps": 1, "final_epsilon": 2, "policy_key": 3,
+                               "received": 4, "learned": 5}}
+    for record in (q, native, ActorLearnerItems(train=0, actors=counters)):
+        assert from_tree(record, to_tree(record)) == record
+    assert from_tree(q, {"train": 1, "actor": 2}) == QItems(train=1, actor=2)
+
+
 def test_a_checkpoint_of_another_shape_is_refused(tmp_path):
     path = ckpt.save(tmp_path / "last", example_items(1.0), {"step": 1})
     other = {"train": {"w": jax.ShapeDtypeStruct((3, 5), np.float32),
@@ -143,7 +166,7 @@ def runs(tmp_path_factory):
 
 def test_resume_gives_the_same_parameters_bit_for_bit(runs):
     trainer = Trainer(tiny(steps=512), runs["a"])
-    templates = trainer.templates()
+    templates = to_tree(trainer.templates())
     a, meta_a = ckpt.load(runs["a"] / "checkpoints" / "last", templates)
     b, meta_b = ckpt.load(runs["b"] / "checkpoints" / "last", templates)
     assert meta_a["step"] == meta_b["step"] == 512

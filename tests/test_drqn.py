@@ -295,6 +295,7 @@ def test_recurrent_run_resumes_exactly_evaluates_and_refuses_saliency_and_export
     from jaxatari import checkpoint as ckpt
     from jaxatari.cli import main
     from jaxatari.loop import Trainer, train
+    from jaxatari.loops.checkpoint_items import to_tree
     from tests.tiny import tiny
 
     def config(steps):
@@ -303,7 +304,7 @@ def test_recurrent_run_resumes_exactly_evaluates_and_refuses_saliency_and_export
     whole, _ = train(config(256), tmp_path / "whole", quiet=True)
     part, _ = train(config(128), tmp_path / "part", quiet=True)
     train(config(256), None, quiet=True, resume_from=part)
-    templates = Trainer(config(256), whole).templates()
+    templates = to_tree(Trainer(config(256), whole).templates())
     a, _ = ckpt.load(whole / "checkpoints" / "last", templates)
     b, _ = ckpt.load(part / "checkpoints" / "last", templates)
     for name in ("train", "actor", "replay"):

@@ -22,6 +22,7 @@ import pytest
 from jaxatari import checkpoint as ckpt
 from jaxatari.config import ConfigError
 from jaxatari.loop import TrainingInterrupted, Trainer, train
+from jaxatari.loops.checkpoint_items import to_tree
 from tests.tiny import TINY, tiny
 from tests.subprocess_env import repo_env
 
@@ -209,7 +210,7 @@ def test_without_a_terminal_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
     config = tiny(steps=total)
     train(config, run_dir, quiet=True, interactive=False, resume=True)
     straight, _ = train(config, tmp_path / "straight", quiet=True)
-    templates = Trainer(config, run_dir).templates()
+    templates = to_tree(Trainer(config, run_dir).templates())
     resumed_items, _ = ckpt.load(run_dir / "checkpoints" / "last", templates)
     straight_items, _ = ckpt.load(straight / "checkpoints" / "last", templates)
     for name in ("train", "actor", "env", "replay"):

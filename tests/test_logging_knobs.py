@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from jaxatari.loop import train
-from jaxatari.metrics import RunLogger, weight_stats, layer_arrays
+from jaxatari.metrics import ChunkStats, RunLogger, weight_stats, layer_arrays
 from tests.tiny import tiny
 
 
-def _chunk(seeds: int) -> dict[str, np.ndarray]:
+def _chunk(seeds: int) -> ChunkStats:
     zeros = np.zeros((1, seeds, 1))
-    return {"finished": zeros.astype(bool), "scores": zeros, "learned": np.zeros(1, bool),
-            "loss": np.zeros((1, seeds)), "td_error": np.zeros((1, seeds)),
-            "q_mean": np.zeros((1, seeds))}
+    return ChunkStats(finished=zeros.astype(bool), scores=zeros, learned=np.zeros(1, bool),
+                      loss=np.zeros((1, seeds)), td_error=np.zeros((1, seeds)),
+                      q_mean=np.zeros((1, seeds)))
 
 
 def _progress_lines(tmp_path, capsys, prog_freq: int) -> list[str]:

@@ -80,7 +80,7 @@ def test_host_loop_stores_every_transition_in_order(tmp_path, learn_start):
     reader = dataclasses.replace(config, steps=100)   # a run that could continue it
     restored = Trainer(reader, tmp_path / "reader", quiet=True).restore(
         run_dir / "checkpoints" / "last")
-    storage = restored.items["replay"].storage
+    storage = restored.items.replay.storage
     rows = jax.device_get(storage.rows)
     assert int(storage.size) == 25
     phase = np.arange(25) % 6     # reset frame, 4 steps, the terminal frame, then a reset step
@@ -112,7 +112,7 @@ def test_resumed_host_run_never_bootstraps_into_the_new_game(tmp_path):
     reader = dataclasses.replace(config, steps=200)   # a run that could continue it
     restored = Trainer(reader, tmp_path / "reader", quiet=True).restore(
         run_dir / "checkpoints" / "last")
-    storage = restored.items["replay"].storage
+    storage = restored.items.replay.storage
     rows = jax.device_get(storage.rows)
     size = int(storage.size)
     assert size == 50

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxatari.loops.checkpoint_items import ActorLearnerItems, to_tree
 from jaxatari.loops.session import PlainSession, Session, run_native_chunks
 from tests.tiny import tiny
 
@@ -39,7 +40,8 @@ def drive(session, total_iterations=10, per_chunk=3, iteration=0):
     return run_native_chunks(session, carry=jnp.int32(iteration), iteration=iteration,
                              total_iterations=total_iterations, iterations_per_chunk=per_chunk,
                              steps_per_iteration=4, chunk=chunk, evaluate=evaluate,
-                             items=lambda carry: {"train": DummyTrain()}, log_chunk=log_chunk)
+                             items=lambda carry: ActorLearnerItems(train=DummyTrain(), actors=None),
+                             log_chunk=log_chunk)
 
 
 class DummyTrain:
@@ -64,7 +66,7 @@ def test_the_driver_answers_an_interrupt_before_the_next_chunk():
         interrupt_requested = True
 
         def handle_interrupt(self, items, step, iteration):
-            raise RuntimeError(f"stopped at {step} {iteration} {sorted(items())}")
+            raise RuntimeError(f"stopped at {step} {iteration} {sorted(to_tree(items()))}")
 
     with pytest.raises(RuntimeError, match="stopped at 8 2 \\['train'\\]"):
         drive(Interrupted(tiny(val_freq=16), Recorder()), iteration=2)

@@ -3,6 +3,7 @@
 
 ``session``: the ``Session`` protocol every loop talks to, the native chunk driver and the
 host evaluator; ``settings``: the options translated into agent and cadence settings;
+``checkpoint_items``: what a checkpoint holds for each agent kind, as frozen records;
 ``q_host``: the Q agent with host envs (its native loop is ``jaxatari.loop``'s chunk
 driver call); ``actors``, ``actors_async`` and ``actor_common``: the actor-learners of
 Mnih et al. 2016 (native, synchronous host and asynchronous envpool loops).

@@ -13,13 +13,12 @@ Kept from the original: a shared global step (target synced every ``--tau`` step
 learning rate annealed to 0 over ``--steps``), per-actor epsilons, validation acting
 epsilon-greedily (Q methods) or sampling the policy (A3C) on raw game scores; validation
 pauses training (the original validated in a parallel thread). The loops talk to a
-``loops.session.Session`` and hand it their checkpoint items (``native_items``,
-``actors_async.async_items``, ``checkpoint_templates``).
+``loops.session.Session`` and hand it their checkpoint items
+(``loops.checkpoint_items.ActorLearnerItems``; ``checkpoint_templates``).
 """
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +32,7 @@ from jaxatari.agents.frames import to_agent_frame
 from jaxatari.config import Config
 from jaxatari.envs import JaxEnv
 from jaxatari.loops.actor_common import ActorHostEvaluator, ChunkLog, HeldOutRollouts
+from jaxatari.loops.checkpoint_items import ActorLearnerItems
 from jaxatari.loops.actors_async import async_templates, run_host_async
 from jaxatari.loops.session import (PlainSession, SeedsStep, eval_steps_per_env,
                                     run_native_chunks, to_seeds)
@@ -45,13 +45,6 @@ __all__ = ["PlainSession", "checkpoint_templates", "run_actor_learner", "train_n
 
 
 # --------------------------------------------------------------------- JAX-native envs
-
-def native_items(carry: NativeActorCarry) -> dict[str, Any]:
-    """A native run's checkpoint items: learner, actors (stacks, epsilon counters and final
-    epsilons, keys) and the envs themselves (JAX-native envs are plain state)."""
-    return {"train": carry.train, "actors": carry.actors,
-            "env": {"env_state": carry.env_state, "score": carry.score}}
-
 
 def train_native(config: Config, env: JaxEnv, keys, session, restored=None
                  ) -> tuple[NativeActorCarry, ActorLearner]:
@@ -78,8 +71,7 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
         carry = init_carry(keys)
         iteration = 0
     else:
-        items = restored.items
-        carry = NativeActorCarry(train=items["train"], actors=items["actors"], **items["env"])
+        carry = restored.items.native_carry()
         iteration = restored.iteration
     heldout = HeldOutRollouts(learner, c)
     play_heldout = edge_jit(jax.vmap(make_native_heldout(learner, env, heldout.count)))
@@ -108,7 +100,8 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
     carry = run_native_chunks(session, carry=carry, iteration=iteration,
                               total_iterations=total_iterations, iterations_per_chunk=per_chunk,
                               steps_per_iteration=steps_per_iteration, chunk=chunk,
-                              evaluate=evaluate_carry, items=native_items, log_chunk=log_chunk,
+                              evaluate=evaluate_carry, items=ActorLearnerItems.of_native,
+                              log_chunk=log_chunk,
                               evaluates_at_start=False)
     return carry, learner
 
@@ -140,7 +133,7 @@ def run_host_sync(config: Config, env_factory, keys, session, restored=None):
     train, actors = init(keys)
     start = 0
     if restored is not None:
-        train, actors = restored.items["train"], restored.items["actors"]
+        train, actors = restored.items.train, restored.items.actors
         start = restored.iteration
     env = env_factory(seeds * envs, c.seed + start * steps_per_update, mode="train")
     actors = observe(actors.replace(after_done=jnp.zeros((seeds, envs), bool)),
@@ -150,7 +143,7 @@ def run_host_sync(config: Config, env_factory, keys, session, restored=None):
     chunk = ChunkLog(seeds)
 
     def items():
-        return {"train": train, "actors": actors}
+        return ActorLearnerItems(train=train, actors=actors)
 
     try:
         for index in range(start, total_updates):
@@ -208,16 +201,16 @@ def run_host_sync(config: Config, env_factory, keys, session, restored=None):
 
 # ---------------------------------------------------------------------------- entry
 
-def checkpoint_templates(config: Config, env, keys) -> dict[str, Any]:
+def checkpoint_templates(config: Config, env, keys) -> ActorLearnerItems:
     """A run's checkpoint items as ShapeDtypeStructs (what ``loop.Trainer`` restores into)."""
     learner = build_learner(config, env.spec)
     if isinstance(env, JaxEnv):
-        return native_items(jax.eval_shape(
+        return ActorLearnerItems.of_native(jax.eval_shape(
             jax.vmap(lambda k: init_native_actor_carry(learner, env, k)), keys))
     train, actors = jax.eval_shape(jax.vmap(learner.init), keys)
     if config.async_mode == "async":
         actors = async_templates(config.seeds, config.envs)
-    return {"train": train, "actors": actors}
+    return ActorLearnerItems(train=train, actors=actors)
 
 
 def run_actor_learner(config: Config, env, keys, session, restored=None):

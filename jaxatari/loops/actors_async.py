@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ from jaxatari.agents.frames import push_frame
 from jaxatari.config import Config, async_batch_size
 from jaxatari.envs import EnvSpec
 from jaxatari.loops.actor_common import ActorHostEvaluator, ChunkLog, HeldOutRollouts
+from jaxatari.loops.checkpoint_items import ActorLearnerItems, AsyncCounters
 from jaxatari.loops.settings import crosses, learner_settings, mean_actor_epsilon
 from jaxatari.xla_options import edge_jit
 
@@ -208,7 +209,7 @@ def run_host_async(config: Config, env_factory, keys, session, restored=None,
     count transitions with it).
 
     Checkpoints hold each seed's learner, its actors' epsilon counters and final epsilons,
-    its policy key and its step counters (``async_items``). A resumed run starts new games
+    its policy key and its step counters (``async_counters``). A resumed run starts new games
     (envpool cannot be restored) with empty stacks; the transitions of rollouts not yet
     complete when the run stopped are not learned (at most T - 1 per env).
     """
@@ -233,32 +234,32 @@ def run_host_async(config: Config, env_factory, keys, session, restored=None,
                                         decay_steps=s.epsilon_steps), np.float32)
 
     trains, runners = [], []
-    saved = None if restored is None else jax.device_get(restored.items["actors"])
+    saved = None if restored is None else jax.device_get(restored.items.actors)
     first = 0 if restored is None else restored.step
     for seed in range(seeds):
         train, actors = init(keys[seed])
         final_epsilon = np.asarray(actors.final_epsilon)
         if saved is not None:
-            train = jax.tree.map(lambda x: x[seed], restored.items["train"])
-            final_epsilon = np.asarray(saved["final_epsilon"][seed])
+            train = jax.tree.map(lambda x: x[seed], restored.items.train)
+            final_epsilon = np.asarray(saved.final_epsilon[seed])
         trains.append(train)
         runner = AsyncActors(make_pool(seed, first), num_envs=envs, batch_size=batch,
                              rollout_length=length, stack_shape=learner.stack_shape,
                              frame_dtype=learner.frame_dtype, final_epsilon=final_epsilon,
                              epsilon_fn=epsilon_fn, life_loss_terminal=life_loss)
         if saved is not None:
-            runner.steps[:] = saved["steps"][seed]
-            runner.received = int(saved["received"][seed])
+            runner.steps[:] = saved.steps[seed]
+            runner.received = int(saved.received[seed])
         runners.append(runner)
     policy_keys = [jax.random.fold_in(keys[seed], 17) for seed in range(seeds)]
     learned = [0] * seeds          # transitions the learner has consumed, per seed
     if saved is not None:
-        policy_keys = [jnp.asarray(saved["policy_key"][seed]) for seed in range(seeds)]
-        learned = [int(n) for n in saved["learned"]]
+        policy_keys = [jnp.asarray(saved.policy_key[seed]) for seed in range(seeds)]
+        learned = [int(n) for n in saved.learned]
 
     def items():
-        return {"train": jax.tree.map(lambda *x: jnp.stack(x), *trains),
-                "actors": async_items(runners, policy_keys, learned)}
+        return ActorLearnerItems(train=jax.tree.map(lambda *x: jnp.stack(x), *trains),
+                                 actors=async_counters(runners, policy_keys, learned))
 
     def policy_for(seed):
         def policy(stacks, eps):
@@ -350,20 +351,22 @@ def run_host_async(config: Config, env_factory, keys, session, restored=None,
     return jax.tree.map(lambda *x: jnp.stack(x), *trains)
 
 
-def async_items(runners: list[AsyncActors], policy_keys, learned) -> dict[str, Any]:
+def async_counters(runners: list[AsyncActors], policy_keys, learned) -> AsyncCounters:
     """An async run's acting state per seed [S, ...]: epsilon counters and final epsilons
     of the N actors, the policy key, and the transitions received and learned."""
-    return {"steps": np.stack([r.steps for r in runners]).astype(np.int32),
-            "final_epsilon": np.stack([r.final_epsilon for r in runners]).astype(np.float32),
-            "policy_key": np.stack([np.asarray(k) for k in policy_keys]).astype(np.uint32),
-            "received": np.asarray([r.received for r in runners], np.int32),
-            "learned": np.asarray(learned, np.int32)}
+    return AsyncCounters(steps=np.stack([r.steps for r in runners]).astype(np.int32),
+                         final_epsilon=np.stack([r.final_epsilon for r in runners]
+                                                ).astype(np.float32),
+                         policy_key=np.stack([np.asarray(k) for k in policy_keys]
+                                             ).astype(np.uint32),
+                         received=np.asarray([r.received for r in runners], np.int32),
+                         learned=np.asarray(learned, np.int32))
 
 
-def async_templates(seeds: int, num_envs: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """``async_items`` as ShapeDtypeStructs (what a checkpoint restores into)."""
+def async_templates(seeds: int, num_envs: int) -> AsyncCounters:
+    """``async_counters`` as ShapeDtypeStructs (what a checkpoint restores into)."""
     shape = jax.ShapeDtypeStruct
-    return {"steps": shape((seeds, num_envs), np.int32),
-            "final_epsilon": shape((seeds, num_envs), np.float32),
-            "policy_key": shape((seeds, 2), np.uint32),
-            "received": shape((seeds,), np.int32), "learned": shape((seeds,), np.int32)}
+    return AsyncCounters(steps=shape((seeds, num_envs), np.int32),
+                         final_epsilon=shape((seeds, num_envs), np.float32),
+                         policy_key=shape((seeds, 2), np.uint32),
+                         received=shape((seeds,), np.int32), learned=shape((seeds,), np.int32))

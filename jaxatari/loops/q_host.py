@@ -19,6 +19,7 @@ from jaxatari.agents.dqn import QAgent
 from jaxatari.agents.native import Cadence, to_agent_frame
 from jaxatari.config import Config
 from jaxatari.envs.base import SplitStep
+from jaxatari.loops.checkpoint_items import QItems
 from jaxatari.loops.session import Session, SeedsStep, evaluate_on_host, to_seeds
 from jaxatari.metrics import ChunkStats
 from jaxatari.xla_options import edge_jit
@@ -256,10 +257,10 @@ class HostRunner:
         start = 0
         if restored is not None:
             items = restored.items
-            train = items["train"]
-            if items["replay"] is not None:
-                replay_state = self.end_saved_episodes(items["replay"])
-            actor = items["actor"].replace(after_done=jnp.zeros((seeds, envs), bool))
+            train = items.train
+            if items.replay is not None:
+                replay_state = self.end_saved_episodes(items.replay)
+            actor = items.actor.replace(after_done=jnp.zeros((seeds, envs), bool))
             start = restored.iteration
         env = self.env_factory(seeds * envs, c.seed + start * envs, mode="train")
         stepping = SplitStep(env)
@@ -276,7 +277,7 @@ class HostRunner:
         num_actions = self.agent.settings.num_actions
 
         def items():
-            return {"train": train, "actor": actor, "replay": replay_state}
+            return QItems(train=train, actor=actor, replay=replay_state)
 
         uniform = _UniformActions(np.random.default_rng([c.seed, start]), num_actions,
                                   (seeds, envs))
@@ -403,5 +404,5 @@ class HostRunner:
 
     def _evaluate(self, session: Session, items, step: int, iteration: int) -> None:
         key = session.next_eval_key()
-        scores, episodes = self.evaluate(items()["train"].params, step, key)
+        scores, episodes = self.evaluate(items().train.params, step, key)
         session.record_evaluation(step, scores, episodes, items, iteration)

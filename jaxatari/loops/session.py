@@ -24,12 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxatari.config import Config
+from jaxatari.loops.checkpoint_items import CheckpointRecord
 from jaxatari.evaluation import EVAL_ENV_SEED_OFFSET, EVAL_KEY_OFFSET
 from jaxatari.metrics import Evaluation, mean_score
 
-# A loop hands its state to the session as a function of no arguments returning the
-# checkpoint items ({"train": TrainState [S], ...}), called only when they are needed.
-Items = Callable[[], dict]
+# A loop hands its state to the session as a function of no arguments returning its
+# checkpoint items (``loops.checkpoint_items``: ``QItems`` or ``ActorLearnerItems``, whose
+# ``train`` is the TrainState [S]), called only when they are needed.
+Items = Callable[[], CheckpointRecord]
 
 
 @runtime_checkable
@@ -87,7 +89,7 @@ class SessionBase:
         self.eval_key, key = jax.random.split(self.eval_key)
         return key
 
-    def value_stats(self, items: dict, step: int, v, td_error):
+    def value_stats(self, items: CheckpointRecord, step: int, v, td_error):
         return v, td_error
 
     def normalise(self, scores):
@@ -103,12 +105,13 @@ class SessionBase:
         self.evaluations.append(evaluation)
         self.logger.log_eval(step, evaluation.scores, evaluation.episodes,
                              normalised=normalised, v=v, td_error=td_error,
-                             params=saved["train"].params)
+                             params=saved.train.params)
         self.next_eval = (step // self.config.val_freq + 1) * self.config.val_freq
         self.save_after_eval(evaluation, saved, iteration)
         return evaluation
 
-    def save_after_eval(self, evaluation: Evaluation, items: dict, iteration: int) -> None:
+    def save_after_eval(self, evaluation: Evaluation, items: CheckpointRecord,
+                        iteration: int) -> None:
         del evaluation, items, iteration
 
     def handle_interrupt(self, items: Items, step: int, iteration: int) -> NoReturn:
