@@ -2,10 +2,11 @@
 committed as a table.
 
 Each variant is the ``demo`` preset (dueling Double DQN on Catch) with one part switched, the
-option names the original's. All see one frame, update on every env step with the original's
-summed gradient (``--loss-reduction sum``; the demo itself keeps the mean), as the learning
-tests in tests/test_variants_learn.py (which import the settings from here); 4 seeds vmapped in
-one program per variant; a greedy evaluation (epsilon 0, 512 episodes per seed) every 40k steps.
+option names the original's. All see one frame and keep the demo's cadence (8 envs per seed,
+an update every 8 env steps, 512k steps) with the original's summed gradient
+(``--loss-reduction sum``; the demo itself keeps the mean), as the learning tests in
+tests/test_variants_learn.py (which import the settings from here); 4 seeds vmapped in one
+program per variant; a greedy evaluation (epsilon 0, 1,024 episodes per seed) every 128k steps.
 On the original's Catch no agent deciding from the last 1-4 frames catches more than 0.83 of
 balls (results/catch-ceiling.md), so read the rates against that ceiling.
 
@@ -33,13 +34,12 @@ from jaxatari.config import build_config, flag_name
 from scripts.provenance import commit_label, write_result
 
 CATCH_CEILING_FEW_FRAMES = 0.83
-STEPS = 160_000
-# An evaluation every 40k steps, each 512 greedy episodes per seed (standard error about 0.02).
-EVALUATION = dict(val_freq=40_000, val_envs=64, val_steps=64 * 24 * 8, val_epsilon=0.0,
-                  chunk_steps=40_000)
-# One frame, an update every env step, the original's update (the gradient summed over the
-# batch, docs/reduction.md): the settings every variant shares.
-SHARED = dict(hist_len=1, mem_sample_freq=1, loss_reduction="sum", seeds=4)
+STEPS = 512_000
+# The demo's own cadence and evaluation (32 envs per seed, an update of 32 samples every 8 env
+# steps; 1,024 greedy episodes per seed every 128k steps, standard error about 0.013), one
+# frame, and the original's update (the gradient summed over the batch, docs/reduction.md):
+# the settings every variant shares.
+SHARED = dict(hist_len=1, loss_reduction="sum", seeds=4, val_epsilon=0.0)
 VARIANTS = {
     "dqn": dict(duel=False, double_q=False),
     "double": dict(duel=False, double_q=True),
@@ -66,8 +66,7 @@ def actor_learner_config(name: str, **overrides):
 
 
 def variant_config(name: str, steps: int = STEPS, **overrides):
-    return build_config("demo", {"steps": steps, **SHARED, **EVALUATION, **VARIANTS[name],
-                                 **overrides})
+    return build_config("demo", {"steps": steps, **SHARED, **VARIANTS[name], **overrides})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,16 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["PYTHONPATH=$PWD python scripts/catch_variants.py",
                         *(argv if argv is not None else sys.argv[1:])])
     record = {"experiment": "DQN family on Catch, greedy catch rate per seed",
-              "preset": "demo", "shared": {**SHARED, **EVALUATION}, "steps": args.steps,
+              "preset": "demo", "shared": SHARED, "steps": args.steps,
               "ceiling_last_frames": CATCH_CEILING_FEW_FRAMES, "command": command,
               "commit": commit_label(), "variants": results,
               "actor_learners": actor_results}
     out = Path(args.out)
     lines = ["# The DQN family on Catch", "",
-             f"The `demo` preset with one part switched; one frame, an update every step "
-             "with the original's summed gradient (`--loss-reduction sum`), "
-             f"{SHARED['seeds']} seeds vmapped, {args.steps:,} steps per seed; greedy catch "
-             "rate (epsilon 0, 512 episodes per seed) at evaluations every 40k steps. Best = "
+             f"The `demo` preset with one part switched; one frame, the demo's 8 envs per "
+             "seed with an update every 8 env steps, the original's summed gradient "
+             f"(`--loss-reduction sum`), {SHARED['seeds']} seeds vmapped, {args.steps:,} steps "
+             "per seed; greedy catch rate (epsilon 0, 1,024 episodes per seed) at evaluations "
+             "every 128k steps. Best = "
              "the best evaluation, final = the last. Ceiling for an agent seeing the last 1-4 "
              f"frames: {CATCH_CEILING_FEW_FRAMES} (results/catch-ceiling.md).", "",
              "| variant | options | best per seed | final per seed | mean best | wall s |",

@@ -1,21 +1,18 @@
 """Every member of the DQN family learns Catch, on every one of 4 seeds.
 
-The issue asks for a greedy catch rate of 0.9. On the original's Catch no agent that decides
-from the last 1-4 frames can catch more than 0.83 of balls (the ball drifts by sub-pixel
-amounts; ``scripts/catch_ceiling.py``, results/catch-ceiling.md, and the first test below,
-which re-derives the figure on a smaller sample). These agents see one frame, so the tests
-hold every seed to ``CATCH_RATE`` = 0.6, about three quarters of that ceiling and far above a
-random policy's 0.08 (the printed table shows where each seed lands; most reach 0.75-0.8, the
-slowest seed of Double DQN about 0.63 within this budget).
+On the original's Catch no agent that decides from the last 1-4 frames can catch more than 0.83
+of balls (the ball drifts by sub-pixel amounts; ``scripts/catch_ceiling.py``,
+results/catch-ceiling.md, and the first test below, which re-derives the figure on a smaller
+sample). These agents see one frame, so the tests hold every seed's final greedy evaluation to
+``CATCH_RATE`` = 0.75, 90% of that ceiling and far above a random policy's 0.08.
 
 Each run (settings in scripts/catch_variants.py, which also writes the committed table
-results/catch-variants.md) is the demo preset with one part switched, the original's summed
-gradient (--loss-reduction sum; the demo itself keeps the mean), one frame per step (the frames before it
-do not raise the ceiling, and the network learns faster without them) and an update on every
-env step (--mem-sample-freq 1: in probes this lifted the weakest of 4 DQN seeds from 0.59 to
-0.77 at the same step count), 4 seeds vmapped in one program, scored greedily on 512 episodes
-per seed every 40k steps. A seed passes when one of those evaluations reaches ``CATCH_RATE``
-("reaches within its budget", as the issue puts it); the final rates are printed too.
+results/catch-variants.md) is the demo preset with one part switched and the original's summed
+gradient (--loss-reduction sum; the demo itself keeps the mean): one frame per step (the frames
+before it do not raise the ceiling, and the network learns faster without them), 8 envs per
+seed with an update every 8 env steps for 512k steps, 4 seeds vmapped in one program, scored
+greedily on 1,024 episodes per seed (standard error about 0.013) every 128k steps. A seed passes
+when its last evaluation, of the policy the run ends with, reaches ``CATCH_RATE``.
 """
 from __future__ import annotations
 
@@ -26,7 +23,7 @@ from jaxatari.loop import train
 from scripts.catch_ceiling import ball_columns, best_guess_rate
 from scripts.catch_variants import CATCH_CEILING_FEW_FRAMES, STEPS, VARIANTS, variant_config
 
-CATCH_RATE = 0.6
+CATCH_RATE = 0.75
 
 
 def test_no_agent_seeing_four_frames_can_catch_much_more_than_0_83():
@@ -50,5 +47,5 @@ def test_variant_learns_catch_on_every_seed(variant, tmp_path):
     print(f"\n{variant}: greedy catch rate per seed, best {np.round(best, 3)}, final "
           f"{np.round(final, 3)}, after {STEPS:,} steps in {summary['wall_seconds']:.0f} s "
           f"(ceiling {CATCH_CEILING_FEW_FRAMES})")
-    assert len(best) == 4
-    assert (best >= CATCH_RATE).all(), best
+    assert len(final) == 4
+    assert (final >= CATCH_RATE).all(), final
