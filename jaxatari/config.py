@@ -41,6 +41,7 @@ class Config:
     run_dir: str = option("", "where the run writes (default: runs/<preset>-<env>-<time>)", group="experiment")
     chunk_steps: int = option(10_000, "agent steps per seed between host syncs (logging, progress, checkpoints)", group="experiment")
     verbose: bool = option(False, "log every finished training episode's score", group="experiment")
+    devices: str = option("1", "devices the seeds are split over, each training --seeds / N of them (JAX-native envs): N, or all = every local device; on a machine without an accelerator all = one CPU device per core (JAX's jax_num_cpu_devices, set before JAX starts), or the count in XLA_FLAGS=--xla_force_host_platform_device_count=N; N must divide --seeds", group="experiment")
 
     # Environment
     env: str = option("catch", "catch | gridworld | <Game>-MinAtar | atari | a gymnasium id | package.module:Class", group="env")
@@ -253,6 +254,7 @@ def validate(c: Config) -> None:
     require(0.0 < c.gamma <= 1.0, f"--gamma must be in (0, 1], got {c.gamma}")
     require(c.eta > 0, f"--eta must be positive, got {c.eta}")
     require(c.steps % c.envs == 0, f"--steps ({c.steps}) must be a multiple of --envs ({c.envs})")
+    _validate_devices(c, require)
     if c.async_method == "none":
         _validate_replay(c, require)
     else:
@@ -298,6 +300,18 @@ def _validate_replay(c: Config, require) -> None:
     cadence_ok = c.mem_sample_freq % c.envs == 0 or c.envs % c.mem_sample_freq == 0
     require(cadence_ok, f"--mem-sample-freq ({c.mem_sample_freq}) and --envs ({c.envs}) must "
             "divide one another (learning happens on whole iterations of all envs)")
+
+
+def _validate_devices(c: Config, require) -> None:
+    """--devices is all or a positive count that divides --seeds (whether that many exist
+    is known only to JAX: ``jaxatari.devices.seed_placement``)."""
+    text = c.devices
+    require(text == "all" or (text.isascii() and text.isdigit() and int(text) > 0),
+            f"--devices must be a positive number of devices or all, got {c.devices!r}")
+    if text != "all":
+        require(c.seeds % int(text) == 0,
+                f"--seeds {c.seeds} does not divide over --devices {int(text)}: choose a "
+                "--seeds that is a multiple of the device count (seeds are not padded)")
 
 
 def async_batch_size(num_envs: int) -> int:

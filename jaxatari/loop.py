@@ -55,6 +55,7 @@ from jaxatari.agents.dqn import QAgent, QAgentSettings, make_q_agent
 from jaxatari.agents.native import (NativeCarry, init_native_seeds, make_native_chunk,
                                     make_native_evaluate, native_seed_axes)
 from jaxatari.config import Config, ConfigError, config_json, flag_name
+from jaxatari.devices import SeedPlacement, request_cpu_devices, seed_placement
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
 from jaxatari.evaluation import HELDOUT_KEY_OFFSET, make_heldout_sampler, make_value_stats
 from jaxatari.loops.checkpoint_items import (ActorLearnerItems, CheckpointRecord, QItems,
@@ -250,8 +251,10 @@ class Trainer(SessionBase):
             raise ConfigError(f"{misfit} ({self.spec.name})")
         self.cadence = cadence_of(config)
         self.native = isinstance(self.env, JaxEnv)
+        self.placement: SeedPlacement = seed_placement(config, native=self.native)
         self.build_agent()
-        self.keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
+        self.keys = self.placement.place(
+            jax.random.split(jax.random.PRNGKey(config.seed), config.seeds))
         self.heldout_key = jax.random.PRNGKey(config.seed + HELDOUT_KEY_OFFSET)
         choices = checkpoint_choices(config, keep_every=keep_every,
                                      checkpoint_replay=checkpoint_replay, val_size=val_size)
@@ -639,7 +642,7 @@ class QTrainer(Trainer):
         replay memory (at the first evaluation after learning starts)."""
         c = self.config
         if self.heldout is None and step >= c.learn_start:
-            keys = jax.random.split(self.heldout_key, c.seeds)
+            keys = self.placement.place(jax.random.split(self.heldout_key, c.seeds))
             self.heldout = self._sample_heldout(items.replay, keys)
         if self.heldout is not None:
             v, td_error = (np.asarray(x, np.float64) for x in
@@ -696,11 +699,12 @@ class QTrainer(Trainer):
                                        else init(self.keys).replay)
             iteration = restored.iteration
         axes = native_seed_axes(agent, carry)
+        carry = self.placement.place(carry, axes)   # --devices: seeds split over the mesh
         self._compile_validation(axes.replay)
 
         def evaluate_carry(carry: NativeCarry, key):
-            total, episodes, partial = jax.device_get(
-                evaluate(carry.train.params, jax.random.split(key, c.seeds)))
+            keys = self.placement.place(jax.random.split(key, c.seeds))
+            total, episodes, partial = jax.device_get(evaluate(carry.train.params, keys))
             return mean_score(total, episodes, partial), episodes, None, None
 
         def log_chunk(step: int, carry: NativeCarry, out, run: int, seconds: float):
@@ -754,7 +758,8 @@ class ActorLearnerTrainer(Trainer):
         if restored is not None and not self.native:
             self.logger.note("host envs cannot be restored: the resumed run starts new "
                              "games with empty frame stacks")
-        return run_actor_learner(self.config, self.env, self.keys, self, restored)
+        return run_actor_learner(self.config, self.env, self.keys, self, restored,
+                                 placement=self.placement)
 
 
 def seeds_mean(scores) -> float | None:
@@ -792,11 +797,14 @@ def check_memory(trainer: "Trainer") -> int:
     c = trainer.config
     needed = trainer.state_bytes
     limit, what = machine_memory()
-    if needed > limit:
+    # --devices: each accelerator holds its share of the seeds; CPU devices share one memory
+    devices = 1 if jax.devices()[0].platform == "cpu" else trainer.placement.device_count
+    if needed // devices > limit:
         replay = (f", of which the replay memory is {gib(trainer.replay_bytes)} "
                   f"(--mem-size {c.mem_size:,} per seed x --seeds {c.seeds:,})"
                   if trainer.replay_bytes else "")
-        raise ConfigError(f"this run needs about {gib(needed)} for its state{replay}, more "
+        share = f" ({gib(needed // devices)} per device)" if devices > 1 else ""
+        raise ConfigError(f"this run needs about {gib(needed)} for its state{replay}{share}, more "
                           f"than this machine's {gib(limit)} of {what}: lower --seeds or "
                           "--mem-size")
     return needed
@@ -840,6 +848,7 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
     interactive: whether to ask questions on the terminal (default: stdin is a terminal).
     """
     interactive = sys.stdin.isatty() if interactive is None else interactive
+    request_cpu_devices(config)   # before anything below touches a JAX device
     source = None
     if resume_from is not None:
         source = ckpt.find(Path(resume_from), "last")

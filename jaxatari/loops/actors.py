@@ -30,6 +30,7 @@ from jaxatari.agents.actor_native import (NativeActorCarry, init_native_actor_ca
                                           make_native_heldout)
 from jaxatari.agents.frames import to_agent_frame
 from jaxatari.config import Config
+from jaxatari.devices import SeedPlacement
 from jaxatari.envs import JaxEnv
 from jaxatari.loops.actor_common import ActorHostEvaluator, ChunkLog, HeldOutRollouts
 from jaxatari.loops.checkpoint_items import ActorLearnerItems
@@ -46,7 +47,8 @@ __all__ = ["PlainSession", "checkpoint_templates", "run_actor_learner", "train_n
 
 # --------------------------------------------------------------------- JAX-native envs
 
-def train_native(config: Config, env: JaxEnv, keys, session, restored=None
+def train_native(config: Config, env: JaxEnv, keys, session, restored=None, *,
+                 placement: SeedPlacement = SeedPlacement()
                  ) -> tuple[NativeActorCarry, ActorLearner]:
     """The JAX-native loop; returns the final carry [S] and the learner.
 
@@ -54,6 +56,8 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
     ``restored``: a ``loop.Restored`` to continue from. Saves happen only at chunk
     boundaries and a resumed run continues with the same chunks from the saved iteration,
     so with the same options it reproduces the uninterrupted run bit for bit on CPU.
+    ``placement``: the devices the seeds are split over (``--devices``); the carry is placed
+    on them once and every jitted function follows it.
     """
     c = config
     learner = build_learner(c, env.spec)
@@ -73,12 +77,13 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None
     else:
         carry = restored.items.native_carry()
         iteration = restored.iteration
+    carry = placement.place(carry)   # every leaf of an actor-learner's carry is per seed
     heldout = HeldOutRollouts(learner, c)
     play_heldout = edge_jit(jax.vmap(make_native_heldout(learner, env, heldout.count)))
 
     def evaluate_carry(carry: NativeActorCarry, key):
         total, episodes, partial = jax.device_get(
-            evaluate(carry.train.params, jax.random.split(key, c.seeds)))
+            evaluate(carry.train.params, placement.place(jax.random.split(key, c.seeds))))
         if heldout.rollouts is None:
             start = init_carry(keys)
             heldout.fix(play_heldout(start.train.params, start.actors, start.env_state,
@@ -213,12 +218,15 @@ def checkpoint_templates(config: Config, env, keys) -> ActorLearnerItems:
     return ActorLearnerItems(train=train, actors=actors)
 
 
-def run_actor_learner(config: Config, env, keys, session, restored=None):
+def run_actor_learner(config: Config, env, keys, session, restored=None, *,
+                      placement: SeedPlacement = SeedPlacement()):
     """Trains ``config.seeds`` seeds of the actor-learner ``--async`` names with ``session``
     (``PlainSession`` or ``loop.Trainer``), from scratch or from ``restored``; returns the
-    final train state [S]."""
+    final train state [S]. ``placement`` splits the seeds of a JAX-native env over devices
+    (``loop.Trainer`` refuses more than one device for host envs)."""
     if isinstance(env, JaxEnv):
-        return train_native(config, env, keys, session, restored)[0].train
+        return train_native(config, env, keys, session, restored,
+                            placement=placement)[0].train
     if config.async_mode == "async":
         return run_host_async(config, env, keys, session, restored)
     return run_host_sync(config, env, keys, session, restored)

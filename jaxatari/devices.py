@@ -1,0 +1,129 @@
+"""Where a run's seeds live: ``--devices``, the device mesh and the seed axis's sharding
+(issue 26, item 1a: seed-parallel).
+
+Seeds never exchange anything, so S seeds on D devices are S / D seeds per device and no
+communication: every array whose leading axis is the seed axis (parameters, optimiser
+state, replay memory, env states, keys, per-seed counters) is split along that axis over
+a one-dimensional mesh (axis ``seeds``), and what the seeds share (the replay memory's
+write counters, which advance in lockstep) is replicated. The mesh is built once at the
+edge (``loop.Trainer``) and the state placed on it once; the jitted chunk, evaluation and
+held-out statistics follow their inputs' shardings, so XLA partitions the vmapped seed
+axis and each device runs its seeds' share of the one program. ``--devices 1`` places
+nothing: the single-device program as before.
+
+On a machine without an accelerator JAX has one CPU device unless more are asked for
+before its backend starts. ``request_cpu_devices`` asks, for ``--devices N`` (N > 1) or
+``all``, for one CPU device per core at most (``jax_num_cpu_devices``); a count the user
+forced with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` is left as it is.
+
+Acting, envs, replay, keys and evaluation give the one-device run's numbers bit for bit
+(tests/test_devices.py). Updates do not: XLA's CPU code for them rounds a seed's numbers
+differently depending on how many seeds share a device (seeds 0-1 of a 4-seed chunk differ
+in the last bits from the same two seeds run alone, on one device too), and learning
+amplifies the difference (docs/devices.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxatari.config import Config, ConfigError
+
+SEED_AXIS = "seeds"
+ALL_DEVICES = "all"
+FORCED_CPU_DEVICES = "--xla_force_host_platform_device_count"
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        return os.cpu_count() or 1
+
+
+def request_cpu_devices(config: Config) -> None:
+    """Asks JAX for one CPU device per core, at most the ``--devices`` asked for, when more
+    than one is asked for; call it before anything touches a JAX device. Once the backend
+    has started (a library caller's earlier JAX work), or where the user chose the count
+    (``XLA_FLAGS`` or ``jax_num_cpu_devices``), it changes nothing and ``seed_placement``
+    reports the devices there are. On a machine with an accelerator the extra CPU devices
+    are only created, never used."""
+    if config.devices == "1":
+        return
+    if FORCED_CPU_DEVICES in os.environ.get("XLA_FLAGS", ""):
+        return
+    if jax.config.jax_num_cpu_devices >= 0:   # set by the user's program
+        return
+    cores = cpu_cores()
+    count = cores if config.devices == ALL_DEVICES else min(int(config.devices), cores)
+    if count > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", count)
+        except RuntimeError:   # the backend has started: its devices are what there is
+            pass
+
+
+def _more_devices_hint(platform: str) -> str:
+    if platform != "cpu":
+        return ""
+    if FORCED_CPU_DEVICES in os.environ.get("XLA_FLAGS", ""):
+        return f"; XLA_FLAGS={FORCED_CPU_DEVICES}=N sets how many CPU devices there are"
+    return (f"; on a CPU, --devices makes at most one device per core ({cpu_cores()} here); "
+            f"for more, start the run with XLA_FLAGS={FORCED_CPU_DEVICES}=N")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedPlacement:
+    """The devices a run's seeds are split over: ``mesh`` (axis ``seeds``), or None for one
+    device, where nothing is placed and the program is the single-device one."""
+
+    mesh: Mesh | None = None
+
+    @property
+    def device_count(self) -> int:
+        return 1 if self.mesh is None else self.mesh.devices.size
+
+    def place(self, tree: Any, seed_axes: Any = 0) -> Any:
+        """``tree`` on the mesh: leaves whose seed axis is 0 split over the devices, leaves
+        whose axis is None in ``seed_axes`` (a prefix of ``tree``, as vmap's axes) shared
+        by the seeds and replicated. Without a mesh, ``tree`` as it is."""
+        if self.mesh is None:
+            return tree
+        split = NamedSharding(self.mesh, PartitionSpec(SEED_AXIS))
+        shared = NamedSharding(self.mesh, PartitionSpec())
+        shardings = jax.tree.map(lambda axis: shared if axis is None else split, seed_axes,
+                                 is_leaf=lambda axis: axis is None)
+        return jax.device_put(tree, shardings)
+
+
+def seed_placement(config: Config, *, native: bool) -> SeedPlacement:
+    """The run's placement from ``--devices``: ConfigError (one line) for more devices than
+    exist, a --seeds they do not divide, or a host env (seed-parallel is for JAX-native
+    envs only so far). Touches the backend: call ``request_cpu_devices`` before it."""
+    if config.devices == "1":
+        return SeedPlacement()
+    devices = jax.local_devices()
+    platform = devices[0].platform
+    count = len(devices) if config.devices == ALL_DEVICES else int(config.devices)
+    if count > 1 and not native:
+        raise ConfigError(f"--devices {config.devices}: seeds are split over devices for "
+                          "JAX-native envs only (catch, gridworld, MinAtar) so far; host envs "
+                          "(Atari, gymnasium) run on one device: use --devices 1")
+    if count > len(devices):
+        exist = (f"{len(devices)} {platform} device exists" if len(devices) == 1 else
+                 f"{len(devices)} {platform} devices exist")
+        raise ConfigError(f"--devices {count}: only {exist} here"
+                          f"{_more_devices_hint(platform)}")
+    if config.seeds % count:
+        raise ConfigError(f"--seeds {config.seeds} does not divide over --devices "
+                          f"{config.devices} ({count} devices): choose a --seeds that is a "
+                          "multiple of the device count (seeds are not padded)")
+    if count == 1:
+        return SeedPlacement()
+    return SeedPlacement(Mesh(np.asarray(devices[:count]), (SEED_AXIS,)))
