@@ -108,7 +108,7 @@ def _help_of(argv: list[str], capsys) -> str:
 
 def test_train_help_of_a_preset_shows_the_preset_values(capsys):
     text = _help_of(["train", "demo", "--help"], capsys)
-    assert "(preset demo: 160000)" in text and "(preset demo: 0)" in text   # steps, bootstraps
+    assert "(preset demo: 512000)" in text and "(preset demo: 0)" in text   # steps, bootstraps
     assert "(default: 50000000)" not in text
 
 

@@ -69,9 +69,9 @@ def test_a_first_try_far_below_the_preset_says_what_it_allocates_and_runs(tmp_pa
     config = build_config("demo", {"steps": 800, "val_freq": 800, "run_dir": str(tmp_path)})
     notes = Trainer(config, tmp_path / "run").startup_notes()
     text = "\n".join(notes)
-    assert "replay memory" in text and "of which --steps 800 fills 4.0%" in text
+    assert "replay memory" in text and "of which --steps 800 fills 1.2%" in text
     assert "never learns" in text                    # demo's --learn-start is above 800
-    assert "validation: 1 evaluation of --val-steps 3,200" in text
+    assert "validation: 1 evaluation of --val-steps 24,576" in text
 
 
 def test_nature_pong_with_600_steps_says_it_keeps_the_presets_memory_and_validation(tmp_path):
