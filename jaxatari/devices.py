@@ -1,5 +1,6 @@
 """Where a run's seeds live: ``--devices``, the device mesh and the seed axis's sharding
-(issue 26, item 1a: seed-parallel).
+(seed-parallel, the simplest of the Podracer layouts: Hessel et al. 2021, "Podracer
+architectures for scalable reinforcement learning").
 
 Seeds never exchange anything, so S seeds on D devices are S / D seeds per device and no
 communication: every array whose leading axis is the seed axis (parameters, optimiser
