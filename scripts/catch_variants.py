@@ -2,7 +2,7 @@
 committed as a table.
 
 Each variant is the ``demo`` preset (dueling Double DQN on Catch) with one part switched, the
-option names the original's. All see one frame and keep the demo's cadence (8 envs per seed,
+option names the original's. All see one frame and keep the demo's cadence (32 envs per seed,
 an update every 8 env steps, 512k steps) with the original's summed gradient
 (``--loss-reduction sum``; the demo itself keeps the mean), as the learning tests in
 tests/test_variants_learn.py (which import the settings from here); 4 seeds vmapped in one
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
               "actor_learners": actor_results}
     out = Path(args.out)
     lines = ["# The DQN family on Catch", "",
-             f"The `demo` preset with one part switched; one frame, the demo's 8 envs per "
+             f"The `demo` preset with one part switched; one frame, the demo's 32 envs per "
              "seed with an update every 8 env steps, the original's summed gradient "
              f"(`--loss-reduction sum`), {SHARED['seeds']} seeds vmapped, {args.steps:,} steps "
              "per seed; greedy catch rate (epsilon 0, 1,024 episodes per seed) at evaluations "

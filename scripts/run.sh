@@ -2,7 +2,7 @@
 # Train a preset:  scripts/run.sh <preset> [game] [--option value ...]
 # Later options override the preset, as in the original's run.sh. Examples:
 #   scripts/run.sh demo
-#   scripts/run.sh demo --seeds 8 --steps 50000
+#   scripts/run.sh demo --seeds 8 --steps 256000
 #   scripts/run.sh nature SpaceInvaders --steps 100000
 # Other commands pass through:  scripts/run.sh resume RUN_DIR, scripts/run.sh eval RUN_DIR, ...
 set -euo pipefail

@@ -64,8 +64,8 @@ def test_bad_input_exits_the_process_with_2_one_line_and_no_run_dir(tmp_path):
 
 
 def test_later_overrides_win_and_values_are_typed():
-    config = build_config("demo", {"seeds": "8", "steps": "5e4", "duel": "false"})
-    assert config.seeds == 8 and config.steps == 50_000 and config.duel is False
+    config = build_config("demo", {"seeds": "8", "steps": "2.56e5", "duel": "false"})
+    assert config.seeds == 8 and config.steps == 256_000 and config.duel is False
     assert config.preset == "demo"
 
 
