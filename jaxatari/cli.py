@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxatari.commands import COMMAND_MODULES
-from jaxatari.config import (FIELDS, Config, ConfigError, build_config, coerce, flag_name,
-                             list_presets, load_preset, preset_description)
+from jaxatari.config import (FIELDS, SWEEP_MODES, SWEEPABLE_Q, Config, ConfigError,
+                             build_config, coerce, flag_name, list_presets, load_preset,
+                             parse_sweep, preset_description)
 
 GROUP_TITLES = {
     "experiment": "experiment", "env": "environment", "model": "model",
@@ -97,6 +98,16 @@ def make_parser() -> OneLineParser:
     train.add_argument("--no-resume", action="store_true",
                        help="start again in a run directory holding a saved agent (old "
                             "checkpoints moved to checkpoints-replaced-<time>)")
+    sweep = train.add_argument_group("hyperparameter sweep (docs/sweeps.md)")
+    sweep.add_argument("--sweep", action="append", default=None, metavar="NAME=V1,V2,...",
+                       help="train every value of option NAME x --seeds seeds in one program; "
+                            "repeat for the Cartesian product of several options. JAX-native "
+                            "envs and the replay agent only; sweepable: "
+                            f"{', '.join(flag_name(n)[2:] for n in SWEEPABLE_Q)}")
+    sweep.add_argument("--sweep-mode", choices=SWEEP_MODES, default=None,
+                       help="vmap: configurations side by side (fastest; numbers may differ "
+                            "from separate runs in the last bits); map: one after another in "
+                            "the same program, each as its own run computes (default: vmap)")
     _add_option_arguments(train)
     commands.add_parser("presets", help="list the presets")
     for module_name in COMMAND_MODULES:
@@ -187,6 +198,8 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError("--resume and --no-resume exclude each other")
     check_game_fits_preset(args.preset, args)
     config = build_config(args.preset, _overrides(args))
+    if args.sweep is not None or args.sweep_mode is not None:
+        return _train_sweep(args, config)
     run_dir, summary = train(
         config, quiet=args.quiet,
         resume_from=Path(args.resume) if isinstance(args.resume, str) else None,
@@ -198,6 +211,42 @@ def _train(args: argparse.Namespace) -> int:
           f"{run_dir / 'eval.csv'}, {run_dir / 'tb'}")
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _train_sweep(args: argparse.Namespace, config: Config) -> int:
+    """``train --sweep``: every configuration x seed in one program, then the ranking."""
+    from jaxatari.loop import train_sweep
+    if args.sweep is None:
+        raise UsageError("--sweep-mode needs --sweep NAME=V1,V2,...")
+    if args.resume is not None or args.no_resume:
+        raise UsageError("--sweep starts a new run directory: it keeps no checkpoints and "
+                         "takes no --resume or --no-resume")
+    sweep = parse_sweep(args.sweep, config, args.sweep_mode or "vmap")
+    run_dir, summary = train_sweep(config, sweep, quiet=args.quiet)
+    print_sweep_ranking(summary)
+    print(f"{summary['configurations']} configurations x {summary['seeds']} seeds x "
+          f"{summary['steps']:,} steps in {summary['wall_seconds']:.1f} s "
+          f"({summary['steps_per_second']:,.0f} steps/s over all of them)")
+    print(f"run directory: {run_dir} (one run directory per configuration inside; compare "
+          f"them with jaxatari compare or plot)")
+    return 0
+
+
+def print_sweep_ranking(summary: dict[str, Any]) -> None:
+    """The configurations ranked by the IQM of their final greedy scores over seeds, with
+    the 95% stratified-bootstrap interval (Agarwal et al. 2021) and the mean."""
+    def number(x):
+        return "n/a" if x is None else f"{x:.3f}"
+    print("\nconfigurations ranked by the IQM of final greedy scores over seeds "
+          "(95% stratified-bootstrap interval)")
+    print(f"{'rank':>4}  {'IQM [95% interval]':>26}  {'mean':>7}  {'seeds':>5}  configuration")
+    for row in summary["ranking"]:
+        low_high = row["final_iqm_ci95"]
+        interval = (f"{number(row['final_iqm'])} [{number(low_high[0])}, {number(low_high[1])}]"
+                    if low_high else "n/a")
+        values = ",".join(f"{k.replace('_', '-')}={v}" for k, v in row["values"].items())
+        print(f"{row['rank']:>4}  {interval:>26}  {number(row['final_mean']):>7}  "
+              f"{row['seeds_scored']:>5}  {values}  ({row['run_dir']})")
 
 
 def _help_values(argv: list[str]) -> tuple[str, Config, str] | None:

@@ -369,3 +369,116 @@ def atari_overrides(c: Config) -> dict[str, Any]:
 
 def config_json(config: Config, extra: dict[str, Any]) -> str:
     return json.dumps({**config.to_dict(), **extra}, indent=2, sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------------- sweeps
+
+# Options a sweep (``--sweep NAME=V1,V2``) may vary inside one compiled program: each enters
+# the arithmetic only, never a shape or a branch, so it can be a traced array per
+# configuration. Per agent kind, as each uses them.
+SWEEPABLE_Q = ("eta", "gamma", "epsilon_end", "epsilon_steps", "tau", "pal_alpha", "alpha",
+               "beta_zero", "td_clip", "reward_clip", "grad_clip")
+# Of these, 0 switches a mechanism off (a Huber loss becomes a square, clipping or PAL
+# disappears): a different program, so a sweep takes positive values only.
+SWEPT_SWITCHES = ("td_clip", "reward_clip", "grad_clip", "pal_alpha")
+SWEEP_MODES = ("vmap", "map")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A hyperparameter sweep: ``axes`` lists (option, values) in the order given; the
+    configurations are their Cartesian product, the last option varying fastest."""
+
+    axes: tuple[tuple[str, tuple[Any, ...]], ...]
+    mode: str = "vmap"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.axes)
+
+    def assignments(self) -> list[dict[str, Any]]:
+        """{option: value} of every configuration, in product order."""
+        import itertools
+        return [dict(zip(self.names, values))
+                for values in itertools.product(*(values for _, values in self.axes))]
+
+    def configs(self, base: Config) -> list[Config]:
+        """Every configuration as a validated Config (ConfigError names the sweep)."""
+        configs = []
+        for assignment in self.assignments():
+            config = dataclasses.replace(base, **assignment)
+            try:
+                validate(config)
+            except ConfigError as error:
+                raise ConfigError(f"--sweep {label(assignment)}: {error}") from None
+            configs.append(config)
+        return configs
+
+    def to_json(self) -> dict[str, Any]:
+        return {"options": {flag_name(n)[2:]: list(v) for n, v in self.axes}, "mode": self.mode}
+
+
+def label(assignment: dict[str, Any]) -> str:
+    """``eta=0.001,gamma=0.9``: a configuration in the --sweep syntax."""
+    return ",".join(f"{flag_name(name)[2:]}={value}" for name, value in assignment.items())
+
+
+def sweepable(c: Config) -> tuple[str, ...]:
+    return SWEEPABLE_Q if c.async_method == "none" else ()
+
+
+def parse_sweep(texts: list[str], base: Config, mode: str = "vmap") -> Sweep:
+    """``--sweep NAME=V1,V2,...`` (repeatable) as a Sweep of ``base``; one-line ConfigError
+    for an unknown or unsweepable option, a value of the wrong type, an empty or repeated
+    list, or a swept value that turns a mechanism off."""
+    if mode not in SWEEP_MODES:
+        raise ConfigError(f"--sweep-mode must be one of {', '.join(SWEEP_MODES)}, got {mode!r}")
+    if base.async_method != "none":
+        raise ConfigError("--sweep trains the replay agents only (no --async): the "
+                          "actor-learners cannot be swept yet")
+    allowed = sweepable(base)
+    names_listed = ", ".join(flag_name(n)[2:] for n in allowed)
+    axes = []
+    for text in texts:
+        name_text, equals, values_text = text.partition("=")
+        name = name_text.strip().removeprefix("--").replace("-", "_")
+        if not equals or not name:
+            raise ConfigError(f"--sweep expects NAME=V1,V2,... (e.g. eta=1e-4,3e-4), got {text!r}")
+        if name not in FIELDS:
+            try:
+                coerce(name, None)   # unknown option: its line, with "did you mean"
+            except ConfigError as error:
+                raise ConfigError(f"--sweep: {error}") from None
+        flag = flag_name(name)
+        if name not in allowed:
+            raise ConfigError(f"--sweep {flag[2:]}: not sweepable (it sets a shape, a branch "
+                              f"or the envs of the program); sweepable: {names_listed}")
+        if name in (n for n, _ in axes):
+            raise ConfigError(f"--sweep {flag[2:]} is given twice: list all its values once")
+        pieces = [piece.strip() for piece in values_text.split(",")]
+        if not values_text.strip() or "" in pieces:
+            raise ConfigError(f"--sweep {flag[2:]}: empty value in {values_text!r}; give "
+                              "NAME=V1,V2,...")
+        try:
+            values = tuple(coerce(name, piece) for piece in pieces)
+        except ConfigError as error:
+            raise ConfigError(f"--sweep: {error}") from None
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--sweep {flag[2:]} repeats a value in {values_text!r}")
+        if name in SWEPT_SWITCHES and min(values) <= 0:
+            raise ConfigError(f"--sweep {flag[2:]}: 0 turns it off, another program; sweep "
+                              f"positive values (or run {flag} 0 on its own)")
+        if name == "alpha" and base.mem_priority != "proportional":
+            raise ConfigError("--sweep alpha needs --mem-priority proportional (rank-based "
+                              "replay builds its sampling table from alpha; without "
+                              "prioritised replay alpha has no effect)")
+        if name == "beta_zero" and base.mem_priority == "none":
+            raise ConfigError("--sweep beta-zero needs --mem-priority rank or proportional "
+                              "(without prioritised replay it has no effect)")
+        axes.append((name, values))
+    if not axes:
+        raise ConfigError("--sweep needs at least one NAME=V1,V2,...")
+    if base.devices != "1":
+        raise ConfigError("--sweep runs on one device: leave out --devices (configurations x "
+                          "seeds are not split over a mesh yet)")
+    return Sweep(axes=tuple(axes), mode=mode)

@@ -8,8 +8,11 @@ import jax.numpy as jnp
 def linear_epsilon(step, *, start: float, end: float, decay_steps: int, learn_start: int):
     """The original's schedule: ``start`` until ``learn_start``, then linear to ``end`` over
     ``decay_steps`` steps (Mnih et al. 2015). Works on Python numbers and JAX arrays."""
-    progress = (step - learn_start) / max(decay_steps, 1)
-    progress = jnp.clip(progress, 0.0, 1.0) if isinstance(step, jax.Array) else min(max(progress, 0.0), 1.0)
+    # a traced decay_steps (a sweep's) takes jnp.maximum; Python's max keeps a single
+    # run's numbers as they were
+    at_least_one = jnp.maximum if isinstance(decay_steps, jax.Array) else max
+    progress = (step - learn_start) / at_least_one(decay_steps, 1)
+    progress = jnp.clip(progress, 0.0, 1.0) if isinstance(progress, jax.Array) else min(max(progress, 0.0), 1.0)
     return start + (end - start) * progress
 
 

@@ -40,7 +40,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -60,14 +59,14 @@ from jaxatari.envs import EnvSpec, JaxEnv, make_env
 from jaxatari.evaluation import HELDOUT_KEY_OFFSET, make_heldout_sampler, make_value_stats
 from jaxatari.loops.checkpoint_items import (ActorLearnerItems, CheckpointRecord, QItems,
                                               from_tree, to_tree)
-from jaxatari.loops.session import SessionBase, eval_steps_per_env, run_native_chunks
+from jaxatari.loops.session import (SessionBase, eval_steps_per_env, run_native_chunks,
+                                    run_summary)
 # agent_settings and chunk_iterations: also this module's names for scripts and tests
 from jaxatari.loops.settings import (agent_settings, build_learner, cadence_of,
                                      checkpoint_choices, chunk_iterations)
 from jaxatari.metrics import ChunkStats, Evaluation, RunLogger, finite_or_none, mean_score
 from jaxatari.networks import body_misfit
 from jaxatari.rundir import RunDirLock, check_run_dir, create_run_dir
-from jaxatari.statistics import summary_statistics
 from jaxatari.xla_options import edge_jit
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "rlax", "gymnasium", "ale-py", "envpool",
@@ -529,36 +528,8 @@ class Trainer(SessionBase):
                                 "uninterrupted run in the last bits")
             train_state = self.train_loop(restored)
             wall = time.time() - started
-            evaluations = self.evaluations
-            scores = np.stack([e.scores for e in evaluations])  # [V, S], NaN: none finished
-            trained = c.steps - self.start_step
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)   # a seed never finishing
-                best = np.nanmax(scores, axis=0)
-            summary = {
-                "preset": c.preset, "env": self.spec.name, "protocol": self.spec.protocol,
-                "seeds": c.seeds, "steps": c.steps,
-                # null where no greedy episode finished: partial games are not scores
-                "final_scores": finite_or_none(scores[-1]),
-                "final_episodes": [int(e) for e in np.asarray(evaluations[-1].episodes)],
-                "best_scores": finite_or_none(best),
-                "eval_steps": [e.step for e in evaluations],
-                "eval_episodes": [[int(x) for x in np.asarray(e.episodes)] for e in evaluations],
-                "wall_seconds": round(wall, 2),
-                "steps_per_second": round(trained * c.seeds / max(wall, 1e-9), 1),
-                "steps_per_second_per_seed": round(trained / max(wall, 1e-9), 1),
-            }
-            if evaluations and evaluations[-1].normalised is not None:
-                normalised = np.stack([e.normalised for e in evaluations
-                                       if e.normalised is not None])   # [V, S]
-                with np.errstate(all="ignore"), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    best_normalised = np.nanmax(normalised, axis=0)
-                summary["final_normalised_scores"] = finite_or_none(normalised[-1])
-                summary["best_normalised_scores"] = finite_or_none(best_normalised)
-                summary["normalised_score_source"] = human_scores.SOURCE
-            # mean, median and IQM over seeds with 95% intervals (Agarwal et al. 2021)
-            summary["statistics"] = summary_statistics(summary)
+            summary = run_summary(c, self.spec, self.evaluations, wall_seconds=wall,
+                                  trained_steps=c.steps - self.start_step)
             if restored is not None:
                 summary["resumed_from_step"] = restored.step
             params = jax.tree.map(lambda x: np.asarray(x[0]), train_state.params)
@@ -923,4 +894,39 @@ def _train_locked(config: Config, run_dir: Path, lock: RunDirLock, source: Path 
         (run_dir / "INCOMPLETE").write_text("this run did not finish; see log.txt for how "
                                             "far it got and why it stopped\n")
         raise
+    return run_dir, summary
+
+
+def train_sweep(config: Config, sweep, run_dir: Path | None = None, quiet: bool = False
+                ) -> tuple[Path, dict]:
+    """Trains every configuration of ``sweep`` (``config.Sweep``) x ``--seeds`` seeds in one
+    program (``loops.sweep``) and returns (run_dir, the sweep's summary). Bad input is
+    refused before the run directory is created; a sweep starts in a new or empty one and
+    keeps no checkpoints."""
+    from jaxatari.loops.sweep import build_sweep, run_sweep
+    request_cpu_devices(config)
+    run_dir = Path(run_dir or config.run_dir or default_run_dir(config))
+    check_run_dir(run_dir)
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ConfigError(f"run directory {run_dir} is not empty: a sweep starts in a new one "
+                          "(sweeps keep no checkpoints and cannot be resumed)")
+    program = build_sweep(config, sweep)
+    needed = program.state_bytes()
+    limit, what = machine_memory()
+    if needed > limit:
+        raise ConfigError(f"this sweep needs about {gib(needed)} for the state of "
+                          f"{program.size} configurations x {config.seeds} seeds, more than "
+                          f"this machine's {gib(limit)} of {what}: lower --seeds or --mem-size")
+    # ------------------------------------------------ nothing above touched the disk
+    create_run_dir(run_dir)
+    with RunDirLock(run_dir):
+        record = {"sweep": sweep.to_json(), "configurations": program.size,
+                  "environment": environment_record()}
+        (run_dir / "config.json").write_text(config_json(config, record))
+        try:
+            summary = run_sweep(program, run_dir, quiet=quiet)
+        except BaseException:
+            (run_dir / "INCOMPLETE").write_text("this sweep did not finish\n")
+            raise
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return run_dir, summary

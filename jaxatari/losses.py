@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxatari.types import Sequence, Transition
+from jaxatari.types import Sequence, Transition, switched_off
 
 
 @struct.dataclass
@@ -137,7 +137,7 @@ def _has_td_error_signature(function) -> bool:
 def huber(x: jax.Array, delta: float) -> jax.Array:
     """Squared inside [-delta, delta], linear outside: the gradient is clip(x, +-delta)
     (the original's tdClip); delta <= 0 means a plain squared error."""
-    if delta <= 0:
+    if switched_off(delta):
         return 0.5 * jnp.square(x)
     abs_x = jnp.abs(x)
     quadratic = jnp.minimum(abs_x, delta)

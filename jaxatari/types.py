@@ -75,3 +75,11 @@ class ActorState:
         return cls(stack=jnp.zeros((num_envs, *stack_shape), frame_dtype),
                    head=jnp.zeros((num_envs,), jnp.int32),
                    after_done=jnp.zeros((num_envs,), bool), key=key, core=core)
+
+
+def switched_off(value) -> bool:
+    """Whether a clip or coefficient setting (0 or less) turns its mechanism off, which
+    decides the program's shape. A traced value, a hyperparameter sweep's
+    (``jaxatari.sweep``), counts as on: sweeps refuse 0 for these options, since off and
+    on are two programs."""
+    return not isinstance(value, jax.core.Tracer) and value <= 0

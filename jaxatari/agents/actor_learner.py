@@ -57,7 +57,7 @@ from jaxatari.agents.frames import push_frame
 from jaxatari.agents.optimiser import apply_gradients, make_optimiser
 from jaxatari.losses import action_value, bootstrap_value, huber
 from jaxatari.networks import ActorCriticNetwork, QNetwork, make_body
-from jaxatari.types import TrainState
+from jaxatari.types import TrainState, switched_off
 
 Params = Any                   # a network's parameter pytree
 Metrics = dict[str, jax.Array]
@@ -279,7 +279,7 @@ def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> Actor
         num_steps, num_actors = rollout.action.shape
         obs = rollout.obs.reshape(-1, *stack_shape)              # [(T+1) N, ...]
         reward = rollout.reward.astype(jnp.float32)
-        if s.reward_clip > 0:
+        if not switched_off(s.reward_clip):
             reward = jnp.clip(reward, -s.reward_clip, s.reward_clip)
         discount = s.gamma * (1.0 - rollout.terminal.astype(jnp.float32))
         valid = rollout.valid.astype(jnp.float32)

@@ -26,7 +26,7 @@ from jaxatari.losses import make_q_loss, make_sequence_q_loss, resolve_td_error
 from jaxatari.networks import QNetwork, RecurrentQNetwork, make_body, zero_lstm_carry
 from jaxatari.replay import Replay, ReplayState, make_replay
 from jaxatari.replay.storage import Row
-from jaxatari.types import ActorState, TrainState
+from jaxatari.types import ActorState, TrainState, switched_off
 
 Params = Any                   # a network's parameter pytree
 Metrics = dict[str, jax.Array]
@@ -197,7 +197,8 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         mask = jax.random.bernoulli(key, s.bootstrap_prob, (s.num_envs, s.num_heads))
         if s.num_heads == 1:
             mask = jnp.ones_like(mask)
-        clipped = jnp.clip(reward, -s.reward_clip, s.reward_clip) if s.reward_clip > 0 else reward
+        clipped = (reward if switched_off(s.reward_clip)
+                   else jnp.clip(reward, -s.reward_clip, s.reward_clip))
         return Row(frame=frame.astype(frame_dtype), action=action.astype(jnp.int32),
                    reward=clipped.astype(jnp.float32), terminal=terminal, first=is_first,
                    valid=valid, mask=mask)

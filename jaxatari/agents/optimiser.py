@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import optax
 
-from jaxatari.types import TrainState
+from jaxatari.types import TrainState, switched_off
 
 
 def make_optimiser(name: str, *, learning_rate, momentum: float, grad_clip: float,
@@ -30,7 +30,7 @@ def make_optimiser(name: str, *, learning_rate, momentum: float, grad_clip: floa
     }
     if name not in optimisers:
         raise ValueError(f"unknown optimiser {name!r}: choose one of {', '.join(optimisers)}")
-    chain = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+    chain = [] if switched_off(grad_clip) else [optax.clip_by_global_norm(grad_clip)]
     return optax.chain(*chain, optimisers[name]())
 
 

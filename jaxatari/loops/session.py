@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from typing import Any, Callable, NoReturn, Protocol, runtime_checkable
 
 import jax
@@ -26,7 +27,7 @@ import numpy as np
 from jaxatari.config import Config
 from jaxatari.loops.checkpoint_items import CheckpointRecord
 from jaxatari.evaluation import EVAL_ENV_SEED_OFFSET, EVAL_KEY_OFFSET
-from jaxatari.metrics import Evaluation, mean_score
+from jaxatari.metrics import Evaluation, finite_or_none, mean_score
 
 # A loop hands its state to the session as a function of no arguments returning its
 # checkpoint items (``loops.checkpoint_items``: ``QItems`` or ``ActorLearnerItems``, whose
@@ -230,3 +231,44 @@ def evaluate_on_host(config: Config, env_factory, step: int, *, start: Callable,
         return mean_score(total, episodes, score.mean(1)), episodes
     finally:
         env.close()
+
+
+# ---------------------------------------------------------------------- summary
+
+def run_summary(config: Config, spec, evaluations: list[Evaluation], *, wall_seconds: float,
+                trained_steps: int) -> dict[str, Any]:
+    """A finished run's summary.json: the final and best greedy scores per seed (null where
+    no greedy episode finished: partial games are not scores), their episodes, speed, and
+    the mean, median and IQM over seeds with 95% intervals (Agarwal et al. 2021)."""
+    from jaxatari import human_scores
+    from jaxatari.statistics import summary_statistics
+
+    c = config
+    scores = np.stack([e.scores for e in evaluations])  # [V, S], NaN: none finished
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # a seed never finishing
+        best = np.nanmax(scores, axis=0)
+    wall = max(wall_seconds, 1e-9)
+    summary = {
+        "preset": c.preset, "env": spec.name, "protocol": spec.protocol,
+        "seeds": c.seeds, "steps": c.steps,
+        "final_scores": finite_or_none(scores[-1]),
+        "final_episodes": [int(e) for e in np.asarray(evaluations[-1].episodes)],
+        "best_scores": finite_or_none(best),
+        "eval_steps": [e.step for e in evaluations],
+        "eval_episodes": [[int(x) for x in np.asarray(e.episodes)] for e in evaluations],
+        "wall_seconds": round(wall_seconds, 2),
+        "steps_per_second": round(trained_steps * c.seeds / wall, 1),
+        "steps_per_second_per_seed": round(trained_steps / wall, 1),
+    }
+    if evaluations and evaluations[-1].normalised is not None:
+        normalised = np.stack([e.normalised for e in evaluations
+                               if e.normalised is not None])   # [V, S]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            best_normalised = np.nanmax(normalised, axis=0)
+        summary["final_normalised_scores"] = finite_or_none(normalised[-1])
+        summary["best_normalised_scores"] = finite_or_none(best_normalised)
+        summary["normalised_score_source"] = human_scores.SOURCE
+    summary["statistics"] = summary_statistics(summary)
+    return summary
