@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxatari.commands import COMMAND_MODULES
-from jaxatari.config import (FIELDS, SWEEP_MODES, SWEEPABLE_Q, Config, ConfigError,
-                             build_config, coerce, flag_name, list_presets, load_preset,
-                             parse_sweep, preset_description)
+from jaxatari.config import (FIELDS, SWEEP_MODES, SWEEPABLE_A3C, SWEEPABLE_ASYNC_Q,
+                             SWEEPABLE_Q, Config, ConfigError, build_config, coerce,
+                             flag_name, list_presets, load_preset, parse_sweep,
+                             preset_description)
 
 GROUP_TITLES = {
     "experiment": "experiment", "env": "environment", "model": "model",
@@ -102,8 +103,11 @@ def make_parser() -> OneLineParser:
     sweep.add_argument("--sweep", action="append", default=None, metavar="NAME=V1,V2,...",
                        help="train every value of option NAME x --seeds seeds in one program; "
                             "repeat for the Cartesian product of several options. JAX-native "
-                            "envs and the replay agent only; sweepable: "
-                            f"{', '.join(flag_name(n)[2:] for n in SWEEPABLE_Q)}")
+                            "envs only. Sweepable: replay agent "
+                            f"{', '.join(flag_name(n)[2:] for n in SWEEPABLE_Q)}; --async "
+                            "sarsa, onestep, nstep "
+                            f"{', '.join(flag_name(n)[2:] for n in SWEEPABLE_ASYNC_Q)}; --async "
+                            f"a3c {', '.join(flag_name(n)[2:] for n in SWEEPABLE_A3C)}")
     sweep.add_argument("--sweep-mode", choices=SWEEP_MODES, default=None,
                        help="vmap: configurations side by side (fastest; numbers may differ "
                             "from separate runs in the last bits); map: one after another in "

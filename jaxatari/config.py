@@ -378,6 +378,11 @@ def config_json(config: Config, extra: dict[str, Any]) -> str:
 # configuration. Per agent kind, as each uses them.
 SWEEPABLE_Q = ("eta", "gamma", "epsilon_end", "epsilon_steps", "tau", "pal_alpha", "alpha",
                "beta_zero", "td_clip", "reward_clip", "grad_clip")
+# the Q actor-learners (--async sarsa, onestep, nstep; their final epsilons are drawn per
+# actor, as the original) and A3C (no target network, no epsilon, no TD clipping)
+SWEEPABLE_ASYNC_Q = ("eta", "gamma", "epsilon_steps", "tau", "td_clip", "reward_clip",
+                     "grad_clip")
+SWEEPABLE_A3C = ("eta", "gamma", "reward_clip", "grad_clip", "entropy_beta")
 # Of these, 0 switches a mechanism off (a Huber loss becomes a square, clipping or PAL
 # disappears): a different program, so a sweep takes positive values only.
 SWEPT_SWITCHES = ("td_clip", "reward_clip", "grad_clip", "pal_alpha")
@@ -424,7 +429,10 @@ def label(assignment: dict[str, Any]) -> str:
 
 
 def sweepable(c: Config) -> tuple[str, ...]:
-    return SWEEPABLE_Q if c.async_method == "none" else ()
+    """The options a sweep of this agent kind may vary (each one it uses)."""
+    if c.async_method == "none":
+        return SWEEPABLE_Q
+    return SWEEPABLE_A3C if c.async_method == "a3c" else SWEEPABLE_ASYNC_Q
 
 
 def parse_sweep(texts: list[str], base: Config, mode: str = "vmap") -> Sweep:
@@ -433,9 +441,6 @@ def parse_sweep(texts: list[str], base: Config, mode: str = "vmap") -> Sweep:
     list, or a swept value that turns a mechanism off."""
     if mode not in SWEEP_MODES:
         raise ConfigError(f"--sweep-mode must be one of {', '.join(SWEEP_MODES)}, got {mode!r}")
-    if base.async_method != "none":
-        raise ConfigError("--sweep trains the replay agents only (no --async): the "
-                          "actor-learners cannot be swept yet")
     allowed = sweepable(base)
     names_listed = ", ".join(flag_name(n)[2:] for n in allowed)
     axes = []
@@ -451,8 +456,11 @@ def parse_sweep(texts: list[str], base: Config, mode: str = "vmap") -> Sweep:
                 raise ConfigError(f"--sweep: {error}") from None
         flag = flag_name(name)
         if name not in allowed:
-            raise ConfigError(f"--sweep {flag[2:]}: not sweepable (it sets a shape, a branch "
-                              f"or the envs of the program); sweepable: {names_listed}")
+            agent = ("the replay agent" if base.async_method == "none"
+                     else f"--async {base.async_method}")
+            raise ConfigError(f"--sweep {flag[2:]}: not sweepable for {agent} (it sets a "
+                              "shape, a branch or the envs of the program, or this agent does "
+                              f"not use it); sweepable: {names_listed}")
         if name in (n for n, _ in axes):
             raise ConfigError(f"--sweep {flag[2:]} is given twice: list all its values once")
         pieces = [piece.strip() for piece in values_text.split(",")]

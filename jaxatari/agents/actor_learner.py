@@ -146,7 +146,9 @@ def draw_final_epsilons(key: jax.Array, num: int) -> jax.Array:
 def actor_epsilon(steps, final_epsilon, *, start: float, decay_steps: int):
     """Each actor's epsilon: linear from ``start`` to its final value over ``decay_steps``
     of its own steps, then constant (the original's ``max(start + step * grad, end)``)."""
-    progress = jnp.clip(jnp.asarray(steps, jnp.float32) / max(decay_steps, 1), 0.0, 1.0)
+    # a traced decay_steps (a sweep's) takes jnp.maximum; Python's max keeps a run's numbers
+    at_least_one = jnp.maximum if isinstance(decay_steps, jax.Array) else max
+    progress = jnp.clip(jnp.asarray(steps, jnp.float32) / at_least_one(decay_steps, 1), 0.0, 1.0)
     return start + (final_epsilon - start) * progress
 
 

@@ -1,5 +1,5 @@
-"""A hyperparameter sweep of the Q agent on a JAX-native env, all configurations in one
-compiled program (``--sweep``, docs/sweeps.md).
+"""A hyperparameter sweep of the Q agent or an actor-learner on a JAX-native env, all
+configurations in one compiled program (``--sweep``, docs/sweeps.md).
 
 Each configuration's static settings and cadence are built as a single run's
 (``loops.settings``); the fields that differ travel as arrays [C] (``agents.sweep``), and
@@ -23,17 +23,120 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxatari import human_scores
+from jaxatari.agents.actor_learner import make_actor_learner
+from jaxatari.agents.actor_native import (init_native_actor_carry, make_native_actor_chunk,
+                                          make_native_actor_evaluate)
 from jaxatari.agents.dqn import make_q_agent
-from jaxatari.agents.native import (NativeCarry, init_native_seeds, make_native_chunk,
+from jaxatari.agents.native import (init_native_seeds, make_native_chunk,
                                     make_native_evaluate)
 from jaxatari.agents.sweep import SweptValues, over_configurations, swept_values, with_values
 from jaxatari.config import Config, ConfigError, Sweep, config_json, label
 from jaxatari.envs import JaxEnv, make_env
 from jaxatari.loops.session import SessionBase, eval_steps_per_env, run_native_chunks, run_summary
-from jaxatari.loops.settings import agent_settings, cadence_of, chunk_iterations
+from jaxatari.loops.settings import (actors_per_update, agent_settings, cadence_of,
+                                     chunk_iterations, learner_settings, mean_actor_epsilon)
 from jaxatari.metrics import ChunkStats, Evaluation, RunLogger, mean_score
 from jaxatari.networks import body_misfit
 from jaxatari.xla_options import edge_jit
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetPeriod:
+    """The actor-learners' --tau as a record, so that a sweep traces it as it traces the
+    settings' fields (the Q agent's is a field of its cadence)."""
+
+    target_period: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepParts:
+    """What differs between the agent kinds in a sweep: the traced values [C] and, for one
+    configuration's values ``v``, a single run's pure functions; on the host, how a
+    configuration's chunk outputs are logged."""
+
+    values: SweptValues
+    init_seeds: Callable      # (v, keys [S]) -> carry [S]
+    make_chunk: Callable      # v -> chunk(carry [S], first_iteration, active) -> (carry, out)
+    make_play: Callable       # v -> evaluate(params, key) of one seed
+    steps_per_iteration: int
+    iterations_per_chunk: int
+    evaluates_at_start: bool
+    chunk_stats: Callable     # (out of one configuration, iterations run) -> ChunkStats
+    epsilon: Callable         # (index, step, carry [C, S]) -> the epsilon to log
+
+
+def q_agent_parts(base: Config, configs: list[Config], env: JaxEnv) -> SweepParts:
+    """The Q agent's (``agents.native``): its settings and cadence traced."""
+    settings = [agent_settings(c, env.spec, native=True) for c in configs]
+    cadences = [cadence_of(c) for c in configs]
+    eval_env = env.for_mode("eval")
+    length = chunk_iterations(base, base.envs)
+
+    def agent_of(v: SweptValues):
+        return make_q_agent(with_values(settings[0], v)), with_values(cadences[0], v)
+
+    def make_chunk(v):
+        agent, cadence = agent_of(v)
+        return make_native_chunk(agent, env, cadence, length)
+
+    def make_play(v):
+        return make_native_evaluate(agent_of(v)[0], eval_env, num_envs=base.val_envs,
+                                    num_steps=eval_steps_per_env(base),
+                                    epsilon=base.val_epsilon)
+
+    return SweepParts(
+        values={**swept_values(settings), **swept_values(cadences)},
+        init_seeds=lambda v, keys: init_native_seeds(agent_of(v)[0], env, keys),
+        make_chunk=make_chunk, make_play=make_play, steps_per_iteration=base.envs,
+        iterations_per_chunk=length, evaluates_at_start=True,
+        chunk_stats=lambda out, run: ChunkStats.of(out),
+        epsilon=lambda index, step, carry: cadences[index].epsilon(step))
+
+
+def actor_learner_parts(base: Config, configs: list[Config], env: JaxEnv) -> SweepParts:
+    """The actor-learners' (``agents.actor_native``): their settings and --tau traced."""
+    actors = actors_per_update(base)
+    settings = [learner_settings(c, env.spec, c.envs, actors) for c in configs]
+    periods = [TargetPeriod(c.tau) for c in configs]
+    learners = [make_actor_learner(s) for s in settings]   # concrete: the logged epsilon
+    eval_env = env.for_mode("eval")
+    steps_per_iteration = base.batch_size * base.envs
+    length = chunk_iterations(base, steps_per_iteration)
+
+    def learner_of(v: SweptValues):
+        return make_actor_learner(with_values(settings[0], v))
+
+    def make_chunk(v):
+        return make_native_actor_chunk(learner_of(v), env, length,
+                                       with_values(periods[0], v).target_period)
+
+    def make_play(v):
+        return make_native_actor_evaluate(learner_of(v), eval_env, num_envs=base.val_envs,
+                                          num_steps=eval_steps_per_env(base),
+                                          epsilon=base.val_epsilon)
+
+    def init_seeds(v, keys):
+        learner = learner_of(v)
+        return jax.vmap(lambda k: init_native_actor_carry(learner, env, k))(keys)
+
+    def chunk_stats(out, run: int) -> ChunkStats:
+        def per_step(name):   # [I, S, T, N] -> [I * T, S, N]
+            return np.asarray(out[name]).transpose(0, 2, 1, 3).reshape(-1, base.seeds,
+                                                                        base.envs)
+        return ChunkStats(scores=per_step("scores"), finished=per_step("finished"),
+                          loss=np.asarray(out["loss"]), td_error=np.asarray(out["td_error"]),
+                          q_mean=np.asarray(out["q_mean"]), learned=np.ones(run, bool))
+
+    def epsilon(index: int, step: int, carry) -> float:
+        del step
+        return mean_actor_epsilon(learners[index], carry.actors.steps[index],
+                                  carry.actors.final_epsilon[index])
+
+    return SweepParts(
+        values={**swept_values(settings), **swept_values(periods)}, init_seeds=init_seeds,
+        make_chunk=make_chunk, make_play=make_play, steps_per_iteration=steps_per_iteration,
+        iterations_per_chunk=length, evaluates_at_start=False, chunk_stats=chunk_stats,
+        epsilon=epsilon)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +149,18 @@ class SweepProgram:
     configs: list[Config]
     assignments: list[dict[str, Any]]
     env: JaxEnv
-    values: SweptValues
+    parts: SweepParts
     init: Callable        # (values, keys [S]) -> carry [C, S]
     chunk: Callable       # (carry, values, first_iteration, active) -> (carry, out [T, C, ...])
     evaluate: Callable    # (params [C, S], values, keys [S]) -> (total, episodes, partial) [C, S]
-    iterations_per_chunk: int
 
     @property
     def size(self) -> int:
         return len(self.configs)
+
+    @property
+    def values(self) -> SweptValues:
+        return self.parts.values
 
     def subdir(self, index: int) -> str:
         """``c03_eta=0.001,gamma=0.9``: configuration ``index``'s run directory."""
@@ -79,42 +185,30 @@ def build_sweep(base: Config, sweep: Sweep) -> SweepProgram:
     misfit = body_misfit(base.model_body, spec.obs_shape)
     if misfit:
         raise ConfigError(f"{misfit} ({spec.name})")
-    settings = [agent_settings(c, spec, native=True) for c in configs]
-    cadences = [cadence_of(c) for c in configs]
-    values = {**swept_values(settings), **swept_values(cadences)}
+    make_parts = q_agent_parts if base.async_method == "none" else actor_learner_parts
+    parts = make_parts(base, configs, env)
 
-    def agent_of(v: SweptValues):
-        """One configuration's agent and cadence, its swept fields traced."""
-        return make_q_agent(with_values(settings[0], v)), with_values(cadences[0], v)
+    def over(fn):
+        return over_configurations(fn, sweep.mode)
 
-    over = lambda fn: over_configurations(fn, sweep.mode)   # noqa: E731
-    length = chunk_iterations(base, base.envs)
+    def init(values: SweptValues, keys):
+        return over(lambda v: parts.init_seeds(v, keys))(values)
 
-    def init(values: SweptValues, keys) -> NativeCarry:
-        return over(lambda v: init_native_seeds(agent_of(v)[0], env, keys))(values)
-
-    def chunk(carry: NativeCarry, values: SweptValues, first_iteration, active):
+    def chunk(carry, values: SweptValues, first_iteration, active):
         def one(carry_c, v):
-            agent, cadence = agent_of(v)
-            return make_native_chunk(agent, env, cadence, length)(carry_c, first_iteration,
-                                                                  active)
+            return parts.make_chunk(v)(carry_c, first_iteration, active)
         carry, out = over(one)(carry, values)
         return carry, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)   # [T, C, ...]
 
-    eval_env = env.for_mode("eval")
-
     def evaluate(params, values: SweptValues, keys):
         def one(params_c, v):
-            play = make_native_evaluate(agent_of(v)[0], eval_env, num_envs=base.val_envs,
-                                        num_steps=eval_steps_per_env(base),
-                                        epsilon=base.val_epsilon)
-            return jax.vmap(play)(params_c, keys)
+            return jax.vmap(parts.make_play(v))(params_c, keys)
         return over(one)(params, values)
 
     return SweepProgram(base=base, sweep=sweep, configs=configs,
-                        assignments=sweep.assignments(), env=env, values=values,
+                        assignments=sweep.assignments(), env=env, parts=parts,
                         init=edge_jit(init), chunk=edge_jit(chunk, donate_argnums=0),
-                        evaluate=edge_jit(evaluate), iterations_per_chunk=length)
+                        evaluate=edge_jit(evaluate))
 
 
 class SweepSession(SessionBase):
@@ -169,26 +263,29 @@ def run_sweep(program: SweepProgram, run_dir: Path, *, quiet: bool) -> dict[str,
             loggers.append(stack.enter_context(RunLogger(sub, config, quiet=True)))
         session = SweepSession(program, loggers, quiet)
         carry = program.init(program.values, keys)
-        cadences = [cadence_of(c) for c in program.configs]
 
-        def evaluate(carry: NativeCarry, key):
+        def evaluate(carry, key):
             total, episodes, partial = jax.device_get(program.evaluate(
                 carry.train.params, program.values, jax.random.split(key, base.seeds)))
             return mean_score(total, episodes, partial), episodes, None, None
 
+        parts = program.parts
+
         def log_chunk(step: int, carry, out, run: int, seconds: float):
             for index, logger in enumerate(loggers):
-                stats = ChunkStats.of({name: value[:, index] for name, value in out.items()})
-                logger.log_chunk(step, stats, cadences[index].epsilon(step), seconds,
-                                 run * base.envs)
+                stats = parts.chunk_stats({name: value[:, index] for name, value in out.items()},
+                                          run)
+                logger.log_chunk(step, stats, parts.epsilon(index, step, carry), seconds,
+                                 run * parts.steps_per_iteration)
 
         run_native_chunks(session, carry=carry, iteration=0,
-                          total_iterations=base.steps // base.envs,
-                          iterations_per_chunk=program.iterations_per_chunk,
-                          steps_per_iteration=base.envs,
+                          total_iterations=base.steps // parts.steps_per_iteration,
+                          iterations_per_chunk=parts.iterations_per_chunk,
+                          steps_per_iteration=parts.steps_per_iteration,
                           chunk=lambda carry, first, active: program.chunk(
                               carry, program.values, first, active),
-                          evaluate=evaluate, items=lambda carry: carry, log_chunk=log_chunk)
+                          evaluate=evaluate, items=lambda carry: carry, log_chunk=log_chunk,
+                          evaluates_at_start=parts.evaluates_at_start)
         wall = time.time() - started
         summaries = []
         for index, (config, logger) in enumerate(zip(program.configs, loggers)):

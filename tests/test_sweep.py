@@ -1,0 +1,156 @@
+"""--sweep (issue 27, items 1-2): a sweep of C configurations x S seeds in one program gives
+each configuration what a run of its own gives with the same seeds.
+
+The expected values are the separate runs' (``loop.train``, one per learning rate, the same
+--seed and --seeds), never the sweep's own code. ``--sweep-mode map`` must equal them bit for
+bit, learning included; ``vmap`` batches the configurations' kernels, which XLA's CPU code
+rounds differently, so its learning is compared loosely and its acting, envs and evaluation
+(no learning) exactly.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxatari import cli
+from jaxatari.config import parse_sweep
+from jaxatari.loop import train, train_sweep
+from tests.tiny import tiny
+
+RATES = (1e-3, 3e-3, 1e-2)
+# 2 seeds x 4 envs, 256 steps: learning from step 64, evaluations at 128 and 256 steps
+BASE = tiny(steps=256, chunk_steps=128)
+
+
+def rows(path: Path, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
+    with path.open() as f:
+        return [tuple(row[c] for c in columns) for row in csv.DictReader(f)]
+
+
+EVAL = ("step", "seed", "score", "episodes")
+PROGRESS = ("step", "seed", "episodes", "score", "loss", "td_error", "q_mean", "epsilon")
+
+
+@pytest.fixture(scope="module")
+def separate_runs(tmp_path_factory) -> dict[float, Path]:
+    """One ordinary run per learning rate: the expected values."""
+    runs = {}
+    for eta in RATES:
+        run_dir = tmp_path_factory.mktemp(f"single-{eta}")
+        train(dataclasses.replace(BASE, eta=eta), run_dir, quiet=True)
+        runs[eta] = run_dir
+    return runs
+
+
+def sweep_dirs(run_dir: Path) -> dict[float, Path]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {row["values"]["eta"]: run_dir / row["run_dir"] for row in summary["ranking"]}
+
+
+def test_map_mode_equals_separate_runs_bit_for_bit(tmp_path, separate_runs):
+    sweep = parse_sweep(["eta=" + ",".join(map(str, RATES))], BASE, mode="map")
+    _, summary = train_sweep(BASE, sweep, tmp_path / "sweep", quiet=True)
+    assert summary["configurations"] == 3 and summary["seeds"] == 2
+    for eta, config_dir in sweep_dirs(tmp_path / "sweep").items():
+        single = separate_runs[eta]
+        assert rows(config_dir / "eval.csv", EVAL) == rows(single / "eval.csv", EVAL)
+        assert rows(config_dir / "progress.csv", PROGRESS) == rows(single / "progress.csv",
+                                                                    PROGRESS)
+        ours = json.loads((config_dir / "summary.json").read_text())
+        theirs = json.loads((single / "summary.json").read_text())
+        assert ours["final_scores"] == theirs["final_scores"]
+        assert ours["statistics"]["final"] == theirs["statistics"]["final"]
+    # the configurations learned differently (the swept value reached the update)
+    losses = {eta: rows(d / "progress.csv", ("loss",)) for eta, d in sweep_dirs(
+        tmp_path / "sweep").items()}
+    assert len({tuple(v) for v in losses.values()}) == 3
+
+
+def test_vmap_mode_is_close_to_separate_runs(tmp_path, separate_runs):
+    sweep = parse_sweep(["eta=" + ",".join(map(str, RATES))], BASE, mode="vmap")
+    train_sweep(BASE, sweep, tmp_path / "sweep", quiet=True)
+    for eta, config_dir in sweep_dirs(tmp_path / "sweep").items():
+        ours = rows(config_dir / "progress.csv", ("loss", "q_mean"))[:2]   # the first chunk
+        theirs = rows(separate_runs[eta] / "progress.csv", ("loss", "q_mean"))[:2]
+        np.testing.assert_allclose(np.asarray(ours, float), np.asarray(theirs, float),
+                                   rtol=2e-2)
+
+
+def test_vmap_mode_without_learning_is_exact(tmp_path):
+    """--learn-start beyond --steps: acting, envs, replay and evaluation only, which no
+    configuration's learning rate touches: every configuration equals the one separate run."""
+    acting = dataclasses.replace(BASE, learn_start=300, mem_size=512)
+    single = tmp_path / "single"
+    train(acting, single, quiet=True)
+    sweep = parse_sweep(["eta=1e-3,1e-2", "gamma=0.9,0.99"], acting, mode="vmap")
+    _, summary = train_sweep(acting, sweep, tmp_path / "sweep", quiet=True)
+    assert [row["values"] for row in sorted(summary["ranking"], key=lambda r: r["index"])] == [
+        {"eta": 1e-3, "gamma": 0.9}, {"eta": 1e-3, "gamma": 0.99},
+        {"eta": 1e-2, "gamma": 0.9}, {"eta": 1e-2, "gamma": 0.99}]
+    for row in summary["ranking"]:
+        config_dir = tmp_path / "sweep" / row["run_dir"]
+        assert rows(config_dir / "eval.csv", EVAL) == rows(single / "eval.csv", EVAL)
+        assert (rows(config_dir / "progress.csv", ("step", "seed", "episodes", "score"))
+                == rows(single / "progress.csv", ("step", "seed", "episodes", "score")))
+
+
+def test_ranking_by_iqm_and_readable_by_compare(tmp_path):
+    sweep = parse_sweep(["tau=8,16"], BASE)
+    run_dir, summary = train_sweep(BASE, sweep, tmp_path / "sweep", quiet=True)
+    iqms = [row["final_iqm"] for row in summary["ranking"]]
+    assert [row["rank"] for row in summary["ranking"]] == [1, 2]
+    assert None not in iqms and iqms == sorted(iqms, reverse=True)
+    for row in summary["ranking"]:   # the interval of each configuration's own summary
+        own = json.loads((run_dir / row["run_dir"] / "summary.json").read_text())
+        assert row["final_iqm_ci95"] == own["statistics"]["final"]["iqm"]["ci95"]
+    dirs = [str(run_dir / row["run_dir"]) for row in summary["ranking"]]
+    assert cli.main(["compare", *dirs, "--out", str(tmp_path / "compare.png")]) == 0
+    assert (tmp_path / "compare.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sweep", "hidden-size=16,32"], "not sweepable for the replay agent"),
+    (["--sweep", "etaa=1,2"], "unknown option --etaa (did you mean --eta?)"),
+    (["--sweep", "eta=1e-3,abc"], "--eta expects float, got 'abc'"),
+    (["--sweep", "eta="], "empty value"),
+    (["--sweep", "eta"], "expects NAME=V1,V2"),
+    (["--sweep", "td-clip=0,1"], "0 turns it off"),
+    (["--sweep", "eta=1e-3", "--sweep", "eta=1e-2"], "given twice"),
+    (["--sweep", "epsilon-end=0.1,2"], "--epsilon-end must be in [0, 1]"),
+    (["--sweep", "alpha=0.5,0.6"], "needs --mem-priority proportional"),
+    (["--sweep", "eta=1e-3,1e-2", "--devices", "2"], "runs on one device"),
+    (["--sweep", "tau=4,8", "--async", "a3c", "--duel", "false", "--double-q", "false",
+      "--loss-reduction", "sum", "--batch-size", "8"], "not sweepable for --async a3c"),
+    (["--sweep-mode", "map"], "--sweep-mode needs --sweep"),
+    (["--sweep", "eta=1e-3,1e-2", "--env", "CartPole-v1", "--model-body", "mlp"],
+     "needs a JAX-native env"),
+])
+def test_bad_sweeps_are_one_line_and_write_nothing(tmp_path, capsys, args, message):
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "demo", "--steps", "256", "--run-dir", str(run_dir), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+    assert not run_dir.exists()
+
+
+def test_actor_learner_sweep_equals_separate_runs(tmp_path):
+    """n-step Q actor-learners, 2 learning rates x 2 seeds, --sweep-mode map: each
+    configuration's logs are its separate run's."""
+    base = tiny(async_method="nstep", envs=4, batch_size=5, duel=False, double_q=False,
+                loss_reduction="sum", steps=400, chunk_steps=200, val_freq=200, val_steps=64,
+                tau=4)
+    singles = {}
+    for eta in (1e-3, 3e-3):
+        singles[eta] = tmp_path / f"single-{eta}"
+        train(dataclasses.replace(base, eta=eta), singles[eta], quiet=True)
+    sweep = parse_sweep(["eta=1e-3,3e-3"], base, mode="map")
+    train_sweep(base, sweep, tmp_path / "sweep", quiet=True)
+    for eta, config_dir in sweep_dirs(tmp_path / "sweep").items():
+        assert rows(config_dir / "eval.csv", EVAL) == rows(singles[eta] / "eval.csv", EVAL)
+        assert (rows(config_dir / "progress.csv", PROGRESS)
+                == rows(singles[eta] / "progress.csv", PROGRESS))
