@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -242,7 +243,8 @@ class SweepSession(SessionBase):
         if not self.quiet:
             means = "  ".join(f"c{i} {np.nanmean(row):.3f}" if np.isfinite(row).any()
                               else f"c{i} n/a" for i, row in enumerate(np.asarray(scores)))
-            print(f"step {step:,}: mean greedy score over seeds  {means}", flush=True)
+            print(f"step {step:,}: mean greedy score over seeds  {means}", file=sys.stderr,
+                  flush=True)
         return evaluation
 
 
