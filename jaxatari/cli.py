@@ -109,9 +109,10 @@ def make_parser() -> OneLineParser:
                             f"{', '.join(flag_name(n)[2:] for n in SWEEPABLE_ASYNC_Q)}; --async "
                             f"a3c {', '.join(flag_name(n)[2:] for n in SWEEPABLE_A3C)}")
     sweep.add_argument("--sweep-mode", choices=SWEEP_MODES, default=None,
-                       help="vmap: configurations side by side (fastest; numbers may differ "
-                            "from separate runs in the last bits); map: one after another in "
-                            "the same program, each as its own run computes (default: vmap)")
+                       help="map: the configurations one after another in the same "
+                            "program, each bit for bit as its own run with the same seeds; "
+                            "vmap: side by side, batched (numbers may differ from separate "
+                            "runs in the last bits) (default: map)")
     _add_option_arguments(train)
     commands.add_parser("presets", help="list the presets")
     for module_name in COMMAND_MODULES:
@@ -225,7 +226,7 @@ def _train_sweep(args: argparse.Namespace, config: Config) -> int:
     if args.resume is not None or args.no_resume:
         raise UsageError("--sweep starts a new run directory: it keeps no checkpoints and "
                          "takes no --resume or --no-resume")
-    sweep = parse_sweep(args.sweep, config, args.sweep_mode or "vmap")
+    sweep = parse_sweep(args.sweep, config, args.sweep_mode or "map")
     run_dir, summary = train_sweep(config, sweep, quiet=args.quiet)
     print_sweep_ranking(summary)
     print(f"{summary['configurations']} configurations x {summary['seeds']} seeds x "

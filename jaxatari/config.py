@@ -386,7 +386,9 @@ SWEEPABLE_A3C = ("eta", "gamma", "reward_clip", "grad_clip", "entropy_beta")
 # Of these, 0 switches a mechanism off (a Huber loss becomes a square, clipping or PAL
 # disappears): a different program, so a sweep takes positive values only.
 SWEPT_SWITCHES = ("td_clip", "reward_clip", "grad_clip", "pal_alpha")
-SWEEP_MODES = ("vmap", "map")
+# map: one configuration after another in the program, each bit for bit its own run's;
+# vmap: side by side (docs/sweeps.md has both measured)
+SWEEP_MODES = ("map", "vmap")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,7 +397,7 @@ class Sweep:
     configurations are their Cartesian product, the last option varying fastest."""
 
     axes: tuple[tuple[str, tuple[Any, ...]], ...]
-    mode: str = "vmap"
+    mode: str = "map"
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -435,7 +437,7 @@ def sweepable(c: Config) -> tuple[str, ...]:
     return SWEEPABLE_A3C if c.async_method == "a3c" else SWEEPABLE_ASYNC_Q
 
 
-def parse_sweep(texts: list[str], base: Config, mode: str = "vmap") -> Sweep:
+def parse_sweep(texts: list[str], base: Config, mode: str = "map") -> Sweep:
     """``--sweep NAME=V1,V2,...`` (repeatable) as a Sweep of ``base``; one-line ConfigError
     for an unknown or unsweepable option, a value of the wrong type, an empty or repeated
     list, or a swept value that turns a mechanism off."""
