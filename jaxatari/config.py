@@ -488,7 +488,4 @@ def parse_sweep(texts: list[str], base: Config, mode: str = "map") -> Sweep:
         axes.append((name, values))
     if not axes:
         raise ConfigError("--sweep needs at least one NAME=V1,V2,...")
-    if base.devices != "1":
-        raise ConfigError("--sweep runs on one device: leave out --devices (configurations x "
-                          "seeds are not split over a mesh yet)")
     return Sweep(axes=tuple(axes), mode=mode)

@@ -90,13 +90,17 @@ class SeedPlacement:
     def device_count(self) -> int:
         return 1 if self.mesh is None else self.mesh.devices.size
 
-    def place(self, tree: Any, seed_axes: Any = 0) -> Any:
+    def place(self, tree: Any, seed_axes: Any = 0, *, after_configurations: bool = False
+              ) -> Any:
         """``tree`` on the mesh: leaves whose seed axis is 0 split over the devices, leaves
         whose axis is None in ``seed_axes`` (a prefix of ``tree``, as vmap's axes) shared
-        by the seeds and replicated. Without a mesh, ``tree`` as it is."""
+        by the seeds and replicated. ``after_configurations``: a sweep's state, whose seed
+        axis follows its configuration axis (kept whole on every device: each device runs
+        every configuration of its seeds). Without a mesh, ``tree`` as it is."""
         if self.mesh is None:
             return tree
-        split = NamedSharding(self.mesh, PartitionSpec(SEED_AXIS))
+        split = NamedSharding(self.mesh, PartitionSpec(None, SEED_AXIS) if after_configurations
+                              else PartitionSpec(SEED_AXIS))
         shared = NamedSharding(self.mesh, PartitionSpec())
         shardings = jax.tree.map(lambda axis: shared if axis is None else split, seed_axes,
                                  is_leaf=lambda axis: axis is None)

@@ -911,8 +911,11 @@ def train_sweep(config: Config, sweep, run_dir: Path | None = None, quiet: bool 
         raise ConfigError(f"run directory {run_dir} is not empty: a sweep starts in a new one "
                           "(sweeps keep no checkpoints and cannot be resumed)")
     program = build_sweep(config, sweep)
+    placement = seed_placement(config, native=True)   # --devices: seeds split, as a run's
     needed = program.state_bytes()
     limit, what = machine_memory()
+    if jax.devices()[0].platform != "cpu":   # each accelerator holds its share of the seeds
+        needed //= placement.device_count
     if needed > limit:
         raise ConfigError(f"this sweep needs about {gib(needed)} for the state of "
                           f"{program.size} configurations x {config.seeds} seeds, more than "
@@ -924,7 +927,7 @@ def train_sweep(config: Config, sweep, run_dir: Path | None = None, quiet: bool 
                   "environment": environment_record()}
         (run_dir / "config.json").write_text(config_json(config, record))
         try:
-            summary = run_sweep(program, run_dir, quiet=quiet)
+            summary = run_sweep(program, run_dir, quiet=quiet, placement=placement)
         except BaseException:
             (run_dir / "INCOMPLETE").write_text("this sweep did not finish\n")
             raise

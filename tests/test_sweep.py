@@ -123,7 +123,6 @@ def test_ranking_by_iqm_and_readable_by_compare(tmp_path):
     (["--sweep", "eta=1e-3", "--sweep", "eta=1e-2"], "given twice"),
     (["--sweep", "epsilon-end=0.1,2"], "--epsilon-end must be in [0, 1]"),
     (["--sweep", "alpha=0.5,0.6"], "needs --mem-priority proportional"),
-    (["--sweep", "eta=1e-3,1e-2", "--devices", "2"], "runs on one device"),
     (["--sweep", "tau=4,8", "--async", "a3c", "--duel", "false", "--double-q", "false",
       "--loss-reduction", "sum", "--batch-size", "8"], "not sweepable for --async a3c"),
     (["--sweep-mode", "map"], "--sweep-mode needs --sweep"),
@@ -154,3 +153,30 @@ def test_actor_learner_sweep_equals_separate_runs(tmp_path):
         assert rows(config_dir / "eval.csv", EVAL) == rows(singles[eta] / "eval.csv", EVAL)
         assert (rows(config_dir / "progress.csv", PROGRESS)
                 == rows(singles[eta] / "progress.csv", PROGRESS))
+
+
+@pytest.mark.slow
+def test_sweep_on_two_devices_acts_and_evaluates_as_on_one(tmp_path):
+    """--devices 2 splits the seed axis (every configuration on each device): acting, envs,
+    replay and evaluation (--learn-start beyond --steps) equal the one-device sweep's."""
+    import subprocess
+    import sys
+    from tests.subprocess_env import repo_env
+
+    args = ["train", "demo", "--seeds", "2", "--steps", "1600", "--chunk-steps", "800",
+            "--val-freq", "800", "--val-steps", "800", "--val-envs", "16", "--learn-start",
+            "2048", "--mem-size", "2048", "--quiet", "--sweep", "eta=1e-3,1e-2"]
+    summaries = {}
+    for devices in ("1", "2"):
+        run_dir = tmp_path / devices
+        result = subprocess.run(
+            [sys.executable, "-m", "jaxatari", *args, "--devices", devices, "--run-dir",
+             str(run_dir)], env=repo_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+            capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        summaries[devices] = json.loads((run_dir / "summary.json").read_text())
+    assert summaries["2"]["devices"] == 2 and summaries["1"]["devices"] == 1
+    for row in summaries["1"]["ranking"]:
+        one, two = tmp_path / "1" / row["run_dir"], tmp_path / "2" / row["run_dir"]
+        assert rows(two / "eval.csv", EVAL) == rows(one / "eval.csv", EVAL)
+        assert rows(two / "progress.csv", PROGRESS) == rows(one / "progress.csv", PROGRESS)

@@ -29,9 +29,10 @@ from jaxatari.agents.actor_native import (init_native_actor_carry, make_native_a
                                           make_native_actor_evaluate)
 from jaxatari.agents.dqn import make_q_agent
 from jaxatari.agents.native import (init_native_seeds, make_native_chunk,
-                                    make_native_evaluate)
+                                    make_native_evaluate, native_seed_axes)
 from jaxatari.agents.sweep import SweptValues, over_configurations, swept_values, with_values
 from jaxatari.config import Config, ConfigError, Sweep, config_json, label
+from jaxatari.devices import SeedPlacement
 from jaxatari.envs import JaxEnv, make_env
 from jaxatari.loops.session import SessionBase, eval_steps_per_env, run_native_chunks, run_summary
 from jaxatari.loops.settings import (actors_per_update, agent_settings, cadence_of,
@@ -64,6 +65,7 @@ class SweepParts:
     evaluates_at_start: bool
     chunk_stats: Callable     # (out of one configuration, iterations run) -> ChunkStats
     epsilon: Callable         # (index, step, carry [C, S]) -> the epsilon to log
+    seed_axes: Callable       # carry -> its seed axes (0, or None for what seeds share)
 
 
 def q_agent_parts(base: Config, configs: list[Config], env: JaxEnv) -> SweepParts:
@@ -91,7 +93,8 @@ def q_agent_parts(base: Config, configs: list[Config], env: JaxEnv) -> SweepPart
         make_chunk=make_chunk, make_play=make_play, steps_per_iteration=base.envs,
         iterations_per_chunk=length, evaluates_at_start=True,
         chunk_stats=lambda out, run: ChunkStats.of(out),
-        epsilon=lambda index, step, carry: cadences[index].epsilon(step))
+        epsilon=lambda index, step, carry: cadences[index].epsilon(step),
+        seed_axes=lambda carry: native_seed_axes(make_q_agent(settings[0]), carry))
 
 
 def actor_learner_parts(base: Config, configs: list[Config], env: JaxEnv) -> SweepParts:
@@ -137,7 +140,7 @@ def actor_learner_parts(base: Config, configs: list[Config], env: JaxEnv) -> Swe
         values={**swept_values(settings), **swept_values(periods)}, init_seeds=init_seeds,
         make_chunk=make_chunk, make_play=make_play, steps_per_iteration=steps_per_iteration,
         iterations_per_chunk=length, evaluates_at_start=False, chunk_stats=chunk_stats,
-        epsilon=epsilon)
+        epsilon=epsilon, seed_axes=lambda carry: 0)   # every leaf is per seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,12 +251,14 @@ class SweepSession(SessionBase):
         return evaluation
 
 
-def run_sweep(program: SweepProgram, run_dir: Path, *, quiet: bool) -> dict[str, Any]:
+def run_sweep(program: SweepProgram, run_dir: Path, *, quiet: bool,
+              placement: SeedPlacement = SeedPlacement()) -> dict[str, Any]:
     """Trains every configuration x seed in one program; writes each configuration's run
-    directory and returns the sweep's summary (configurations ranked)."""
+    directory and returns the sweep's summary (configurations ranked). ``placement``
+    (--devices) splits the seed axis over devices, every configuration on each."""
     base = program.base
     started = time.time()
-    keys = jax.random.split(jax.random.PRNGKey(base.seed), base.seeds)
+    keys = placement.place(jax.random.split(jax.random.PRNGKey(base.seed), base.seeds))
     with contextlib.ExitStack() as stack:
         loggers = []
         for index, config in enumerate(program.configs):
@@ -265,10 +270,12 @@ def run_sweep(program: SweepProgram, run_dir: Path, *, quiet: bool) -> dict[str,
             loggers.append(stack.enter_context(RunLogger(sub, config, quiet=True)))
         session = SweepSession(program, loggers, quiet)
         carry = program.init(program.values, keys)
+        carry = placement.place(carry, program.parts.seed_axes(carry), after_configurations=True)
 
         def evaluate(carry, key):
             total, episodes, partial = jax.device_get(program.evaluate(
-                carry.train.params, program.values, jax.random.split(key, base.seeds)))
+                carry.train.params, program.values,
+                placement.place(jax.random.split(key, base.seeds))))
             return mean_score(total, episodes, partial), episodes, None, None
 
         parts = program.parts
@@ -296,11 +303,11 @@ def run_sweep(program: SweepProgram, run_dir: Path, *, quiet: bool) -> dict[str,
             summary["sweep"] = {"index": index, "values": program.assignments[index]}
             logger.finish(summary)
             summaries.append(summary)
-    return sweep_summary(program, summaries, wall)
+    return sweep_summary(program, summaries, wall, placement.device_count)
 
 
-def sweep_summary(program: SweepProgram, summaries: list[dict[str, Any]],
-                  wall: float) -> dict[str, Any]:
+def sweep_summary(program: SweepProgram, summaries: list[dict[str, Any]], wall: float,
+                  devices: int = 1) -> dict[str, Any]:
     """The configurations ranked by the IQM of their final greedy scores over seeds (with
     its 95% stratified-bootstrap interval); a configuration with no scored seed ranks last."""
     rows = []
@@ -318,6 +325,7 @@ def sweep_summary(program: SweepProgram, summaries: list[dict[str, Any]],
     base = program.base
     return {"sweep": program.sweep.to_json(), "preset": base.preset,
             "env": program.env.spec.name, "configurations": program.size,
-            "seeds": base.seeds, "steps": base.steps, "wall_seconds": round(wall, 2),
+            "seeds": base.seeds, "devices": devices, "steps": base.steps,
+            "wall_seconds": round(wall, 2),
             "steps_per_second": round(base.steps * base.seeds * program.size / max(wall, 1e-9), 1),
             "ranking": rows}
