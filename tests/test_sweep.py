@@ -180,3 +180,35 @@ def test_sweep_on_two_devices_acts_and_evaluates_as_on_one(tmp_path):
         one, two = tmp_path / "1" / row["run_dir"], tmp_path / "2" / row["run_dir"]
         assert rows(two / "eval.csv", EVAL) == rows(one / "eval.csv", EVAL)
         assert rows(two / "progress.csv", PROGRESS) == rows(one / "progress.csv", PROGRESS)
+
+
+@pytest.mark.parametrize("overrides, sweeps", [
+    (dict(), ["eta=1e-3,3e-3", "gamma=0.9,0.99", "epsilon-end=0.05,0.1",
+              "epsilon-steps=128,256", "tau=8,16", "td-clip=0.5,1", "reward-clip=0.5,1",
+              "grad-clip=1,10"]),
+    (dict(pal_alpha=0.9), ["pal-alpha=0.5,0.9"]),
+    (dict(mem_priority="proportional"), ["alpha=0.5,0.7", "beta-zero=0.4,0.5"]),
+    (dict(mem_priority="rank"), ["beta-zero=0.4,0.5"]),
+    (dict(async_method="a3c", duel=False, double_q=False, batch_size=5),
+     ["eta=1e-3,3e-3", "gamma=0.9,0.99", "reward-clip=0.5,1", "grad-clip=1,10",
+      "entropy-beta=0.01,0.02"]),
+    (dict(async_method="onestep", duel=False, double_q=False, batch_size=5),
+     ["epsilon-steps=128,256", "tau=8,16", "td-clip=0.5,1"]),
+])
+@pytest.mark.parametrize("mode", ["map", "vmap"])
+def test_every_sweepable_option_traces(overrides, sweeps, mode):
+    """Each sweepable option of each agent kind enters the program as a traced value: the
+    sweep's initial state, chunk and evaluation trace (no Python branch or shape on it)."""
+    import jax
+    import jax.numpy as jnp
+    from jaxatari.loops.sweep import build_sweep
+
+    base = tiny(**overrides)
+    program = build_sweep(base, parse_sweep(sweeps, base, mode=mode))
+    assert set(program.values) and all(v.shape == (program.size,)
+                                       for v in program.values.values())
+    keys = jax.random.split(jax.random.PRNGKey(0), base.seeds)
+    carry = jax.eval_shape(program.init, program.values, keys)
+    _, out = jax.eval_shape(program.chunk, carry, program.values, jnp.int32(0), jnp.int32(1))
+    assert out["loss"].shape[1] == program.size   # [T, C, ...]
+    jax.eval_shape(program.evaluate, carry.train.params, program.values, keys)
