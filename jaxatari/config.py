@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
 import tomllib
 from pathlib import Path
@@ -405,7 +406,6 @@ class Sweep:
 
     def assignments(self) -> list[dict[str, Any]]:
         """{option: value} of every configuration, in product order."""
-        import itertools
         return [dict(zip(self.names, values))
                 for values in itertools.product(*(values for _, values in self.axes))]
 
