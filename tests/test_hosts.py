@@ -29,7 +29,7 @@ CACHE = str(Path(__import__("tempfile").gettempdir()) / "jaxatari-test-xla-cache
 # The demo, shortened: 4 seeds, learning from step 256, chunks and evaluations every 512
 # steps; the replay memory is checkpointed and the learning rate not annealed over --steps,
 # so a run resumed with a larger --steps continues as the longer run would have.
-SHORT_DEMO = ["demo", "--seeds", "4", "--chunk-steps", "512", "--val-freq", "512",
+SHORT_DEMO = ["train", "demo", "--seeds", "4", "--chunk-steps", "512", "--val-freq", "512",
               "--val-steps", "512", "--val-envs", "16", "--mem-size", "2048",
               "--learn-start", "256", "--eta-anneal", "false", "--checkpoint-replay", "true",
               "--quiet"]
