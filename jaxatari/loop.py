@@ -858,6 +858,10 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
     checkpoint_every, checkpoint_replay, val_size: the config's --checkpoint-every,
         --checkpoint-replay and --val-size unless given (``loops.settings.checkpoint_choices``).
     interactive: whether to ask questions on the terminal (default: stdin is a terminal).
+
+    In a multi-process run (``jaxatari.hosts.join`` before this) every process calls
+    ``train`` alike: all of them read and build, and start only if all of them could;
+    process 0 alone writes the run directory, and nobody is asked anything.
     """
     interactive = sys.stdin.isatty() if interactive is None else interactive
     request_cpu_devices(config)   # before anything below touches a JAX device
