@@ -137,10 +137,10 @@ def join(group: ProcessGroup | None) -> None:
         try:
             jax.distributed.initialize(initialization_timeout=group.timeout)
         except (ValueError, RuntimeError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            first = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else ""
             raise ConfigError(f"--distributed auto found no cluster to join (SLURM, Open MPI, "
-                              f"a TPU pod...): {first}; give --coordinator, --num-processes "
-                              "and --process-id instead") from None
+                              f"a TPU pod; JAX says: {first}): give --coordinator, "
+                              "--num-processes and --process-id instead") from None
         return
     started = time.monotonic()
     if group.process_id != 0:   # process 0 serves the coordinator itself

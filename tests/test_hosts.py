@@ -160,6 +160,38 @@ def test_a_coordinator_that_does_not_answer_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_start_that_fails_in_one_process_stops_the_others_with_one_line(tmp_path):
+    """Process 0 finds a finished run in its directory, which process 1 does not see
+    (relative --run-dir, other working directories): both stop, nothing is written."""
+    logs, cwds = tmp_path / "logs", [tmp_path / "process0", tmp_path / "process1"]
+    for folder in (logs, *cwds):
+        folder.mkdir()
+    (cwds[0] / "run").mkdir()
+    (cwds[0] / "run" / "summary.json").write_text("{}")
+    processes = group(["train", "demo", "--run-dir", "run"], cwds, logs, free_port())
+    assert finish(processes, timeout=180) == [2, 2]
+    lines = {name: [line for line in stderr_of(logs, name).splitlines() if line.strip()]
+             for name in ("process0", "process1")}
+    assert len(lines["process0"]) == 1 and "already holds a finished run" in lines["process0"][0]
+    assert lines["process1"] == ["jaxatari: error: another process of this run stopped before "
+                                 "training began (its error is on its own stderr)"]
+    assert sorted(p.name for p in (cwds[0] / "run").iterdir()) == ["summary.json"]
+    assert list(cwds[1].iterdir()) == []
+
+
+def test_distributed_auto_without_a_cluster_is_one_line_exit_2(tmp_path):
+    clean = {k: v for k, v in env("").items()
+             if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORDINATOR", "TPU_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxatari", "train", "demo", "--run-dir", str(tmp_path / "run"),
+         "--distributed", "auto", "--coordinator-timeout", "3"], env=clean,
+        capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "--distributed auto found no cluster to join" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
 GROUP = ["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "0"]
 BAD_OPTIONS = [
     (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
