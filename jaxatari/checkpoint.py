@@ -119,11 +119,22 @@ def _orbax():
 
 def _checkpointer():
     """One synchronous orbax Checkpointer for the process (each one starts background
-    machinery; closing and recreating them leaves callbacks for closed event loops)."""
+    machinery; closing and recreating them leaves callbacks for closed event loops).
+
+    It works for this process alone, also in a multi-process run (``jaxatari.hosts``):
+    there process 0 alone saves and every process restores by itself, so orbax must not
+    wait at barriers for the others, which it does by default when JAX has several
+    processes."""
     global _CHECKPOINTER
     if _CHECKPOINTER is None:
         ocp = _orbax()
-        _CHECKPOINTER = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        me = jax.process_index()
+        alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                                   barrier_sync_key_prefix=f"process{me}")
+        _CHECKPOINTER = ocp.Checkpointer(
+            ocp.CompositeCheckpointHandler(
+                composite_options=ocp.CompositeOptions(multiprocessing_options=alone)),
+            multiprocessing_options=alone)
     return _CHECKPOINTER
 
 

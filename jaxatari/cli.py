@@ -79,6 +79,28 @@ def _add_option_arguments(parser: argparse.ArgumentParser,
         groups[group_name].add_argument(flag_name(name), **kwargs)
 
 
+def _add_process_arguments(parser: argparse.ArgumentParser) -> None:
+    """A multi-process run (``jaxatari.hosts``, docs/devices.md): every process runs the
+    same command plus these."""
+    from jaxatari.hosts import DEFAULT_TIMEOUT
+    group = parser.add_argument_group(
+        "multi-process (several hosts; every process runs the same command plus these, "
+        "process 0 alone writes the run directory)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                       help="address of process 0, which serves the group's coordinator "
+                            "there (JAX-native envs only)")
+    group.add_argument("--num-processes", metavar="N", default=None,
+                       help="processes in the run, with --coordinator")
+    group.add_argument("--process-id", metavar="I", default=None,
+                       help="this process's index in [0, N), with --coordinator")
+    group.add_argument("--distributed", metavar="auto", default=None,
+                       help="auto: let jax.distributed.initialize find the group itself "
+                            "(SLURM, Open MPI, TPU pods) instead of the three options above")
+    group.add_argument("--coordinator-timeout", metavar="SECONDS", default=None,
+                       help="how long to wait for the coordinator and for every process to "
+                            f"join (default: {DEFAULT_TIMEOUT})")
+
+
 def make_parser() -> OneLineParser:
     parser = OneLineParser(prog="jaxatari", description=(
         "Train, evaluate and inspect deep RL agents of the Kaixhin/Atari family in JAX."))
@@ -99,6 +121,7 @@ def make_parser() -> OneLineParser:
     train.add_argument("--no-resume", action="store_true",
                        help="start again in a run directory holding a saved agent (old "
                             "checkpoints moved to checkpoints-replaced-<time>)")
+    _add_process_arguments(train)
     sweep = train.add_argument_group("hyperparameter sweep (docs/sweeps.md)")
     sweep.add_argument("--sweep", action="append", default=None, metavar="NAME=V1,V2,...",
                        help="train every value of option NAME x --seeds seeds in one program; "
@@ -205,10 +228,16 @@ def _train(args: argparse.Namespace) -> int:
     config = build_config(args.preset, _overrides(args))
     if args.sweep is not None or args.sweep_mode is not None:
         return _train_sweep(args, config)
+    from jaxatari import hosts
+    group = hosts.process_group(args.coordinator, args.num_processes, args.process_id,
+                                args.distributed, args.coordinator_timeout)
+    hosts.join(group)   # once, before anything touches a JAX device
     run_dir, summary = train(
         config, quiet=args.quiet,
         resume_from=Path(args.resume) if isinstance(args.resume, str) else None,
         resume=True if args.resume is not None else (False if args.no_resume else None))
+    if not hosts.writes_files():
+        return 0   # process 0 reports for the whole group
     print_scores(summary)
     print(f"{summary['steps']:,} steps x {summary['seeds']} seeds in {summary['wall_seconds']:.1f} s "
           f"({summary['steps_per_second']:,.0f} steps/s over all seeds)")
@@ -226,6 +255,11 @@ def _train_sweep(args: argparse.Namespace, config: Config) -> int:
     if args.resume is not None or args.no_resume:
         raise UsageError("--sweep starts a new run directory: it keeps no checkpoints and "
                          "takes no --resume or --no-resume")
+    if any(getattr(args, name) is not None for name in
+           ("coordinator", "num_processes", "process_id", "distributed")):
+        raise UsageError("--sweep runs in one process: leave out --coordinator, "
+                         "--num-processes, --process-id and --distributed (--devices splits "
+                         "its seeds over this process's devices)")
     sweep = parse_sweep(args.sweep, config, args.sweep_mode or "map")
     run_dir, summary = train_sweep(config, sweep, quiet=args.quiet)
     print_sweep_ranking(summary)

@@ -42,7 +42,7 @@ class Config:
     run_dir: str = option("", "where the run writes (default: runs/<preset>-<env>-<time>)", group="experiment")
     chunk_steps: int = option(10_000, "agent steps per seed between host syncs (logging, progress, checkpoints)", group="experiment")
     verbose: bool = option(False, "log every finished training episode's score", group="experiment")
-    devices: str = option("1", "devices the seeds are split over, each training --seeds / N of them (JAX-native envs): N, or all = every local device; on a machine without an accelerator all = one CPU device per core (JAX's jax_num_cpu_devices, set before JAX starts), or the count in XLA_FLAGS=--xla_force_host_platform_device_count=N; N must divide --seeds", group="experiment")
+    devices: str = option("1", "devices the seeds are split over, each training --seeds / N of them (JAX-native envs): N, or all = every local device; on a machine without an accelerator all = one CPU device per core (JAX's jax_num_cpu_devices, set before JAX starts), or the count in XLA_FLAGS=--xla_force_host_platform_device_count=N; N must divide --seeds; in a multi-process run (--coordinator) each process's own devices, and N x processes must divide --seeds", group="experiment")
 
     # Environment
     env: str = option("catch", "catch | gridworld | <Game>-MinAtar | atari | a gymnasium id | package.module:Class", group="env")

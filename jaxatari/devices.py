@@ -22,6 +22,11 @@ Acting, envs, replay, keys and evaluation give the one-device run's numbers bit 
 differently depending on how many seeds share a device (seeds 0-1 of a 4-seed chunk differ
 in the last bits from the same two seeds run alone, on one device too), and learning
 amplifies the difference (docs/devices.md).
+
+A multi-process run (``jaxatari.hosts``) splits the seeds over every process's devices:
+``--devices`` counts each process's own, the mesh holds all of them, and each process
+supplies its devices' shares of a new state (``place``) and gathers what the host reads
+(``to_host``).
 """
 from __future__ import annotations
 
@@ -104,18 +109,51 @@ class SeedPlacement:
         shared = NamedSharding(self.mesh, PartitionSpec())
         shardings = jax.tree.map(lambda axis: shared if axis is None else split, seed_axes,
                                  is_leaf=lambda axis: axis is None)
-        return jax.device_put(tree, shardings)
+        if jax.process_count() == 1:
+            return jax.device_put(tree, shardings)
+        # Several processes: a leaf that is already global is resharded; one this process
+        # holds whole (made alike by every process: a new key, a restored checkpoint) gives
+        # each of its devices that device's share. No process may place on another's.
+        shardings = jax.tree.broadcast(shardings, tree)
+        return jax.tree.map(_place_global, tree, shardings)
+
+
+def _place_global(leaf, sharding):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        return jax.device_put(leaf, sharding)
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_place_global(jax.random.key_data(leaf), sharding),
+                                        impl=jax.random.key_impl(leaf))
+    whole = np.asarray(leaf)
+    return jax.make_array_from_callback(whole.shape, sharding, lambda index: whole[index])
+
+
+def to_host(tree: Any) -> Any:
+    """``tree`` as numpy arrays on this host, whole. In a multi-process run a leaf spread
+    over the processes is gathered (``process_allgather``, a collective: every process
+    calls this at the same point); elsewhere it is ``jax.device_get``."""
+    def fetch(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return jax.device_get(leaf)
+    return jax.tree.map(fetch, tree)
 
 
 def seed_placement(config: Config, *, native: bool) -> SeedPlacement:
     """The run's placement from ``--devices``: ConfigError (one line) for more devices than
     exist, a --seeds they do not divide, or a host env (seed-parallel is for JAX-native
     envs only so far). Touches the backend: call ``request_cpu_devices`` before it."""
-    if config.devices == "1":
+    processes = jax.process_count()
+    if config.devices == "1" and processes == 1:
         return SeedPlacement()
     devices = jax.local_devices()
     platform = devices[0].platform
     count = len(devices) if config.devices == ALL_DEVICES else int(config.devices)
+    if processes > 1 and not native:
+        raise ConfigError(f"a multi-process run ({processes} processes) splits seeds over "
+                          "devices, which is for JAX-native envs only (catch, gridworld, "
+                          "MinAtar) so far; host envs (Atari, gymnasium) run in one process")
     if count > 1 and not native:
         raise ConfigError(f"--devices {config.devices}: seeds are split over devices for "
                           "JAX-native envs only (catch, gridworld, MinAtar) so far; host envs "
@@ -125,6 +163,8 @@ def seed_placement(config: Config, *, native: bool) -> SeedPlacement:
                  f"{len(devices)} {platform} devices exist")
         raise ConfigError(f"--devices {count}: only {exist} here"
                           f"{_more_devices_hint(platform)}")
+    if processes > 1:
+        return _global_placement(config, count, processes)
     if config.seeds % count:
         raise ConfigError(f"--seeds {config.seeds} does not divide over --devices "
                           f"{config.devices} ({count} devices): choose a --seeds that is a "
@@ -132,3 +172,18 @@ def seed_placement(config: Config, *, native: bool) -> SeedPlacement:
     if count == 1:
         return SeedPlacement()
     return SeedPlacement(Mesh(np.asarray(devices[:count]), (SEED_AXIS,)))
+
+
+def _global_placement(config: Config, count: int, processes: int) -> SeedPlacement:
+    """The mesh of a multi-process run: the first ``count`` devices of every process, in
+    process order (process 0's devices hold the first seeds)."""
+    total = count * processes
+    if config.seeds % total:
+        raise ConfigError(f"--seeds {config.seeds} does not divide over {total} devices "
+                          f"(--devices {config.devices} in each of {processes} processes): "
+                          "choose a --seeds that is a multiple of the device count (seeds "
+                          "are not padded)")
+    devices = [device for process in range(processes)
+               for device in sorted((d for d in jax.devices() if d.process_index == process),
+                                    key=lambda d: d.id)[:count]]
+    return SeedPlacement(Mesh(np.asarray(devices), (SEED_AXIS,)))

@@ -54,7 +54,8 @@ from jaxatari.agents.dqn import QAgent, QAgentSettings, make_q_agent
 from jaxatari.agents.native import (NativeCarry, init_native_seeds, make_native_chunk,
                                     make_native_evaluate, native_seed_axes)
 from jaxatari.config import Config, ConfigError, config_json, flag_name
-from jaxatari.devices import SeedPlacement, request_cpu_devices, seed_placement
+from jaxatari import hosts
+from jaxatari.devices import SeedPlacement, request_cpu_devices, seed_placement, to_host
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
 from jaxatari.evaluation import HELDOUT_KEY_OFFSET, make_heldout_sampler, make_value_stats
 from jaxatari.loops.checkpoint_items import (ActorLearnerItems, CheckpointRecord, QItems,
@@ -64,7 +65,8 @@ from jaxatari.loops.session import (SessionBase, eval_steps_per_env, run_native_
 # agent_settings and chunk_iterations: also this module's names for scripts and tests
 from jaxatari.loops.settings import (agent_settings, build_learner, cadence_of,
                                      checkpoint_choices, chunk_iterations)
-from jaxatari.metrics import ChunkStats, Evaluation, RunLogger, finite_or_none, mean_score
+from jaxatari.metrics import (ChunkStats, Evaluation, RunLogger, SilentLogger, finite_or_none,
+                              mean_score)
 from jaxatari.networks import body_misfit
 from jaxatari.rundir import RunDirLock, check_run_dir, create_run_dir
 from jaxatari.xla_options import edge_jit
@@ -102,7 +104,8 @@ def environment_record() -> dict[str, Any]:
         revision, dirty = "", ""
     return {"versions": versions, "git_revision": revision or None,
             "git_dirty": bool(dirty), "python": sys.version.split()[0],
-            "platform": platform.platform(), "devices": [str(d) for d in jax.devices()]}
+            "platform": platform.platform(), "devices": [str(d) for d in jax.devices()],
+            "processes": jax.process_count()}
 
 
 def default_run_dir(config: Config) -> Path:
@@ -260,7 +263,9 @@ class Trainer(SessionBase):
         self.checkpoints = ckpt.RunCheckpoints(run_dir, keep_every=choices.keep_every)
         self.checkpoint_replay = choices.checkpoint_replay
         self.val_size = choices.val_size
-        self.guard = InterruptGuard(interactive)
+        # a multi-process run: process 0 alone writes, the others take part in every gather
+        self.writes = hosts.writes_files()
+        self.guard = InterruptGuard(interactive and hosts.process_count() == 1)
         self.best_score = -math.inf
         self.heldout = None
         self.start_step = 0
@@ -413,14 +418,16 @@ class Trainer(SessionBase):
     def save(self, path: Path, items: CheckpointRecord, step: int, iteration: int,
              reason: str, with_replay: bool) -> Path:
         """Writes the checkpoint ``path`` (``self.checkpoints``' last, best or step_<step>)."""
-        tree = to_tree(self.stored(items, with_replay))
+        tree = to_host(to_tree(self.stored(items, with_replay)))   # every process gathers
         meta = {**self.metadata(step, iteration, reason), "name": path.name,
                 "replay_included": "replay" in tree, "replay_bytes": self.replay_bytes}
-        return ckpt.save(path, tree, meta)
+        return ckpt.save(path, tree, meta) if self.writes else path
 
     @property
     def interrupt_requested(self) -> bool:
-        return self.guard.requested
+        """Ctrl+C or SIGTERM here, or in any process of a multi-process run (one decision
+        for all, asked at the same safe point)."""
+        return hosts.any_process(self.guard.requested)
 
     def save_after_eval(self, evaluation: Evaluation, items: CheckpointRecord,
                         iteration: int) -> None:
@@ -445,6 +452,9 @@ class Trainer(SessionBase):
         """conv_filters.png of seed 0 at every validation (networks without convolutions
         return before drawing anything)."""
         from jaxatari.plots import plot_filters
+        params = to_host(params)   # every process gathers; process 0 draws
+        if not self.writes:
+            return
         plot_filters(self.run_dir / "conv_filters.png",
                      jax.tree.map(lambda x: np.asarray(x[0]), params),
                      self.settings_stack_channels(),
@@ -470,8 +480,9 @@ class Trainer(SessionBase):
         if self.guard.confirm_save():
             saved = self.save(self.checkpoints.path("last"), items_fn(), step, iteration,
                               "interrupt", self._include_replay())
-            print(f"Saved agent at step {step:,} to {saved}; continue it with --resume "
-                  f"{self.run_dir}", file=sys.stderr, flush=True)
+            if self.writes:
+                print(f"Saved agent at step {step:,} to {saved}; continue it with --resume "
+                      f"{self.run_dir}", file=sys.stderr, flush=True)
         raise TrainingInterrupted(f"interrupted at step {step}", saved,
                                   self.guard.signum or signal.SIGINT)
 
@@ -506,8 +517,9 @@ class Trainer(SessionBase):
         started = time.time()
         self._apply_restored(restored)
         resume_step = restored.step if restored is not None else None
-        with RunLogger(self.run_dir, c, quiet=self.quiet, resume_step=resume_step) as logger, \
-                self.guard:
+        logger = (RunLogger(self.run_dir, c, quiet=self.quiet, resume_step=resume_step)
+                  if self.writes else SilentLogger(c))
+        with logger, self.guard:
             self.logger = logger
             for line in self.startup_notes():
                 logger.note(line)
@@ -532,7 +544,7 @@ class Trainer(SessionBase):
                                   trained_steps=c.steps - self.start_step)
             if restored is not None:
                 summary["resumed_from_step"] = restored.step
-            params = jax.tree.map(lambda x: np.asarray(x[0]), train_state.params)
+            params = jax.tree.map(lambda x: np.asarray(x[0]), to_host(train_state.params))
             logger.finish(summary, params=params, in_channels=self.settings_stack_channels(),
                           rows_label=self.filter_rows_label())
         return summary
@@ -598,7 +610,7 @@ class QTrainer(Trainer):
         super()._apply_restored(restored)
         if restored is None:
             return
-        self.heldout = restored.items.heldout
+        self.heldout = self.placement.place(restored.items.heldout)
         if restored.items.replay is None:
             envs = self.config.envs
             self.cadence = dataclasses.replace(
@@ -617,7 +629,7 @@ class QTrainer(Trainer):
             self.heldout = self._sample_heldout(items.replay, keys)
         if self.heldout is not None:
             v, td_error = (np.asarray(x, np.float64) for x in
-                           jax.device_get(self._value_stats(items.train, self.heldout)))
+                           to_host(self._value_stats(items.train, self.heldout)))
         return v, td_error
 
     def _state_notes(self) -> tuple[bool, str]:
@@ -675,7 +687,7 @@ class QTrainer(Trainer):
 
         def evaluate_carry(carry: NativeCarry, key):
             keys = self.placement.place(jax.random.split(key, c.seeds))
-            total, episodes, partial = jax.device_get(evaluate(carry.train.params, keys))
+            total, episodes, partial = to_host(evaluate(carry.train.params, keys))
             return mean_score(total, episodes, partial), episodes, None, None
 
         def log_chunk(step: int, carry: NativeCarry, out, run: int, seconds: float):
@@ -817,33 +829,75 @@ def train(config: Config, run_dir: Path | None = None, quiet: bool = False,
     checkpoint_every, checkpoint_replay, val_size: the config's --checkpoint-every,
         --checkpoint-replay and --val-size unless given (``loops.settings.checkpoint_choices``).
     interactive: whether to ask questions on the terminal (default: stdin is a terminal).
+
+    In a multi-process run (``jaxatari.hosts.join`` before this) every process calls
+    ``train`` alike: all of them read and build, and start only if all of them could;
+    process 0 alone writes the run directory, and nobody is asked anything.
     """
     interactive = sys.stdin.isatty() if interactive is None else interactive
     request_cpu_devices(config)   # before anything below touches a JAX device
+    if hosts.process_count() > 1:
+        interactive = False   # one terminal cannot answer for every process
+    held: list[RunDirLock] = []
+    try:
+        start = _together(lambda: _prepare(
+            config, run_dir, resume_from, held, quiet=quiet, resume=resume,
+            checkpoint_every=checkpoint_every, checkpoint_replay=checkpoint_replay,
+            val_size=val_size, interactive=interactive))
+        return _run(config, start)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _together(prepare: Callable[[], Any]) -> Any:
+    """``prepare()``, where every process of a multi-process run starts or none does: a
+    process whose start failed raises its own error, the others a one-line ConfigError,
+    so no process waits for a partner that has left. One process: ``prepare()``."""
+    try:
+        result, error = prepare(), None
+    except Exception as failure:
+        result, error = None, failure
+    if hosts.any_process(error is not None):
+        if error is not None:
+            raise error
+        raise ConfigError("another process of this run stopped before training began "
+                          "(its error is on its own stderr)")
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Start:
+    """What ``_prepare`` found and built, before anything is written."""
+
+    run_dir: Path
+    trainer: Trainer
+    restored: Restored | None
+    start_again: bool            # move the old checkpoints aside (--no-resume)
+    lock: RunDirLock | None      # process 0's; None in the others, which write nothing
+
+
+def _prepare(config: Config, run_dir: Path | None, resume_from: Path | None,
+             held: list[RunDirLock], *, quiet: bool, resume: bool | None,
+             checkpoint_every: bool | None, checkpoint_replay: bool | None,
+             val_size: int | None, interactive: bool) -> _Start:
+    """Everything of ``train`` that reads and builds, nothing that writes. Every process
+    of a multi-process run reads the run directory and the checkpoint (so they must be on
+    a filesystem all of them see); process 0 alone checks that it can write there and
+    locks it (``held``)."""
     source = None
     if resume_from is not None:
         source = ckpt.find(Path(resume_from), "last")
         if run_dir is None and not config.run_dir:
             run_dir = ckpt.run_dir_of(source)
     run_dir = Path(run_dir or config.run_dir or default_run_dir(config))
-    check_run_dir(run_dir)
-    lock = RunDirLock(run_dir)
-    if run_dir.is_dir():
-        lock.acquire()   # a run using it now: refused before anything is read or built
-    try:
-        return _train_locked(config, run_dir, lock, source, quiet=quiet, resume=resume,
-                             checkpoint_every=checkpoint_every,
-                             checkpoint_replay=checkpoint_replay, val_size=val_size,
-                             interactive=interactive)
-    finally:
-        lock.release()
-
-
-def _train_locked(config: Config, run_dir: Path, lock: RunDirLock, source: Path | None, *,
-                  quiet: bool, resume: bool | None, checkpoint_every: bool | None,
-                  checkpoint_replay: bool | None, val_size: int | None, interactive: bool
-                  ) -> tuple[Path, dict]:
-    """``train`` once the run directory is known and, where it exists, locked."""
+    lock = None
+    if hosts.writes_files():
+        check_run_dir(run_dir)
+        lock = RunDirLock(run_dir)
+        held.append(lock)
+        if run_dir.is_dir():
+            lock.acquire()   # a run using it now: refused before anything is read or built
     trainer = Trainer(config, run_dir, quiet=quiet, keep_every=checkpoint_every,
                       checkpoint_replay=checkpoint_replay, val_size=val_size,
                       interactive=interactive)
@@ -868,12 +922,20 @@ def _train_locked(config: Config, run_dir: Path, lock: RunDirLock, source: Path 
         elif resume:
             raise ConfigError(f"--resume: {run_dir} holds no saved agent to continue")
     restored = trainer.restore(source) if source is not None else None
-    # ------------------------------------------------ nothing above touched the disk
-    if source is None and resume is False and ckpt.checkpoint_dir(run_dir).exists():
+    return _Start(run_dir=run_dir, trainer=trainer, restored=restored,
+                  start_again=source is None and resume is False, lock=lock)
+
+
+def _run(config: Config, start: _Start) -> tuple[Path, dict]:
+    """Writes the run's start (process 0 alone) and trains."""
+    run_dir, trainer, restored = start.run_dir, start.trainer, start.restored
+    if start.lock is None:   # not process 0: it computes and gathers, process 0 writes
+        return run_dir, trainer.run(restored)
+    if start.start_again and ckpt.checkpoint_dir(run_dir).exists():
         stamp = time.strftime("%Y%m%d-%H%M%S")
         ckpt.checkpoint_dir(run_dir).rename(run_dir / f"checkpoints-replaced-{stamp}")
     create_run_dir(run_dir)
-    lock.acquire()
+    start.lock.acquire()
     for marker in ("summary.json", "INCOMPLETE"):
         if restored is not None and (run_dir / marker).exists():
             (run_dir / marker).unlink()

@@ -409,3 +409,41 @@ class RunLogger:
         if self.tb is not None:
             self.tb.close()
         return False
+
+
+class SilentLogger:
+    """``RunLogger``'s interface, writing and printing nothing: the logger of every process
+    but process 0 in a multi-process run (``jaxatari.hosts``), where process 0 alone
+    writes the run directory and shows progress."""
+
+    def __init__(self, config):
+        self.config = config
+        self.seeds = config.seeds
+
+    def __enter__(self) -> "SilentLogger":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        return False
+
+    def log(self, text: str) -> None:
+        del text
+
+    def note(self, text: str) -> None:
+        del text
+
+    def log_chunk(self, step, out, epsilon, seconds, steps) -> None:
+        del step, out, epsilon, seconds, steps
+
+    def log_weights(self, step, params) -> None:
+        del step, params
+
+    def log_eval(self, step, scores, episodes, normalised=None, v=None, td_error=None,
+                 params=None) -> None:
+        del step, scores, episodes, normalised, v, td_error, params
+
+    def finish(self, summary, params=None, in_channels: int = 0, rows_label: str = "") -> None:
+        del summary, params, in_channels, rows_label
+
+    def flush(self) -> None:
+        pass

@@ -18,6 +18,12 @@ Sections (``--sections``, all by default):
             and Space Invaders MinAtar (whole loop in XLA), and of 8 separate one-seed processes
             started together; compilation and start-up included, as a user sees it.
 - actor:    the async-a3c preset on Space Invaders with 8 envs (scripts/bench_a3c.py's run).
+- scaling:  seed-parallel training over N devices (``--devices N``, the Anakin layout of Hessel
+            et al. 2021: env, acting and learning on the devices) on Catch, N x S seeds against N
+            times one device's S seeds: env steps/s of all seeds, from progress.csv's chunks after
+            the first (compilation left out). On a CPU the devices are forced
+            (``--xla_force_host_platform_device_count``) and share the machine's cores, so the
+            section shows that the split runs, not what N real devices gain.
 - gpu:      only where JAX sees a GPU: Atari DQN with E envs x S vmapped seeds at the Nature
             replay ratio (8 sampled transitions per env step per seed); written to gpu-<name>.json.
 
@@ -37,6 +43,7 @@ from when the table was in README.md).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -59,7 +66,7 @@ from jaxatari.xla_options import edge_jit
 from scripts.provenance import cpu_model, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("peers", "learner", "overhead", "seeds", "actor", "gpu")
+SECTIONS = ("peers", "learner", "overhead", "seeds", "actor", "scaling", "gpu")
 TARGETS = {"peers_ratio": 1.2, "flop_bound_ratio": 1.3, "envpool_fraction": 0.85,
            "seed_speedup": 3.0}
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
@@ -348,10 +355,11 @@ def _no_learning_speed(s: dict, seed: int) -> float:
 
 
 # ------------------------------------------------------------------ vmapped seeds
-def cli_train(preset: str, seeds: int, overrides: dict, run_dir: Path) -> subprocess.Popen:
+def cli_train(preset: str, seeds: int, overrides: dict, run_dir: Path,
+              environment: dict | None = None) -> subprocess.Popen:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()]
     inherited = os.environ.get("PYTHONPATH")
-    env = {**os.environ,
+    env = {**os.environ, **(environment or {}),
            "PYTHONPATH": os.pathsep.join([str(ROOT), *([inherited] if inherited else [])])}
     return subprocess.Popen([sys.executable, "-m", "jaxatari", "train", preset, "--quiet",
                              f"--seeds={seeds}", f"--run-dir={run_dir}", *flags],
@@ -413,6 +421,57 @@ def section_actor(args) -> dict:
         log(f"  async-a3c 8 envs {mode}: {statistics.median(speeds):.0f} steps/s")
     result["envs"] = 8
     return result
+
+
+# ------------------------------------------------------------------ devices
+FORCED_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def seed_parallel_speed(devices: int, seeds: int, s: dict, forced: int) -> float:
+    """Env steps/s of all seeds of one ``train demo --devices N`` run: the median over the chunks
+    after the first of progress.csv's per-seed steps/s, times the seeds."""
+    steps = s["chunks"] * s["chunk"]
+    flags = {"steps": steps, "chunk_steps": s["chunk"], "val_freq": steps, "val_steps": 256,
+             "val_envs": 32, "checkpoint_replay": "false", "devices": devices}
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    env_flags = xla_flags if FORCED_DEVICES_FLAG in xla_flags or forced <= 1 else \
+        f"{xla_flags} {FORCED_DEVICES_FLAG}={forced}".strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        process = cli_train("demo", seeds, flags, run_dir, {"XLA_FLAGS": env_flags})
+        _, err = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"--devices {devices} run failed: {err.strip().splitlines()[-1:]}")
+        with open(run_dir / "progress.csv") as handle:
+            rows = list(csv.DictReader(handle))
+    first = min(int(row["step"]) for row in rows)
+    per_chunk: dict[int, list[float]] = {}
+    for row in rows:
+        if int(row["step"]) > first:
+            per_chunk.setdefault(int(row["step"]), []).append(float(row["steps_per_second"]))
+    return statistics.median(sum(speeds) for speeds in per_chunk.values())
+
+
+def section_scaling(args) -> dict:
+    s = args.sizes["scaling"]
+    on_cpu = jax.default_backend() == "cpu"
+    counts = [n for n in s["device_counts"] if on_cpu or n <= jax.device_count()]
+    forced = max(counts) if on_cpu else 0
+    rows = {}
+    for devices in counts:
+        speeds = [seed_parallel_speed(devices, devices * s["seeds_per_device"], s, forced)
+                  for _ in range(args.repeats)]
+        rows[f"devices_{devices}"] = summary(speeds)
+        log(f"  seed-parallel Catch, {devices} device(s) x {s['seeds_per_device']} seeds: "
+            f"{statistics.median(speeds):,.0f} env steps/s")
+    one = rows["devices_1"]["median"]
+    for devices in counts:
+        rows[f"devices_{devices}"]["efficiency"] = (rows[f"devices_{devices}"]["median"]
+                                                    / (devices * one))
+    return {"seed_parallel": rows, "seeds_per_device": s["seeds_per_device"],
+            "forced_cpu_devices": forced or None,
+            "not_built": ["data-parallel learner (one seed over N devices)",
+                          "Sebulba (host envs feeding actor and learner devices)"]}
 
 
 # ------------------------------------------------------------------ GPU
@@ -485,11 +544,14 @@ def gpu_sizes(quick: bool) -> dict:
         return {"learner": dict(batches=(32, 128), calls=2),
                 "atari": dict(grid=((4, 2),), learn_start=64, warmup=32, chunk=8,
                               mem_size=2000, budget_s=1.0),
-                "minatar": dict(seed_counts=(2,), timed_from=600, chunk=200, budget_s=1.0)}
+                "minatar": dict(seed_counts=(2,), timed_from=600, chunk=200, budget_s=1.0),
+                "scaling": dict(device_counts=(1,), seeds_per_device=1, chunks=2, chunk=512)}
     return {"learner": dict(batches=(32, 256), calls=50),
             "atari": dict(grid=((8, 1), (32, 8), (64, 16)), learn_start=2000, warmup=512,
                           chunk=32, mem_size=100_000, budget_s=12.0),
-            "minatar": dict(seed_counts=(1, 8), timed_from=10_000, chunk=5000, budget_s=20.0)}
+            "minatar": dict(seed_counts=(1, 8), timed_from=10_000, chunk=5000, budget_s=20.0),
+            "scaling": dict(device_counts=(1, 2, 4, 8), seeds_per_device=8, chunks=4,
+                            chunk=64_000)}
 
 
 # ------------------------------------------------------------------ report
@@ -500,12 +562,15 @@ def sizes(quick: bool) -> dict:
                 "overhead": dict(steps=64, chunk=32),
                 "seeds": dict(catch_steps=512, minatar_steps=512, seed_counts=(1, 2)),
                 "actor": dict(steps=160, chunk=40, warmup=2),
+                "scaling": dict(device_counts=(1, 2), seeds_per_device=1, chunks=3, chunk=1024),
                 "gpu": gpu_sizes(True)}
     return {"peers": dict(learn_start=500, warmup=100, timed=400, chunk=100),
             "learner": dict(matmul=2048, calls=10),
             "overhead": dict(steps=2000, chunk=250),
             "seeds": dict(catch_steps=10_000, minatar_steps=10_000, seed_counts=(1, 2, 4, 8)),
             "actor": dict(steps=2400, chunk=400, warmup=2),
+            "scaling": dict(device_counts=(1, 2, 4), seeds_per_device=2, chunks=4,
+                            chunk=32_000),
             "gpu": gpu_sizes(False)}
 
 
@@ -566,6 +631,17 @@ def markdown(record: dict) -> str:
         for mode in ("sync", "async"):
             lines.append(f"| async-a3c, 8 envs ({mode}), steps/s | "
                          f"{cell(r['actor'][mode], '{:.0f}')} | | | | |")
+    if "scaling" in r:
+        rows = r["scaling"]["seed_parallel"]
+        forced = r["scaling"].get("forced_cpu_devices")
+        where = f" ({forced} forced CPU devices sharing the cores)" if forced else ""
+        for key, row in rows.items():
+            devices = int(key.split("_")[1])
+            lines.append(f"| Catch seed-parallel, {devices} device(s) x "
+                         f"{r['scaling']['seeds_per_device']} seeds{where}, env steps/s vs "
+                         f"{devices} x one device | {cell(row, '{:,.0f}')} | "
+                         f"{devices * rows['devices_1']['median']:,.0f} | "
+                         f"{row['efficiency']:.2f}x | | |")
     lines.append("")
     gpu = r.get("gpu")
     lines.append("GPU section: " + ("not run (JAX saw no GPU, or the section was not selected)." if gpu is None else

@@ -97,7 +97,7 @@ def filled_agent(config, spec: EnvSpec, native: bool):
 def preset_agent(preset: str, seeds: int, overrides: dict):
     """(agent, train [S], replay [S], native) for a JAX-native or an Atari preset."""
     try:
-        config = build_config(preset, {"mem_size": 10_000, "learn_start": 1_000, **overrides,
+        config = build_config(preset, {"mem_size": 10_240, "learn_start": 1_000, **overrides,
                                        "seeds": seeds})
     except ConfigError as error:      # an unknown preset or a bad --set: one line
         raise SystemExit(f"error: {error}") from None

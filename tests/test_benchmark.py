@@ -50,13 +50,21 @@ def test_markdown_names_every_target_and_the_gpu_state():
                                                            "processes_8": s, "speedup": 3.5}
                                                     for name in ("catch",
                                                                  "SpaceInvaders-MinAtar")}},
-                  "actor": {"sync": s, "async": s}, "gpu": None}}
+                  "actor": {"sync": s, "async": s},
+                  "scaling": {"seeds_per_device": 2, "forced_cpu_devices": 2,
+                              "seed_parallel": {"devices_1": {**s, "efficiency": 1.0},
+                                                "devices_2": {**s, "median": 3.0,
+                                                              "efficiency": 0.75}}},
+                  "gpu": None}}
     table = benchmark.markdown(record)
     assert "0.50x | >= 1.2x | no" in table          # the peers' ratio uses the faster peer
     assert "1.05x | <= 1.3x | yes" in table
     assert "100% | >= 85% | yes" in table
     assert "3.50x | >= 3.0x | yes" in table
     assert "GPU section: not run" in table
+    # N devices against N times one device: 3.0 env steps/s against 2 x 2.0
+    assert "2 device(s) x 2 seeds (2 forced CPU devices sharing the cores)" in table
+    assert "| 3 [1-3] | 4 | 0.75x |" in table
 
 
 def test_update_readme_targets_the_performance_doc_block():

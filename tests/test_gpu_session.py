@@ -20,7 +20,7 @@ def test_cpu_dry_run_writes_every_step_and_collect_makes_the_table(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     session = json.loads((out / "session.json").read_text())
     assert session["dry_run"]
-    for step in ("device", "tests", "learner", "atari", "minatar"):
+    for step in ("device", "tests", "learner", "atari", "minatar", "scaling"):
         saved = json.loads((out / f"{step}.json").read_text())
         assert saved["status"] == "ok", (step, saved.get("traceback"))
     assert session["steps"]["tests"]["result"]["passed"] > 0
@@ -29,6 +29,7 @@ def test_cpu_dry_run_writes_every_step_and_collect_makes_the_table(tmp_path):
     for step in ("atari", "minatar"):
         rows = session["steps"][step]["result"]["configurations"]
         assert rows and all(r["aggregate_steps_per_second"]["median"] > 0 for r in rows)
+    assert session["steps"]["scaling"]["result"]["seed_parallel"]["devices_1"]["median"] > 0
 
     results = tmp_path / "results"
     subprocess.run([sys.executable, "-m", "scripts.gpu.collect", str(out), "--cpu", str(out),

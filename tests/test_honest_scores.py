@@ -61,7 +61,8 @@ def test_a_run_whose_validation_finishes_no_episode_reports_n_a(tmp_path, capsys
     (20_000, 20_000, 20_000),
 ])
 def test_chunks_are_cut_to_the_validation_frequency(chunk_steps, val_freq, expected):
-    config = build_config("demo", {"chunk_steps": chunk_steps, "val_freq": val_freq})
+    # 8 envs, so that 2,000 steps are whole iterations (the demo's own 32 envs are not)
+    config = build_config("demo", {"chunk_steps": chunk_steps, "val_freq": val_freq, "envs": 8})
     assert chunk_iterations(config, config.envs) * config.envs == expected
 
 

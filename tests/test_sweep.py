@@ -126,6 +126,7 @@ def test_ranking_by_iqm_and_readable_by_compare(tmp_path):
     (["--sweep", "tau=4,8", "--async", "a3c", "--duel", "false", "--double-q", "false",
       "--loss-reduction", "sum", "--batch-size", "8"], "not sweepable for --async a3c"),
     (["--sweep-mode", "map"], "--sweep-mode needs --sweep"),
+    (["--sweep", "eta=1e-3,1e-2", "--distributed", "auto"], "--sweep runs in one process"),
     (["--sweep", "eta=1e-3,1e-2", "--env", "CartPole-v1", "--model-body", "mlp"],
      "needs a JAX-native env"),
 ])

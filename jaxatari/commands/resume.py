@@ -20,15 +20,17 @@ def register(subparsers) -> None:
                     "train further).")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory to continue")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    from jaxatari.cli import _add_option_arguments
+    from jaxatari.cli import _add_option_arguments, _add_process_arguments
     from jaxatari.saved_imports import add_allow_import_argument
     add_allow_import_argument(parser)
+    _add_process_arguments(parser)   # a multi-process run resumes as a group
     _add_option_arguments(parser)
     parser.set_defaults(run=run_resume)
 
 
 def run_resume(args) -> int:
     from jaxatari import checkpoint as ckpt
+    from jaxatari import hosts
     from jaxatari.cli import _overrides, print_scores
     from jaxatari.commands._common import run_config
     from jaxatari.config import ConfigError
@@ -43,7 +45,11 @@ def run_resume(args) -> int:
     config = run_config(run_dir, overrides, allowed_imports=args.allow_import)
     # In place, wherever the directory is now, unless --run-dir names a new one (a fork).
     target = Path(overrides["run_dir"]) if overrides.get("run_dir") else run_dir
+    hosts.join(hosts.process_group(args.coordinator, args.num_processes, args.process_id,
+                                   args.distributed, args.coordinator_timeout))
     out_dir, summary = train(config, target, quiet=args.quiet, resume_from=run_dir)
+    if not hosts.writes_files():
+        return 0   # process 0 reports for the whole group
     print_scores(summary)
     print(f"resumed at step {summary['resumed_from_step']:,}; trained to {summary['steps']:,} "
           f"steps in {summary['wall_seconds']:.1f} s")

@@ -30,7 +30,7 @@ from jaxatari.agents.actor_native import (NativeActorCarry, init_native_actor_ca
                                           make_native_heldout)
 from jaxatari.agents.frames import to_agent_frame
 from jaxatari.config import Config
-from jaxatari.devices import SeedPlacement
+from jaxatari.devices import SeedPlacement, to_host
 from jaxatari.envs import JaxEnv
 from jaxatari.loops.actor_common import ActorHostEvaluator, ChunkLog, HeldOutRollouts
 from jaxatari.loops.checkpoint_items import ActorLearnerItems
@@ -82,13 +82,14 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None, *,
     play_heldout = edge_jit(jax.vmap(make_native_heldout(learner, env, heldout.count)))
 
     def evaluate_carry(carry: NativeActorCarry, key):
-        total, episodes, partial = jax.device_get(
+        total, episodes, partial = to_host(
             evaluate(carry.train.params, placement.place(jax.random.split(key, c.seeds))))
         if heldout.rollouts is None:
             start = init_carry(keys)
-            heldout.fix(play_heldout(start.train.params, start.actors, start.env_state,
-                                     start.score))
-        v, td = heldout.stats(lambda seed: jax.tree.map(lambda x: x[seed], carry.train))
+            heldout.fix(to_host(play_heldout(start.train.params, start.actors,
+                                             start.env_state, start.score)))
+        train = to_host(carry.train)   # per-seed statistics on the host's whole copy
+        v, td = heldout.stats(lambda seed: jax.tree.map(lambda x: x[seed], train))
         return mean_score(total, episodes, partial), episodes, v, td
 
     def log_chunk(step: int, carry: NativeActorCarry, out, run: int, seconds: float):
@@ -98,8 +99,8 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None, *,
         stats = ChunkStats(scores=per_step("scores"), finished=per_step("finished"),
                            loss=np.asarray(out["loss"]), td_error=np.asarray(out["td_error"]),
                            q_mean=np.asarray(out["q_mean"]), learned=np.ones(run, bool))
-        session.logger.log_chunk(step, stats, mean_actor_epsilon(learner, carry.actors.steps,
-                                                               carry.actors.final_epsilon),
+        steps, final_epsilon = to_host((carry.actors.steps, carry.actors.final_epsilon))
+        session.logger.log_chunk(step, stats, mean_actor_epsilon(learner, steps, final_epsilon),
                                  seconds, run * steps_per_iteration)
 
     carry = run_native_chunks(session, carry=carry, iteration=iteration,

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxatari.config import Config
+from jaxatari.devices import to_host
 from jaxatari.loops.checkpoint_items import CheckpointRecord
 from jaxatari.evaluation import EVAL_ENV_SEED_OFFSET, EVAL_KEY_OFFSET
 from jaxatari.metrics import Evaluation, finite_or_none, mean_score
@@ -106,7 +107,8 @@ class SessionBase:
         self.evaluations.append(evaluation)
         self.logger.log_eval(step, evaluation.scores, evaluation.episodes,
                              normalised=normalised, v=v, td_error=td_error,
-                             params=saved.train.params)
+                             params=to_host(saved.train.params)
+                             if self.config.report_weights else None)
         self.next_eval = (step // self.config.val_freq + 1) * self.config.val_freq
         self.save_after_eval(evaluation, saved, iteration)
         return evaluation
@@ -162,7 +164,7 @@ def run_native_chunks(session: Session, *, carry, iteration: int, total_iteratio
         run = min(iterations_per_chunk, total_iterations - iteration)
         started = time.perf_counter()
         carry, out = chunk(carry, jnp.int32(iteration), jnp.int32(run))
-        out = jax.tree.map(lambda x: x[:run], jax.device_get(out))
+        out = jax.tree.map(lambda x: x[:run], to_host(out))   # all processes gather
         iteration += run
         log_chunk(iteration * steps_per_iteration, carry, out, run,
                   time.perf_counter() - started)

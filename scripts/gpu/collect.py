@@ -91,6 +91,11 @@ def table(record: dict) -> list[str]:
             f"aggregate steps/s{ratio}", rate,
             rate / reference if c["seeds"] == 8 and reference else None, MINATAR_RATIO_TARGET,
             f"{MINATAR_RATIO_TARGET:.0f}x")
+    for key, c in steps.get("scaling", {}).get("result", {}).get("seed_parallel", {}).items():
+        devices = int(key.split("_")[1])
+        row("scaling", f"Catch seed-parallel (--devices {devices}), {devices} x "
+            f"{steps['scaling']['result']['seeds_per_device']} seeds, env steps/s "
+            f"({c['efficiency']:.2f}x {devices} x one device)", c["median"], None, 0, "")
     if cpu:
         lines += ["", f"CPU reference: {cpu['machine']}, the same minatar step at commit "
                       f"{str(cpu['source'].get('commit', '?'))[:7]}, load {cpu.get('load', '?')}."]

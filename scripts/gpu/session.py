@@ -7,6 +7,8 @@ Run by ``scripts/gpu/session.sh`` (which installs the carried wheels first). Ste
 - learner: the Nature update's ms and GFLOP/s at batch 32 and 256.
 - atari:   Atari DQN, E envpool envs x S vmapped seeds at the Nature replay ratio.
 - minatar: minatar-dqn (Space Invaders, the whole loop in XLA) with 1 and 8 vmapped seeds.
+- scaling: the benchmark's scaling section on the devices there are (one GPU: the one-device
+           seed-parallel Catch speed that N devices are measured against).
 
 Each step writes ``<out>/<step>.json`` when it ends, and ``<out>/session.json`` and
 ``session.md`` are rewritten after every step, so a run cut off by its time limit still returns
@@ -33,7 +35,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = ("device", "tests", "learner", "atari", "minatar")
+STEPS = ("device", "tests", "learner", "atari", "minatar", "scaling")
 PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "optax", "chex",
             "orbax-checkpoint", "rlax", "gymnax", "envpool", "numpy")
 # Seconds each step may take at most on a GPU (tests are cut off; the others end their timed
@@ -165,6 +167,11 @@ def step_minatar(args) -> dict:
     return gpu_minatar(args.sizes["minatar"], args.repeats)
 
 
+def step_scaling(args) -> dict:
+    from scripts.benchmark import section_scaling
+    return section_scaling(args)
+
+
 def markdown(session: dict) -> str:
     """The session as a short table for results/ and docs/performance.md."""
     steps = session["steps"]
@@ -206,6 +213,11 @@ def markdown(session: dict) -> str:
             for c in r["configurations"]:
                 lines.append(f"| minatar | SpaceInvaders-MinAtar, {c['seeds']} vmapped seeds, "
                              f"aggregate steps/s | {c['aggregate_steps_per_second']['median']:.0f} |")
+        elif name == "scaling":
+            for key, row in r["seed_parallel"].items():
+                lines.append(f"| scaling | Catch seed-parallel, {key.split('_')[1]} device(s) x "
+                             f"{r['seeds_per_device']} seeds, env steps/s | "
+                             f"{row['median']:.0f} |")
         elif name == "device":
             lines.append(f"| device | {r.get('nvidia_smi') or r['devices'][0]} | |")
     return "\n".join(lines) + "\n"
