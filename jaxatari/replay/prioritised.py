@@ -293,7 +293,8 @@ def count_keys_before(sorted_priority: jax.Array, sorted_index: jax.Array,
                       priority: jax.Array, index: jax.Array) -> jax.Array:
     """[Q] how many of the N entries (``sorted_priority``, ``sorted_index``) [N], in key order,
     come before each query key (``priority``, ``index``) [Q]: a binary search on the pair, like
-    ``searchsorted(side="left")`` on one array, in ``N.bit_length()`` vectorised steps."""
+    ``searchsorted(side="left")`` on one array, in ``N.bit_length()`` vectorised steps
+    (unrolled: on CPU a loop's steps cost more than the few queries' work in them)."""
     size = sorted_priority.shape[0]
 
     def halve(_, bounds):
@@ -306,14 +307,46 @@ def count_keys_before(sorted_priority: jax.Array, sorted_index: jax.Array,
                 jnp.where(open_ & ~before, middle, high))
 
     start = (jnp.zeros(priority.shape, jnp.int32), jnp.full(priority.shape, size, jnp.int32))
-    count, _ = jax.lax.fori_loop(0, size.bit_length(), halve, start)
+    count, _ = jax.lax.fori_loop(0, size.bit_length(), halve, start, unroll=True)
     return count
 
 
 def _count_below(sorted_values: jax.Array, queries: jax.Array, side: str = "left") -> jax.Array:
     """[Q] how many of ``sorted_values`` [N] (non-decreasing) are below (``side="left"``) or
-    at most (``"right"``) each query [Q]."""
-    return jnp.searchsorted(sorted_values, queries, side=side).astype(jnp.int32)
+    at most (``"right"``) each query [Q]: a binary search in ``N.bit_length()`` vectorised
+    steps (``jnp.searchsorted`` under vmap over seeds was many times dearer on CPU)."""
+    size = sorted_values.shape[0]
+    queries = jnp.asarray(queries)
+
+    def halve(_, bounds):
+        low, high = bounds                                    # the count lies in [low, high]
+        middle = (low + high) // 2
+        probe = sorted_values[jnp.minimum(middle, size - 1)]
+        below = probe < queries if side == "left" else probe <= queries
+        open_ = low < high
+        return (jnp.where(open_ & below, middle + 1, low),
+                jnp.where(open_ & ~below, middle, high))
+
+    start = (jnp.zeros(queries.shape, jnp.int32), jnp.full(queries.shape, size, jnp.int32))
+    count, _ = jax.lax.fori_loop(0, size.bit_length(), halve, start, unroll=True)
+    return count
+
+
+def _count_below_few(sorted_values: jax.Array, queries: jax.Array,
+                     side: str = "left") -> jax.Array:
+    """``_count_below`` for few ``sorted_values`` [K] (a batch): all Q x K comparisons at once,
+    one fused kernel (cheaper on CPU than a search for Q ~ M, K ~ 32)."""
+    below = (sorted_values[None, :] < queries[:, None] if side == "left"
+             else sorted_values[None, :] <= queries[:, None])
+    return jnp.sum(below, axis=1, dtype=jnp.int32)
+
+
+def _counts_up_to(values: jax.Array, size: int) -> jax.Array:
+    """[size] how many of ``values`` [N] are at most each of 0..size-1 (values >= size are
+    left out): a histogram and its running sum, O(size + N) (cheaper on CPU than ``size``
+    searches)."""
+    histogram = jnp.zeros(size, jnp.int32).at[values].add(1, mode="drop")
+    return jnp.cumsum(histogram, dtype=jnp.int32)
 
 
 def _batch_order(before: jax.Array, valid: jax.Array) -> jax.Array:
@@ -351,14 +384,14 @@ def _merge_plan(size: int, inserted_at: jax.Array, removed: jax.Array):
     (d - new entries before d)-th kept one; past the old list where nothing is left).
     """
     slots = jnp.arange(size, dtype=jnp.int32)
-    new_before = _count_below(inserted_at, slots)
+    new_before = _count_below_few(inserted_at, slots)
     new_slot = jnp.minimum(new_before, inserted_at.shape[0] - 1)
     is_new = inserted_at[new_slot] == slots
     kept = slots - new_before                       # the kept ordinal, for the other slots
     # the kept ordinal j lies at old slot j + (removed slots before it); removed[t] - t is the
     # number of kept entries before removed slot t
     removed_gaps = removed - jnp.arange(removed.shape[0], dtype=jnp.int32)
-    return is_new, new_slot, kept + _count_below(removed_gaps, kept, side="right")
+    return is_new, new_slot, kept + _count_below_few(removed_gaps, kept, side="right")
 
 
 def _fill_from_plan(plan, old: jax.Array, new_in_order: jax.Array, fill) -> jax.Array:
@@ -438,14 +471,14 @@ def _merge_changes(ranking: RankState, flat_indices: jax.Array, old_priorities: 
     new_order = _batch_order(_key_before(new_priorities[None, :], flat_indices[None, :],
                                          new_priorities[:, None], flat_indices[:, None]),
                              changed)
-    kept_before = new_log_count - _count_below(removed, new_log_count)
+    kept_before = new_log_count - _count_below_few(removed, new_log_count)
     destination = _placed(new_order, jnp.where(changed, new_order + kept_before,
                                                size + batch_position))
     plan = _merge_plan(size, destination, removed)
     # unchanged-before counts: the kept entries lose the new holes below their keys
     unchanged_before = jnp.where(
         ranking.log_index < capacity,
-        ranking.log_unchanged_before - _count_below(new_holes, ranking.log_snapshot_count),
+        ranking.log_unchanged_before - _count_below_few(new_holes, ranking.log_snapshot_count),
         capacity)
     new_unchanged_before = new_snapshot_count - _count_below(holes, new_snapshot_count)
     merge = lambda old, new, fill: _fill_from_plan(plan, old, _placed(new_order, new), fill)
@@ -466,13 +499,13 @@ def _merge_into_snapshot(ranking: RankState, log: dict) -> dict:
     destination = jnp.where(log_slots < log["num_logged"],
                             log_slots + log["log_unchanged_before"], capacity + log_slots)
     positions = jnp.arange(capacity, dtype=jnp.int32)
-    logged_before = _count_below(destination, positions)                          # [C]
+    logged_before = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                                     _counts_up_to(destination, capacity - 1)])    # [C]
     logged_slot = jnp.minimum(logged_before, log_slots.shape[0] - 1)
     is_logged = destination[logged_slot] == positions
     unchanged = positions - logged_before         # the unchanged ordinal of the other positions
-    hole_gaps = log["holes"] - log_slots
-    snapshot_position = jnp.minimum(unchanged + _count_below(hole_gaps, unchanged, "right"),
-                                    capacity - 1)
+    holes_up_to = _counts_up_to(log["holes"] - log_slots, capacity)    # by unchanged ordinal
+    snapshot_position = jnp.minimum(unchanged + holes_up_to[unchanged], capacity - 1)
     sorted_index = jnp.where(is_logged, log["log_index"][logged_slot],
                              ranking.sorted_index[snapshot_position])
     sorted_priority = jnp.where(is_logged, log["log_priority"][logged_slot],
@@ -556,10 +589,15 @@ def _make_rank(num_rows: int, num_envs: int, gather: Callable, alpha: float,
         full = ranking.num_changes + num_new > log_size      # unbatched, like num_changes
 
         # A loop of 0 or 1 rounds rather than a cond: XLA updates a loop's carry in place,
-        # where a cond copied the [C] arrays it passed through on every call.
+        # where a cond copied the [C] arrays it passed through on every call. The barrier
+        # ties the merged log to the carry: without it XLA hoists the O(C) counting, which
+        # depends on the log alone, out of the loop and runs it at every call.
+        def new_snapshot(_, snapshot):
+            snapshot, log = jax.lax.optimization_barrier((snapshot, merged))
+            return _merge_into_snapshot(ranking.replace(**snapshot), log)
+
         snapshot = jax.lax.fori_loop(
-            0, full.astype(jnp.int32),
-            lambda _, snapshot: _merge_into_snapshot(ranking.replace(**snapshot), merged),
+            0, full.astype(jnp.int32), new_snapshot,
             dict(sorted_index=ranking.sorted_index, sorted_priority=ranking.sorted_priority,
                  snapshot_ranked=ranking.snapshot_ranked))
         empty = _empty_log(capacity, log_size)
