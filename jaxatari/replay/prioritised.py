@@ -230,27 +230,21 @@ def _make_proportional(num_rows: int, num_envs: int, gather: Callable, alpha: fl
 # Rank-based prioritisation (Schaul et al. 2016, section 3.3; KA:Experience.lua).
 #
 # Ranks follow one total order, the key (priority descending, flat index ascending): exactly
-# the order of a stable sort of -priorities from scratch. Sorting C priorities costs
-# O(C log C) (about 0.3 s for C = 1e6 on a 2-core CPU), so nothing is sorted at sample time.
-# The state keeps
-#   * a snapshot: all C flat indices in key order by their priorities at the time it was made;
-#   * the holes: the snapshot positions of the entries changed since (increasing);
-#   * the log: the changed entries, one per index, in key order by their current priorities,
-#     each with the number of unchanged snapshot entries before its key (``unchanged before``).
-# Every entry is either unchanged (in the snapshot, not a hole) or in the log, once.
-# A logged entry of priority > 0 at log slot s has rank s + 1 + its unchanged-before count
-# (the entries of priority 0 end the log and the snapshot), so sampling needs no work over
-# the log: rank r is a logged entry's if r is among those M increasing numbers (a search),
-# else the (r - logged ranks below r)-th unchanged snapshot entry, whose position is that
-# ordinal plus the holes at or before it (a search of holes[t] - t): O(B log M).
-# A batch of K changes is merged into the log and the holes by searches and gathers, with no
-# sort and no work over C: each change's old key is found in the log (the entry it replaces)
-# or in the snapshot (a new hole), its new key's place in the log and in the snapshot by
-# binary searches, and the kept entries' unchanged-before counts drop by the new holes below
-# them: O(K log C + M log K). When the log cannot take the next batch, log and batch are
-# merged into a new snapshot by counting (each output position takes the logged entry placed
-# there or the next unchanged snapshot entry): O(C), no sort. Only a single batch larger than
-# the log (e.g. setting every priority at once) is sorted from scratch.
+# the order of a stable sort of -priorities from scratch. Sorting C priorities is
+# O(C log C), about 0.3 s for C = 1e6 on a 2-core CPU (XLA's CPU sort), and sorting even the
+# changes at every sample made the rank-based Catch test 2-2.5x as slow as the proportional,
+# so nothing is sorted at sample time. The state keeps a snapshot of all C entries in key
+# order and a log of the changes since, itself kept in key order: each batch of K changes
+# is merged into the log with two searches (the new keys against the log, the log slots
+# against the new entries' places) and a gather, O(K log M + M K); a third search places
+# each new key in the snapshot, fixed until the next one. A change superseded by a later one
+# of its index stays in the log, recognised by its change slot. At sample time a live
+# logged entry's rank is the live ones before it in the log plus the unchanged snapshot
+# entries before its key (a 0/1 sum tree over snapshot positions counts them), plus one;
+# the snapshot entries' ranks follow from the logged ones. When the log cannot take the
+# next batch, the log and that batch are merged into a new snapshot by the same counting,
+# O(C) with no sort, and the log starts empty. Only a single batch larger than the log (e.g.
+# setting every priority at once) is sorted from scratch.
 # ----------------------------------------------------------------------------------------------
 
 @struct.dataclass
@@ -259,27 +253,29 @@ class RankState:
     max_priority: jax.Array      # [] float32, the largest p so far
     sorted_index: jax.Array      # [C] int32, the snapshot: flat indices in key order
     sorted_priority: jax.Array   # [C] float32, their priorities at the snapshot (non-increasing)
-    snapshot_ranked: jax.Array   # [] int32, snapshot entries of priority > 0 (the first ones)
-    holes: jax.Array             # [M] int32, snapshot positions of the entries changed since the
-                                 # snapshot, increasing; slot t >= num_logged holds C + t
-    log_index: jax.Array         # [M] int32, the changed indices in key order by their current
-                                 # priorities; slots from num_logged on hold C
-    log_priority: jax.Array      # [M] float32, their current priorities; -1 in unused slots
-    log_snapshot_count: jax.Array    # [M] int32, snapshot entries (changed or not) before each
-                                     # logged key; C in unused slots
-    log_unchanged_before: jax.Array  # [M] int32, unchanged snapshot entries before each logged
-                                     # key; C in unused slots
-    num_logged: jax.Array        # [] int32, indices changed since the snapshot (= holes)
-    num_changes: jax.Array       # [] int32, changes since the snapshot, repeats included; depends
-                                 # only on call shapes, so it is identical across seeds and stays
+    sorted_position: jax.Array   # [C] int32, the inverse permutation of sorted_index
+    unchanged_tree: jax.Array    # [2L] float32 sum tree over snapshot positions: leaf 1 where the
+                                 # entry is unchanged since the snapshot and has priority > 0
+    log_index: jax.Array         # [M] int32, the index of every change since the snapshot, in
+                                 # key order by the priority it set (num_changes slots; superseded
+                                 # ones stay, see _logged_live); unused slots at the end hold C
+    log_priority: jax.Array      # [M] float32, the priorities those changes set; -1 unused
+    log_change: jax.Array        # [M] int32, the change slot that logged each entry; -1 unused
+    log_snapshot_count: jax.Array  # [M] int32, snapshot entries (changed or not) before each
+                                   # logged key; fixed until the next snapshot
+    latest_change: jax.Array     # [C] int32, the change slot of each index's latest change
+                                 # (meaningful for the indices in the log: a log entry is live
+                                 # when its log_change equals this)
+    num_changes: jax.Array       # [] int32, change slots used since the snapshot; depends only on
+                                 # call shapes, so it is identical across seeds and stays
                                  # unbatched under vmap
 
 
 def rank_log_size(capacity: int) -> int:
     """Default M, the changes logged between two snapshots.
 
-    A batch of changes costs O(M log K) in the log and a snapshot (O(C), a merge) is made every
-    M changes; M ~ 4 sqrt(C) keeps both small on CPU: 4096 for C = 1e6, 1024 for 64k.
+    Sampling ranks the M logged entries (O(M log C)) and a new snapshot (O(C), a merge) is
+    made every M changes; M ~ 4 sqrt(C) keeps both small on CPU: 4096 for C = 1e6.
     """
     return min(capacity, sum_tree_num_leaves(int(4 * math.sqrt(capacity))))
 
@@ -293,8 +289,7 @@ def count_keys_before(sorted_priority: jax.Array, sorted_index: jax.Array,
                       priority: jax.Array, index: jax.Array) -> jax.Array:
     """[Q] how many of the N entries (``sorted_priority``, ``sorted_index``) [N], in key order,
     come before each query key (``priority``, ``index``) [Q]: a binary search on the pair, like
-    ``searchsorted(side="left")`` on one array, in ``N.bit_length()`` vectorised steps
-    (unrolled: on CPU a loop's steps cost more than the few queries' work in them)."""
+    ``searchsorted(side="left")`` on one array, in ``N.bit_length()`` vectorised steps."""
     size = sorted_priority.shape[0]
 
     def halve(_, bounds):
@@ -307,240 +302,176 @@ def count_keys_before(sorted_priority: jax.Array, sorted_index: jax.Array,
                 jnp.where(open_ & ~before, middle, high))
 
     start = (jnp.zeros(priority.shape, jnp.int32), jnp.full(priority.shape, size, jnp.int32))
-    count, _ = jax.lax.fori_loop(0, size.bit_length(), halve, start, unroll=True)
+    count, _ = jax.lax.fori_loop(0, size.bit_length(), halve, start)
     return count
 
 
-def _count_below(sorted_values: jax.Array, queries: jax.Array, side: str = "left") -> jax.Array:
-    """[Q] how many of ``sorted_values`` [N] (non-decreasing) are below (``side="left"``) or
-    at most (``"right"``) each query [Q]: a binary search in ``N.bit_length()`` vectorised
-    steps (``jnp.searchsorted`` under vmap over seeds was many times dearer on CPU)."""
-    size = sorted_values.shape[0]
-    queries = jnp.asarray(queries)
-
-    def halve(_, bounds):
-        low, high = bounds                                    # the count lies in [low, high]
-        middle = (low + high) // 2
-        probe = sorted_values[jnp.minimum(middle, size - 1)]
-        below = probe < queries if side == "left" else probe <= queries
-        open_ = low < high
-        return (jnp.where(open_ & below, middle + 1, low),
-                jnp.where(open_ & ~below, middle, high))
-
-    start = (jnp.zeros(queries.shape, jnp.int32), jnp.full(queries.shape, size, jnp.int32))
-    count, _ = jax.lax.fori_loop(0, size.bit_length(), halve, start, unroll=True)
-    return count
+SNAPSHOT_FIELDS = ("sorted_index", "sorted_priority", "sorted_position", "unchanged_tree")
 
 
-def _count_below_few(sorted_values: jax.Array, queries: jax.Array,
-                     side: str = "left") -> jax.Array:
-    """``_count_below`` for few ``sorted_values`` [K] (a batch): all Q x K comparisons at once,
-    one fused kernel (cheaper on CPU than a search for Q ~ M, K ~ 32)."""
-    below = (sorted_values[None, :] < queries[:, None] if side == "left"
-             else sorted_values[None, :] <= queries[:, None])
-    return jnp.sum(below, axis=1, dtype=jnp.int32)
-
-
-def _counts_up_to(values: jax.Array, size: int) -> jax.Array:
-    """[size] how many of ``values`` [N] are at most each of 0..size-1 (values >= size are
-    left out): a histogram and its running sum, O(size + N) (cheaper on CPU than ``size``
-    searches)."""
-    histogram = jnp.zeros(size, jnp.int32).at[values].add(1, mode="drop")
-    return jnp.cumsum(histogram, dtype=jnp.int32)
-
-
-def _batch_order(before: jax.Array, valid: jax.Array) -> jax.Array:
-    """[K] each entry's place when the ``valid`` [K] entries come first, ordered by
-    ``before`` [K, K] (``before[k, j]``: entry j precedes entry k; a strict total order on the
-    valid ones), and the others after them in batch order: a permutation of 0..K-1 by counting
-    (K is a minibatch, K^2 is small)."""
-    num_entries = valid.shape[0]
-    position = jnp.arange(num_entries)
-    invalid_before = ~valid[None, :] & (position[None, :] < position[:, None])
-    return jnp.where(valid, jnp.sum(before & valid[None, :], axis=1, dtype=jnp.int32),
-                     jnp.sum(valid, dtype=jnp.int32)
-                     + jnp.sum(invalid_before, axis=1, dtype=jnp.int32))
-
-
-def _placed(order: jax.Array, values: jax.Array) -> jax.Array:
-    """``values`` [K] moved to their places ``order`` [K] (a permutation)."""
-    return jnp.zeros_like(values).at[order].set(values)
-
-
-def _sorted_distinct(values: jax.Array, valid: jax.Array, padding: int) -> jax.Array:
-    """[K] the distinct ``values`` [K] where ``valid``, increasing, then ``padding + slot``."""
-    order = _batch_order(values[None, :] < values[:, None], valid)
-    slots = jnp.arange(values.shape[0], dtype=jnp.int32)
-    return jnp.where(slots < jnp.sum(valid), _placed(order, values), padding + slots)
-
-
-def _merge_plan(size: int, inserted_at: jax.Array, removed: jax.Array):
-    """How ``size`` slots of a list in order are filled when entries are taken out of the old
-    list at slots ``removed`` [R] (increasing, then values past every slot + R) and new ones
-    put in at slots ``inserted_at`` [K] of the result (increasing, then values >= size).
-
-    Returns (is_new [size], new_slot [size], old_slot [size]): slot d takes the new entry
-    ``new_slot[d]`` (in inserted order) where ``is_new``, else old slot ``old_slot[d]`` (the
-    (d - new entries before d)-th kept one; past the old list where nothing is left).
-    """
-    slots = jnp.arange(size, dtype=jnp.int32)
-    new_before = _count_below_few(inserted_at, slots)
-    new_slot = jnp.minimum(new_before, inserted_at.shape[0] - 1)
-    is_new = inserted_at[new_slot] == slots
-    kept = slots - new_before                       # the kept ordinal, for the other slots
-    # the kept ordinal j lies at old slot j + (removed slots before it); removed[t] - t is the
-    # number of kept entries before removed slot t
-    removed_gaps = removed - jnp.arange(removed.shape[0], dtype=jnp.int32)
-    return is_new, new_slot, kept + _count_below_few(removed_gaps, kept, side="right")
-
-
-def _fill_from_plan(plan, old: jax.Array, new_in_order: jax.Array, fill) -> jax.Array:
-    """The merged list: ``new_in_order`` [K] at new slots, ``old`` [N] at kept ones, else fill."""
-    is_new, new_slot, old_slot = plan
-    old_size = old.shape[0]
-    from_old = jnp.where(old_slot < old_size, old[jnp.minimum(old_slot, old_size - 1)], fill)
-    return jnp.where(is_new, new_in_order[new_slot], from_old).astype(old.dtype)
+def _snapshot_fields(sorted_index: jax.Array, sorted_priority: jax.Array,
+                     num_leaves: int) -> dict:
+    """The snapshot's RankState fields from (``sorted_index``, ``sorted_priority``) [C] in key
+    order."""
+    capacity = sorted_index.shape[0]
+    sorted_position = jnp.zeros(capacity, jnp.int32).at[sorted_index].set(
+        jnp.arange(capacity, dtype=jnp.int32))
+    ranked = jnp.zeros(num_leaves, jnp.float32).at[:capacity].set(
+        (sorted_priority > 0).astype(jnp.float32))
+    return dict(sorted_index=sorted_index, sorted_priority=sorted_priority,
+                sorted_position=sorted_position, unchanged_tree=sum_tree_from_leaves(ranked))
 
 
 def _empty_log(capacity: int, log_size: int) -> dict:
-    """The log's and holes' RankState fields with nothing changed since the snapshot."""
-    return dict(holes=capacity + jnp.arange(log_size, dtype=jnp.int32),
-                log_index=jnp.full(log_size, capacity, jnp.int32),
+    """The log's RankState fields with nothing logged."""
+    return dict(log_index=jnp.full(log_size, capacity, jnp.int32),
                 log_priority=jnp.full(log_size, -1.0, jnp.float32),
+                log_change=jnp.full(log_size, -1, jnp.int32),
                 log_snapshot_count=jnp.full(log_size, capacity, jnp.int32),
-                log_unchanged_before=jnp.full(log_size, capacity, jnp.int32),
-                num_logged=jnp.int32(0))
+                num_changes=jnp.int32(0))
 
 
-def _sorted_snapshot(priorities: jax.Array, log_size: int) -> dict:
+def _sorted_snapshot(priorities: jax.Array, num_leaves: int, log_size: int) -> dict:
     """A snapshot of ``priorities`` [C] by a full sort, with an empty log: for init, and for a
     batch larger than the log. A stable sort of -p is the key order (ties by flat index)."""
     sorted_index = jnp.argsort(-priorities, stable=True).astype(jnp.int32)
-    return dict(sorted_index=sorted_index, sorted_priority=priorities[sorted_index],
-                snapshot_ranked=jnp.sum(priorities > 0, dtype=jnp.int32),
-                num_changes=jnp.int32(0), **_empty_log(priorities.shape[0], log_size))
+    return dict(**_snapshot_fields(sorted_index, priorities[sorted_index], num_leaves),
+                **_empty_log(priorities.shape[0], log_size))
 
 
-def _merge_changes(ranking: RankState, flat_indices: jax.Array, old_priorities: jax.Array,
-                   new_priorities: jax.Array, size: int) -> dict:
-    """The log and holes (``size`` slots each) after K changes [K] of ``flat_indices`` from
-    ``old_priorities`` to ``new_priorities`` (repeated indices already carry their last value).
+def _logged_live(log_index: jax.Array, log_change: jax.Array,
+                 latest_change: jax.Array) -> jax.Array:
+    """[S] whether each log slot holds its index's latest change (not superseded, not unused)."""
+    capacity = latest_change.shape[0]
+    return (log_change >= 0) & (latest_change[jnp.minimum(log_index, capacity - 1)] == log_change)
 
-    Each changed index's old key is found in the log (the entry it replaces) or else in the
-    snapshot (a new hole); its new key takes its place in the log. No sort and no work over
-    C: O(K log C + K^2 + size log K)."""
+
+def _merge_into_log(ranking: RankState, flat_indices: jax.Array, priorities: jax.Array,
+                    size: int) -> tuple[dict, jax.Array]:
+    """The log with K changes [K] (any duplicates already carry their last value) merged in,
+    as ``size`` slots in key order, and the new ``latest_change``. No sort and no scatter
+    wider than K: O(K^2 + K log M + size log K).
+
+    Every change takes one slot, so the log holds ``num_changes`` slots in key order; an
+    entry superseded by a later change of its index stays in place and is recognised as such
+    by its change slot (``_logged_live``)."""
     num_new = flat_indices.shape[0]
     log_size = ranking.log_index.shape[0]
-    capacity = ranking.priorities.shape[0]
+    changes = ranking.num_changes + jnp.arange(num_new, dtype=jnp.int32)           # [K]
+    # every duplicate first to -1, then the largest slot, i.e. the last write, wins
+    latest_change = ranking.latest_change.at[flat_indices].set(-1).at[flat_indices].max(changes)
+
+    # The new keys in key order, by counting (K is a minibatch, K^2 is small); equal keys (a
+    # repeated index) by batch position.
     batch_position = jnp.arange(num_new)
-    repeated_later = ((flat_indices[None, :] == flat_indices[:, None])
-                      & (batch_position[None, :] > batch_position[:, None]))
-    changed = ~jnp.any(repeated_later, axis=1)       # one change per index: its last one
+    new_before_new = (_key_before(priorities[None, :], flat_indices[None, :],
+                                  priorities[:, None], flat_indices[:, None])
+                      | ((priorities[None, :] == priorities[:, None])
+                         & (flat_indices[None, :] == flat_indices[:, None])
+                         & (batch_position[None, :] < batch_position[:, None])))   # [K, K]
+    new_order = jnp.sum(new_before_new, axis=1, dtype=jnp.int32)            # a permutation
+    # slot of each new entry: the new ones before it plus the logged ones before its key
+    new_destination = new_order + count_keys_before(
+        ranking.log_priority, ranking.log_index, priorities, flat_indices)
+    in_order = lambda values: jnp.zeros_like(values).at[new_order].set(values)
+    sorted_destination = in_order(new_destination)                               # increasing
 
-    # Old keys in the log (a changed index's one entry there) and new keys' places in it.
-    log_count = count_keys_before(ranking.log_priority, ranking.log_index,
-                                  jnp.concatenate([old_priorities, new_priorities]),
-                                  jnp.concatenate([flat_indices, flat_indices]))
-    old_log_slot, new_log_count = log_count[:num_new], log_count[num_new:]
-    in_log = changed & (ranking.log_index[jnp.minimum(old_log_slot, log_size - 1)]
-                        == flat_indices)
-    # Old keys of the others in the snapshot (their holes) and new keys' places in it.
-    snapshot_count = count_keys_before(ranking.sorted_priority, ranking.sorted_index,
-                                       jnp.concatenate([old_priorities, new_priorities]),
-                                       jnp.concatenate([flat_indices, flat_indices]))
-    hole_position, new_snapshot_count = snapshot_count[:num_new], snapshot_count[num_new:]
-    is_new_hole = changed & ~in_log
-
-    # The holes, with the new ones merged in (they are distinct from the old ones).
-    new_holes = _sorted_distinct(hole_position, is_new_hole, 2 * capacity + 2 * size)
-    num_new_holes = jnp.sum(is_new_hole, dtype=jnp.int32)
-    new_hole_slots = jnp.arange(num_new, dtype=jnp.int32)
-    hole_destination = jnp.where(new_hole_slots < num_new_holes,
-                                 new_hole_slots + _count_below(ranking.holes, new_holes),
-                                 size + new_hole_slots)
-    no_removal = jnp.full(num_new, 2 * size, jnp.int32) + new_hole_slots
-    merged_holes = _fill_from_plan(_merge_plan(size, hole_destination, no_removal),
-                                   ranking.holes, new_holes, capacity)
-    num_logged = ranking.num_logged - jnp.sum(in_log, dtype=jnp.int32) + jnp.sum(
-        changed, dtype=jnp.int32)
+    # Each merged slot d takes the new entry placed there, or else logged slot d - j where j
+    # new entries lie before d: a gather (XLA's CPU scatter is several times dearer).
     slots = jnp.arange(size, dtype=jnp.int32)
-    holes = jnp.where(slots < num_logged, merged_holes, capacity + slots)
+    new_before = jnp.searchsorted(sorted_destination, slots, side="left",
+                                  method="compare_all").astype(jnp.int32)   # K is small
+    new_slot = jnp.minimum(new_before, num_new - 1)
+    is_new = sorted_destination[new_slot] == slots
+    old_slot = slots - new_before
+    in_log = old_slot < log_size
+    old_slot = jnp.minimum(old_slot, log_size - 1)
 
-    # The log: replaced entries out, new keys in, in key order.
-    removed = _sorted_distinct(old_log_slot, in_log, 2 * size + num_new)
-    new_order = _batch_order(_key_before(new_priorities[None, :], flat_indices[None, :],
-                                         new_priorities[:, None], flat_indices[:, None]),
-                             changed)
-    kept_before = new_log_count - _count_below_few(removed, new_log_count)
-    destination = _placed(new_order, jnp.where(changed, new_order + kept_before,
-                                               size + batch_position))
-    plan = _merge_plan(size, destination, removed)
-    # unchanged-before counts: the kept entries lose the new holes below their keys
-    unchanged_before = jnp.where(
-        ranking.log_index < capacity,
-        ranking.log_unchanged_before - _count_below_few(new_holes, ranking.log_snapshot_count),
-        capacity)
-    new_unchanged_before = new_snapshot_count - _count_below(holes, new_snapshot_count)
-    merge = lambda old, new, fill: _fill_from_plan(plan, old, _placed(new_order, new), fill)
-    return dict(holes=holes, num_logged=num_logged,
-                log_index=merge(ranking.log_index, flat_indices, capacity),
-                log_priority=merge(ranking.log_priority, new_priorities, -1.0),
-                log_snapshot_count=merge(ranking.log_snapshot_count, new_snapshot_count,
-                                         capacity),
-                log_unchanged_before=merge(unchanged_before, new_unchanged_before, capacity))
+    def merged(fill, old, new):
+        return jnp.where(is_new, in_order(new)[new_slot],
+                         jnp.where(in_log, old[old_slot], fill)).astype(old.dtype)
+
+    new_snapshot_count = count_keys_before(ranking.sorted_priority, ranking.sorted_index,
+                                           priorities, flat_indices)               # [K]
+    capacity = ranking.priorities.shape[0]
+    log = dict(log_index=merged(capacity, ranking.log_index, flat_indices),
+               log_priority=merged(-1.0, ranking.log_priority, priorities),
+               log_change=merged(-1, ranking.log_change, changes),
+               log_snapshot_count=merged(capacity, ranking.log_snapshot_count,
+                                         new_snapshot_count))
+    return log, latest_change
 
 
-def _merge_into_snapshot(ranking: RankState, log: dict) -> dict:
-    """The snapshot fields after merging the logged entries (``log``, any number of slots, in
-    key order) with the unchanged ones, by counting: O(C), no sort. Logged slot s lands at
-    s + its unchanged-before count; every other position takes the next unchanged entry."""
-    capacity = ranking.sorted_index.shape[0]
-    log_slots = jnp.arange(log["log_index"].shape[0], dtype=jnp.int32)
-    destination = jnp.where(log_slots < log["num_logged"],
-                            log_slots + log["log_unchanged_before"], capacity + log_slots)
-    positions = jnp.arange(capacity, dtype=jnp.int32)
-    logged_before = jnp.concatenate([jnp.zeros(1, jnp.int32),
-                                     _counts_up_to(destination, capacity - 1)])    # [C]
-    logged_slot = jnp.minimum(logged_before, log_slots.shape[0] - 1)
-    is_logged = destination[logged_slot] == positions
-    unchanged = positions - logged_before         # the unchanged ordinal of the other positions
-    holes_up_to = _counts_up_to(log["holes"] - log_slots, capacity)    # by unchanged ordinal
-    snapshot_position = jnp.minimum(unchanged + holes_up_to[unchanged], capacity - 1)
-    sorted_index = jnp.where(is_logged, log["log_index"][logged_slot],
-                             ranking.sorted_index[snapshot_position])
-    sorted_priority = jnp.where(is_logged, log["log_priority"][logged_slot],
-                                ranking.sorted_priority[snapshot_position])
-    return dict(sorted_index=sorted_index, sorted_priority=sorted_priority,
-                snapshot_ranked=jnp.sum(sorted_priority > 0, dtype=jnp.int32))
+def _merge_into_snapshot(snapshot: dict, log: dict, latest_change: jax.Array,
+                         num_leaves: int) -> dict:
+    """The snapshot fields (``SNAPSHOT_FIELDS``) after merging the live logged entries
+    (``log``, in key order, any number of slots) with the unchanged ones, by counting: O(C),
+    no sort."""
+    capacity = snapshot["sorted_index"].shape[0]
+    logged = _logged_live(log["log_index"], log["log_change"], latest_change)    # [S]
+    changed = jnp.zeros(capacity, bool).at[
+        jnp.where(logged, snapshot["sorted_position"][jnp.minimum(log["log_index"], capacity - 1)],
+                  capacity)].set(True, mode="drop")                    # by snapshot position
+    unchanged_prefix = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                                        jnp.cumsum(~changed, dtype=jnp.int32)])   # [C + 1]
+    # the unchanged entries before each logged key, and the logged before each unchanged one
+    unchanged_before = unchanged_prefix[log["log_snapshot_count"]]                # [S]
+    logged_before = jnp.cumsum(logged, dtype=jnp.int32) - logged
+    logged_destination = jnp.where(logged, unchanged_before + logged_before, capacity)
+    inserted_at = jnp.zeros(capacity + 1, jnp.int32).at[
+        jnp.where(logged, unchanged_before, capacity + 1)].add(1, mode="drop")
+    logged_up_to = jnp.cumsum(inserted_at)                                        # [C + 1]
+    unchanged_rank = unchanged_prefix[:-1]
+    unchanged_destination = jnp.where(changed, capacity,
+                                      unchanged_rank + logged_up_to[unchanged_rank])
+
+    def merged(snapshot, logged_values):
+        return (jnp.zeros(capacity, snapshot.dtype)
+                .at[unchanged_destination].set(snapshot, mode="drop")
+                .at[logged_destination].set(logged_values, mode="drop"))
+
+    return _snapshot_fields(merged(snapshot["sorted_index"], log["log_index"]),
+                            merged(snapshot["sorted_priority"], log["log_priority"]), num_leaves)
+
+
+def _ranked_logged(ranking: RankState) -> jax.Array:
+    """[M] the log slots that hold a rank: live, priority > 0."""
+    return (_logged_live(ranking.log_index, ranking.log_change, ranking.latest_change)
+            & (ranking.log_priority > 0))
 
 
 def ranked_count(ranking: RankState) -> jax.Array:
     """[] n, the entries of priority > 0, which hold ranks 1..n."""
-    logged = jnp.sum(ranking.log_priority > 0, dtype=jnp.int32)
-    unchanged = ranking.snapshot_ranked - _count_below(ranking.holes, ranking.snapshot_ranked)
-    return logged + unchanged
+    num_logged = jnp.sum(_ranked_logged(ranking), dtype=jnp.int32)
+    return num_logged + ranking.unchanged_tree[1].astype(jnp.int32)
 
 
 def indices_at_ranks(ranking: RankState, ranks: jax.Array) -> jax.Array:
     """[B] the flat index holding each rank [B] (1..n) in key order, without a sort.
 
-    A logged entry of priority > 0 at slot s holds rank s + 1 + its unchanged-before count,
-    increasing along the log; a rank no logged entry holds belongs to the
-    (rank - 1 - logged ranks below it)-th unchanged snapshot entry (counting from 0), at that
-    ordinal plus the holes up to it.
+    A ranked logged entry's rank is the ranked logged entries before it plus the unchanged
+    snapshot entries before its key plus one, increasing along the log; a rank no logged
+    entry holds belongs to the (rank - logged entries before it)-th unchanged snapshot
+    entry, found by descending the 0/1 sum tree.
     """
     capacity = ranking.sorted_index.shape[0]
     log_size = ranking.log_index.shape[0]
-    slots = jnp.arange(log_size, dtype=jnp.int32)
-    logged_rank = jnp.where(ranking.log_priority > 0, slots + 1 + ranking.log_unchanged_before,
-                            capacity + 1)                              # [M] increasing
-    logged_below = _count_below(logged_rank, ranks)
-    slot = jnp.minimum(logged_below, log_size - 1)
-    is_logged = logged_rank[slot] == ranks
-    unchanged = ranks - 1 - logged_below
-    position = unchanged + _count_below(ranking.holes - slots, unchanged, side="right")
+    ranked = _ranked_logged(ranking)                                              # [M]
+    ranked_prefix = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                                     jnp.cumsum(ranked, dtype=jnp.int32)])         # [M + 1]
+    unchanged_before = sum_tree_prefix(ranking.unchanged_tree, ranking.log_snapshot_count)
+    logged_rank = ranked_prefix[:-1] + 1 + unchanged_before.astype(jnp.int32)
+    # non-decreasing along the log: a slot without a rank repeats the last rank before it
+    running_rank = jax.lax.cummax(jnp.where(ranked, logged_rank, 0))
+    below = jnp.searchsorted(running_rank, ranks, side="left").astype(jnp.int32)
+    logged_before = ranked_prefix[below]              # the slots before `below` hold them all
+    slot = jnp.minimum(below, log_size - 1)
+    is_logged = (below < log_size) & ranked[slot] & (logged_rank[slot] == ranks)
+    snapshot_slot = sum_tree_find(ranking.unchanged_tree,
+                                  (ranks - logged_before).astype(jnp.float32) - 0.5)
+    snapshot_slot = jnp.minimum(snapshot_slot, capacity - 1)
     return jnp.where(is_logged, ranking.log_index[slot],
-                     ranking.sorted_index[jnp.clip(position, 0, capacity - 1)]).astype(jnp.int32)
+                     ranking.sorted_index[snapshot_slot]).astype(jnp.int32)
 
 
 def _power_law_cumulative_mass(capacity: int, alpha: float) -> jax.Array:
@@ -560,50 +491,47 @@ def _power_law_cumulative_mass(capacity: int, alpha: float) -> jax.Array:
 def _make_rank(num_rows: int, num_envs: int, gather: Callable, alpha: float,
                log_size: int) -> Replay:
     capacity = num_rows * num_envs
+    num_leaves = sum_tree_num_leaves(capacity)
     cumulative_mass = _power_law_cumulative_mass(capacity, alpha)                 # [C]
 
     def init(example: Row) -> ReplayState:
         priorities = jnp.zeros(capacity, jnp.float32)
         return ReplayState(
             storage=init_storage(example, num_rows),
-            priorities=RankState(priorities=priorities,
-                                 max_priority=jnp.float32(INITIAL_MAX_PRIORITY),
-                                 **_sorted_snapshot(priorities, log_size)))
+            priorities=RankState(
+                priorities=priorities, max_priority=jnp.float32(INITIAL_MAX_PRIORITY),
+                latest_change=jnp.full(capacity, -1, jnp.int32),
+                **_sorted_snapshot(priorities, num_leaves, log_size)))
 
     def record_changes(ranking: RankState, flat_indices: jax.Array, priorities: jax.Array,
                        max_priority: jax.Array) -> RankState:
         """Sets p [K] (duplicates already carry their last value) and merges the change into
         the log, or the log and the change into a new snapshot when the log cannot hold it."""
-        old_priorities = ranking.priorities[flat_indices]
         ranking = ranking.replace(priorities=ranking.priorities.at[flat_indices].set(priorities),
                                   max_priority=max_priority)
         num_new = flat_indices.shape[0]
 
         if num_new > log_size:   # static: such a batch never fits the log
-            return ranking.replace(**_sorted_snapshot(ranking.priorities, log_size))
+            return ranking.replace(**_sorted_snapshot(ranking.priorities, num_leaves, log_size))
 
         # The log with the batch merged in, in log_size + K slots; it fits the log's M slots
         # unless the log is full, and then it is merged into a new snapshot instead.
-        merged = _merge_changes(ranking, flat_indices, old_priorities, priorities,
-                                log_size + num_new)
+        merged, latest_change = _merge_into_log(ranking, flat_indices, priorities,
+                                                log_size + num_new)
+        ranking = ranking.replace(latest_change=latest_change, unchanged_tree=sum_tree_set(
+            ranking.unchanged_tree, ranking.sorted_position[flat_indices],
+            jnp.zeros(num_new, jnp.float32)))
         full = ranking.num_changes + num_new > log_size      # unbatched, like num_changes
 
         # A loop of 0 or 1 rounds rather than a cond: XLA updates a loop's carry in place,
-        # where a cond copied the [C] arrays it passed through on every call. The barrier
-        # ties the merged log to the carry: without it XLA hoists the O(C) counting, which
-        # depends on the log alone, out of the loop and runs it at every call.
-        def new_snapshot(_, snapshot):
-            snapshot, log = jax.lax.optimization_barrier((snapshot, merged))
-            return _merge_into_snapshot(ranking.replace(**snapshot), log)
-
+        # where a cond copied the [C] arrays it passed through on every call.
         snapshot = jax.lax.fori_loop(
-            0, full.astype(jnp.int32), new_snapshot,
-            dict(sorted_index=ranking.sorted_index, sorted_priority=ranking.sorted_priority,
-                 snapshot_ranked=ranking.snapshot_ranked))
+            0, full.astype(jnp.int32),
+            lambda _, snapshot: _merge_into_snapshot(snapshot, merged, latest_change,
+                                                     num_leaves),
+            {name: getattr(ranking, name) for name in SNAPSHOT_FIELDS})
         empty = _empty_log(capacity, log_size)
-        log = {name: jnp.where(full, empty[name],
-                               merged[name] if name == "num_logged" else merged[name][:log_size])
-               for name in empty}
+        log = {name: jnp.where(full, empty[name], merged[name][:log_size]) for name in merged}
         return ranking.replace(**snapshot, **log,
                                num_changes=jnp.where(full, 0, ranking.num_changes + num_new))
 
