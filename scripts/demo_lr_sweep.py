@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         jaxatari("plot", *config_dirs, "--out", str(args.out.with_suffix(".png")))
     ranking = sorted(summary["ranking"], key=lambda row: row["index"])
-    record = {"command": "python -m scripts.demo_lr_sweep " + shlex.join(argv or sys.argv[1:]),
+    command = ["python", "-m", "scripts.demo_lr_sweep", *(argv or sys.argv[1:])]
+    record = {"command": shlex.join(command),
               "train_command": "python -m jaxatari " + shlex.join(train[:-2]),
               "commit": commit_label(), "cpu": cpu_model(), "seeds": args.seeds,
               "steps": summary["steps"], "wall_seconds": summary["wall_seconds"],
