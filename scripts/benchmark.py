@@ -372,16 +372,27 @@ def cli_train(preset: str, seeds: int, overrides: dict, run_dir: Path,
                             text=True)
 
 
-def timed_processes(preset: str, seeds_per_process: int, processes: int, overrides: dict) -> float:
+def timed_runs(preset: str, seeds: int, runs: list[dict], concurrent: int) -> float:
+    """Wall seconds for ``runs`` (each one process's overrides), at most ``concurrent``
+    processes at a time, the next started when the oldest running one ends."""
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        running = [cli_train(preset, seeds_per_process, {**overrides, "seed": 1 + i},
-                             Path(tmp) / f"run{i}") for i in range(processes)]
-        for process in running:
-            _, err = process.communicate()
-            if process.returncode != 0:
+        waiting, running = list(enumerate(runs)), []
+        while waiting or running:
+            while waiting and len(running) < concurrent:
+                i, overrides = waiting.pop(0)
+                running.append(cli_train(preset, seeds, overrides, Path(tmp) / f"run{i}"))
+            ended = running.pop(0)   # the oldest; reading its stderr pipe keeps it from blocking
+            _, err = ended.communicate()
+            if ended.returncode != 0:
                 raise RuntimeError(f"{preset} run failed: {err.strip().splitlines()[-1:]}")
         return time.perf_counter() - started
+
+
+def timed_processes(preset: str, seeds_per_process: int, processes: int, overrides: dict) -> float:
+    """``processes`` runs started together, seeds 1, 2, ..."""
+    return timed_runs(preset, seeds_per_process,
+                      [{**overrides, "seed": 1 + i} for i in range(processes)], processes)
 
 
 def section_seeds(args) -> dict:
@@ -423,23 +434,6 @@ def minatar_overrides(steps: int) -> dict:
             "val_freq": steps, "val_steps": 64, "val_envs": 8, "checkpoint_replay": "false"}
 
 
-def timed_separate_runs(runs: list[dict], concurrent: int) -> float:
-    """Wall seconds for ``runs`` (each a minatar-dqn one-seed run's overrides), at most
-    ``concurrent`` processes at a time, a new one started as soon as one ends."""
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        waiting, running = list(enumerate(runs)), []
-        while waiting or running:
-            while waiting and len(running) < concurrent:
-                i, overrides = waiting.pop(0)
-                running.append(cli_train("minatar-dqn", 1, overrides, Path(tmp) / f"run{i}"))
-            process = running.pop(0)
-            _, err = process.communicate()
-            if process.returncode != 0:
-                raise RuntimeError(f"minatar-dqn run failed: {err.strip().splitlines()[-1:]}")
-        return time.perf_counter() - started
-
-
 def section_sweep(args) -> dict:
     s = args.sizes["sweep"]
     etas = SWEEP_ETAS[:s["configurations"]]
@@ -453,7 +447,7 @@ def section_sweep(args) -> dict:
     for _ in range(args.repeats):   # alternating, so both see the same load
         one.append(timed_processes("minatar-dqn", s["seeds"], 1, sweep))
         log(f"  sweep {len(etas)} x {s['seeds']} seeds, one process: {one[-1]:.1f} s")
-        many.append(timed_separate_runs(separate, concurrent))
+        many.append(timed_runs("minatar-dqn", 1, separate, concurrent))
         log(f"  the same {len(separate)} runs as processes, {concurrent} at a time: "
             f"{many[-1]:.1f} s")
     result = {"one_program": summary(one), "separate_processes": summary(many),
