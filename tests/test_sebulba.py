@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import threading
+import types
 
 import jax
 import numpy as np
@@ -117,17 +118,31 @@ def test_actors_steps_reach_the_memory_joined_and_in_order():
 
 
 def test_a_stop_request_ends_the_actors_and_saves_where_the_learner_is():
-    config = build_config("demo", {**COUNTDOWN, "steps": 400, "seeds": 1, "envs": 2,
+    config = build_config("demo", {**COUNTDOWN, "steps": 200, "seeds": 1, "envs": 2,
                                    "learn_start": 30, "mem_size": 400, "batch_size": 8,
-                                   "val_freq": 400, "val_steps": 4, "val_envs": 2,
-                                   "chunk_steps": 20})
+                                   "val_freq": 200, "val_steps": 4, "val_envs": 2,
+                                   "chunk_steps": 22})
     session = _Recorder(config, stop_after=3)
     with pytest.raises(KeyboardInterrupt):
         _one_device_runner(config).run(session)
     assert not _sebulba_threads()     # both actors joined before the save
     (step, items), = session.saved
-    assert step == 60                 # three chunks of 20 steps: the learner's step
-    assert int(items.replay.storage.size) == 30   # every step it counted is stored
+    assert step == 66                 # three chunks of 22 steps: the learner's step
+    assert int(items.replay.storage.size) == 33   # every step it counted is stored
+    # resumed from what it saved (as ``loop.Restored`` gives it): the run goes on from
+    # iteration 33 with new games, the saved memory's newest row ended as a reset step
+    assert bool(np.asarray(items.replay.storage.rows.valid)[0, 32].all())   # mid-game
+    restored = types.SimpleNamespace(items=items, iteration=33)
+    session = _Recorder(config)
+    _one_device_runner(config).run(session, restored)
+    assert not _sebulba_threads()
+    (step, resumed), = session.saved
+    assert step == 200 and int(resumed.replay.storage.size) == 100
+    rows = jax.device_get(resumed.replay.storage.rows)
+    assert not rows.valid[0, 32].any() and rows.first[0, 33].all()
+    # demo's cadence from iteration 33 on: an update every 4th iteration (8 steps / 2 envs)
+    assert [33 + i for i, learned in enumerate(session.logger.learned) if learned] \
+        == list(range(36, 100, 4))
 
 
 class FailingEnv(CountdownEnv):
