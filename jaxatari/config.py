@@ -42,6 +42,8 @@ class Config:
     run_dir: str = option("", "where the run writes (default: runs/<preset>-<env>-<time>)", group="experiment")
     chunk_steps: int = option(10_000, "agent steps per seed between host syncs (logging, progress, checkpoints)", group="experiment")
     verbose: bool = option(False, "log every finished training episode's score", group="experiment")
+    actor_devices: int = option(1, "Sebulba (host envs, replay agent): devices the actor threads act on, one thread per device stepping its own pool of --envs / N of every seed's envs; the first N local devices act and the next --learner-devices learn; 1 with --learner-devices 1 = the one-device loop", group="experiment")
+    learner_devices: int = option(1, "Sebulba: devices the learner splits each minibatch over (data-parallel, gradients summed over them; parameters, optimiser state and replay memory replicated on each); must divide --batch-size", group="experiment")
     devices: str = option("1", "devices the seeds are split over, each training --seeds / N of them (JAX-native envs): N, or all = every local device; on a machine without an accelerator all = one CPU device per core (JAX's jax_num_cpu_devices, set before JAX starts), or the count in XLA_FLAGS=--xla_force_host_platform_device_count=N; N must divide --seeds; in a multi-process run (--coordinator) each process's own devices, and N x processes must divide --seeds", group="experiment")
 
     # Environment
@@ -256,6 +258,7 @@ def validate(c: Config) -> None:
     require(c.eta > 0, f"--eta must be positive, got {c.eta}")
     require(c.steps % c.envs == 0, f"--steps ({c.steps}) must be a multiple of --envs ({c.envs})")
     _validate_devices(c, require)
+    _validate_sebulba(c, require)
     if c.async_method == "none":
         _validate_replay(c, require)
     else:
@@ -313,6 +316,33 @@ def _validate_devices(c: Config, require) -> None:
         require(c.seeds % int(text) == 0,
                 f"--seeds {c.seeds} does not divide over --devices {int(text)}: choose a "
                 "--seeds that is a multiple of the device count (seeds are not padded)")
+
+
+def sebulba(c: Config) -> bool:
+    """Whether the run asks for Sebulba (--actor-devices or --learner-devices above 1)."""
+    return c.actor_devices > 1 or c.learner_devices > 1
+
+
+def _validate_sebulba(c: Config, require) -> None:
+    """--actor-devices and --learner-devices: positive; above 1, whole shares of the envs
+    and the minibatch, and neither --devices nor the actor-learners (whether the devices
+    exist and the env is a host env is known only later: ``devices.sebulba_placement``)."""
+    for name in ("actor_devices", "learner_devices"):
+        require(getattr(c, name) >= 1,
+                f"{flag_name(name)} must be a positive number of devices, got {getattr(c, name)}")
+    if not sebulba(c):
+        return
+    require(c.devices == "1", f"--devices {c.devices} splits seeds over devices, --actor-devices "
+            "and --learner-devices split one run's envs and minibatches (Sebulba): use one "
+            "or the other")
+    require(c.async_method == "none", "--actor-devices and --learner-devices (Sebulba) are for "
+            "the replay agents so far; the actor-learners (--async) run on one device")
+    require(c.envs % c.actor_devices == 0,
+            f"--envs {c.envs} does not divide over --actor-devices {c.actor_devices}: every "
+            "actor device steps the same number of each seed's envs")
+    require(c.batch_size % c.learner_devices == 0,
+            f"--batch-size {c.batch_size} does not divide over --learner-devices "
+            f"{c.learner_devices}: every learner device takes the same share of a minibatch")
 
 
 def async_batch_size(num_envs: int) -> int:

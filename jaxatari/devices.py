@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxatari.config import Config, ConfigError
+from jaxatari.config import Config, ConfigError, sebulba
 
 SEED_AXIS = "seeds"
 ALL_DEVICES = "all"
@@ -54,20 +54,22 @@ def cpu_cores() -> int:
 
 
 def request_cpu_devices(config: Config) -> None:
-    """Asks JAX for one CPU device per core, at most the ``--devices`` asked for, when more
-    than one is asked for; call it before anything touches a JAX device. Once the backend
+    """Asks JAX for one CPU device per core, at most the ``--devices`` (or Sebulba's
+    ``--actor-devices`` + ``--learner-devices``) asked for, when more than one is asked for; call it before anything touches a JAX device. Once the backend
     has started (a library caller's earlier JAX work), or where the user chose the count
     (``XLA_FLAGS`` or ``jax_num_cpu_devices``), it changes nothing and ``seed_placement``
     reports the devices there are. On a machine with an accelerator the extra CPU devices
     are only created, never used."""
-    if config.devices == "1":
+    wanted = (str(config.actor_devices + config.learner_devices) if sebulba(config)
+              else config.devices)
+    if wanted == "1":
         return
     if FORCED_CPU_DEVICES in os.environ.get("XLA_FLAGS", ""):
         return
     if jax.config.jax_num_cpu_devices >= 0:   # set by the user's program
         return
     cores = cpu_cores()
-    count = cores if config.devices == ALL_DEVICES else min(int(config.devices), cores)
+    count = cores if wanted == ALL_DEVICES else min(int(wanted), cores)
     if count > 1:
         try:
             jax.config.update("jax_num_cpu_devices", count)
@@ -75,12 +77,12 @@ def request_cpu_devices(config: Config) -> None:
             pass
 
 
-def _more_devices_hint(platform: str) -> str:
+def _more_devices_hint(platform: str, flag: str = "--devices") -> str:
     if platform != "cpu":
         return ""
     if FORCED_CPU_DEVICES in os.environ.get("XLA_FLAGS", ""):
         return f"; XLA_FLAGS={FORCED_CPU_DEVICES}=N sets how many CPU devices there are"
-    return (f"; on a CPU, --devices makes at most one device per core ({cpu_cores()} here); "
+    return (f"; on a CPU, {flag} makes at most one device per core ({cpu_cores()} here); "
             f"for more, start the run with XLA_FLAGS={FORCED_CPU_DEVICES}=N")
 
 
@@ -187,3 +189,81 @@ def _global_placement(config: Config, count: int, processes: int) -> SeedPlaceme
                for device in sorted((d for d in jax.devices() if d.process_index == process),
                                     key=lambda d: d.id)[:count]]
     return SeedPlacement(Mesh(np.asarray(devices), (SEED_AXIS,)))
+
+
+# ----------------------------------------------------------------------------- Sebulba
+
+LEARNER_AXIS = "batch"
+
+
+@dataclasses.dataclass(frozen=True)
+class SebulbaPlacement:
+    """Sebulba's devices (Hessel et al. 2021, "Podracer architectures", section 3.2; Huang
+    et al. 2023's Cleanba is it with envpool): host envs stepped by one actor thread per
+    actor device, acting there with a copy of the parameters, while the learner updates on
+    ``learner_mesh`` (axis ``batch``), data-parallel: each minibatch split over its devices
+    (``batch_layout``), parameters, optimiser state and replay memory replicated, and the
+    gradient summed over the devices by the all-reduce XLA inserts (GSPMD).
+
+    The actor and learner devices are disjoint in a run (the first --actor-devices local
+    devices act, the next --learner-devices learn); a test may share one device between
+    both roles, which the loop allows."""
+
+    actor_devices: tuple
+    learner_mesh: Mesh
+
+    @property
+    def learner_devices(self) -> tuple:
+        return tuple(self.learner_mesh.devices.flat)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.learner_mesh, PartitionSpec())
+
+    def on_learner(self, tree: Any) -> Any:
+        """``tree`` whole on every learner device."""
+        return jax.device_put(tree, self.replicated)
+
+    def batch_layout(self, batch_axis: int):
+        """The agent's ``place_batch`` (``agents.dqn.make_q_agent``): a sampled minibatch
+        split over the learner devices along ``batch_axis`` (0 for transitions, 1 for the
+        time-major sequences of a recurrent agent), its importance weights [B] alike."""
+        mesh = self.learner_mesh
+
+        def split(axis: int):
+            return NamedSharding(mesh, PartitionSpec(*([None] * axis), LEARNER_AXIS))
+
+        def place_batch(batch, weights):
+            batch = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, split(batch_axis)),
+                                 batch)
+            return batch, jax.lax.with_sharding_constraint(weights, split(0))
+        return place_batch
+
+
+def sebulba_placement(config: Config, *, native: bool) -> SebulbaPlacement | None:
+    """The run's Sebulba devices from --actor-devices and --learner-devices, or None where
+    both are 1 (the one-device loop). ConfigError (one line) for a JAX-native env, a
+    multi-process run or more devices than exist. Touches the backend: call
+    ``request_cpu_devices`` before it."""
+    if not sebulba(config):
+        return None
+    asked = (f"--actor-devices {config.actor_devices} and --learner-devices "
+             f"{config.learner_devices}")
+    if native:
+        raise ConfigError(f"{asked} (Sebulba) are for host envs (Atari, gymnasium), whose "
+                          "envs step on the host; JAX-native envs (catch, gridworld, MinAtar) "
+                          "step inside the jitted program: split their seeds with --devices")
+    if jax.process_count() > 1:
+        raise ConfigError(f"{asked} (Sebulba) run in one process; a multi-process run is for "
+                          "JAX-native envs only so far")
+    devices = jax.local_devices()
+    platform = devices[0].platform
+    needed = config.actor_devices + config.learner_devices
+    if needed > len(devices):
+        exist = (f"{len(devices)} {platform} device exists" if len(devices) == 1 else
+                 f"{len(devices)} {platform} devices exist")
+        raise ConfigError(f"{asked} need {needed} devices: only {exist} here"
+                          f"{_more_devices_hint(platform, 'Sebulba')}")
+    actors = tuple(devices[:config.actor_devices])
+    learners = np.asarray(devices[config.actor_devices:needed])
+    return SebulbaPlacement(actor_devices=actors, learner_mesh=Mesh(learners, (LEARNER_AXIS,)))

@@ -55,7 +55,8 @@ from jaxatari.agents.native import (NativeCarry, init_native_seeds, make_native_
                                     make_native_evaluate, native_seed_axes)
 from jaxatari.config import Config, ConfigError, config_json, flag_name
 from jaxatari import hosts
-from jaxatari.devices import SeedPlacement, request_cpu_devices, seed_placement, to_host
+from jaxatari.devices import (SebulbaPlacement, SeedPlacement, request_cpu_devices,
+                              sebulba_placement, seed_placement, to_host)
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
 from jaxatari.evaluation import HELDOUT_KEY_OFFSET, make_heldout_sampler, make_value_stats
 from jaxatari.loops.checkpoint_items import (ActorLearnerItems, CheckpointRecord, QItems,
@@ -254,6 +255,9 @@ class Trainer(SessionBase):
         self.cadence = cadence_of(config)
         self.native = isinstance(self.env, JaxEnv)
         self.placement: SeedPlacement = seed_placement(config, native=self.native)
+        # --actor-devices, --learner-devices: host envs acting on some devices while
+        # others learn (None: the one-device loop)
+        self.sebulba: SebulbaPlacement | None = sebulba_placement(config, native=self.native)
         self.build_agent()
         self.keys = self.placement.place(
             jax.random.split(jax.random.PRNGKey(config.seed), config.seeds))
@@ -558,7 +562,12 @@ class QTrainer(Trainer):
     structure = STRUCTURAL_SETTINGS
 
     def build_agent(self) -> None:
-        self.agent: QAgent = make_q_agent(agent_settings(self.config, self.spec, self.native))
+        settings = agent_settings(self.config, self.spec, self.native)
+        if self.sebulba is None:
+            self.agent: QAgent = make_q_agent(settings)
+        else:   # the learner's minibatches split over its devices
+            self.agent = make_q_agent(settings, place_batch=self.sebulba.batch_layout(
+                batch_axis=1 if settings.recurrent else 0))
 
     @property
     def pure_agent(self) -> QAgent:
@@ -703,7 +712,12 @@ class QTrainer(Trainer):
     # ---------------------------------------------------------------- host-env path
     def _run_host(self, restored: Restored | None) -> Any:
         from jaxatari.loops.q_host import HostRunner
-        runner = HostRunner(self.config, self.env, self.agent, self.cadence, self.keys)
+        if self.sebulba is not None:
+            from jaxatari.loops.sebulba import SebulbaRunner
+            runner = SebulbaRunner(self.config, self.env, self.agent, self.cadence, self.keys,
+                                   self.sebulba)
+        else:
+            runner = HostRunner(self.config, self.env, self.agent, self.cadence, self.keys)
         self._compile_validation(runner.replay_axes)
         return runner.run(self, restored)
 

@@ -99,7 +99,15 @@ class QAgent:
     sync_target: Callable[[TrainState], TrainState]
 
 
-def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
+def _as_sampled(batch, weights):
+    return batch, weights
+
+
+def make_q_agent(s: QAgentSettings, activation=jax.nn.relu,
+                 place_batch: Callable = _as_sampled) -> QAgent:
+    """``place_batch(batch, weights) -> (batch, weights)``: where ``update`` puts a sampled
+    minibatch before learning from it; the edge's data-parallel learner (``loops.sebulba``)
+    splits it over its devices, and the identity keeps it where it was sampled."""
     body = make_body(s.body, activation=activation, mlp_features=s.mlp_features, conv=s.conv)
     td_error = resolve_td_error(s.loss)
     if s.recurrent:
@@ -217,7 +225,7 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         # Importance weights (Schaul et al. 2016), normalised by the batch maximum.
         weights = (count * probabilities) ** (-beta)
         weights = weights / jnp.max(weights)
-        train, aux = learn(train, batch, weights)
+        train, aux = learn(train, *place_batch(batch, weights))
         # A sample that could not be learned from keeps its priority: point its update at
         # a valid sample of the batch (a duplicate write of the same value).
         valid = aux["valid"]
