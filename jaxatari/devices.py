@@ -55,7 +55,8 @@ def cpu_cores() -> int:
 
 def request_cpu_devices(config: Config) -> None:
     """Asks JAX for one CPU device per core, at most the ``--devices`` (or Sebulba's
-    ``--actor-devices`` + ``--learner-devices``) asked for, when more than one is asked for; call it before anything touches a JAX device. Once the backend
+    ``--actor-devices`` + ``--learner-devices``) asked for, when more than one is asked
+    for; call it before anything touches a JAX device. Once the backend
     has started (a library caller's earlier JAX work), or where the user chose the count
     (``XLA_FLAGS`` or ``jax_num_cpu_devices``), it changes nothing and ``seed_placement``
     reports the devices there are. On a machine with an accelerator the extra CPU devices
