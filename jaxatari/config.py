@@ -42,7 +42,7 @@ class Config:
     run_dir: str = option("", "where the run writes (default: runs/<preset>-<env>-<time>)", group="experiment")
     chunk_steps: int = option(10_000, "agent steps per seed between host syncs (logging, progress, checkpoints)", group="experiment")
     verbose: bool = option(False, "log every finished training episode's score", group="experiment")
-    devices: str = option("1", "devices the seeds are split over, each training --seeds / N of them (JAX-native envs): N, or all = every local device; on a machine without an accelerator all = one CPU device per core (JAX's jax_num_cpu_devices, set before JAX starts), or the count in XLA_FLAGS=--xla_force_host_platform_device_count=N; N must divide --seeds, or (Q agent) be a multiple of it: then each seed is data-parallel over D = N / --seeds devices, each stepping --envs / D envs with its own replay rows and sampling --batch-size / D of the batch from them, gradients added over the D devices (D must divide --envs and --batch-size); in a multi-process run (--coordinator) each process's own devices, and N x processes must divide --seeds", group="experiment")
+    devices: str = option("1", "devices the seeds are split over, each training --seeds / N of them (JAX-native envs): N, or all = every local device; on a machine without an accelerator all = one CPU device per core (JAX's jax_num_cpu_devices, set before JAX starts), or the count in XLA_FLAGS=--xla_force_host_platform_device_count=N; N must divide --seeds, or be a multiple of it: then each seed is data-parallel over D = N / --seeds devices, each stepping --envs / D envs (Q agent: with its own replay rows, sampling --batch-size / D of the batch from them), gradients added over the D devices (D must divide --envs, and for the Q agent --batch-size); in a multi-process run (--coordinator) each process's own devices, and N x processes must divide --seeds", group="experiment")
 
     # Environment
     env: str = option("catch", "catch | gridworld | <Game>-MinAtar | atari | a gymnasium id | package.module:Class", group="env")
@@ -324,22 +324,19 @@ def _validate_devices(c: Config, require) -> None:
 
 def data_parallel_problem(c: Config, count: int) -> str | None:
     """Why ``count`` devices (more than --seeds) cannot make each seed data-parallel over
-    count / --seeds devices, or None: the devices per seed must divide its envs and its
-    batch (each device steps its share of the envs and samples its share of the batch)."""
+    count / --seeds devices, or None: the devices per seed must divide its envs and, for
+    the Q agent, its batch (each device steps its share of the envs and samples its share
+    of the batch; an actor-learner's --batch-size is its rollout length, not split)."""
     if count % c.seeds:
         return (f"--devices {count} is more than --seeds {c.seeds} and not a multiple of it: "
                 "with more devices than seeds each seed is split over --devices / --seeds "
                 "devices (data-parallel), so choose a multiple of --seeds")
     shards = count // c.seeds
     per_seed = f"{shards} devices per seed (--devices {count} / --seeds {c.seeds})"
-    if c.async_method != "none":
-        return (f"--devices {count} with --seeds {c.seeds}: data-parallel seeds ({per_seed}) "
-                "are for the Q agent only so far; actor-learners (--async) split seeds, so "
-                "use --devices at most --seeds")
     if c.envs % shards:
         return (f"--envs {c.envs} does not divide over {per_seed}: each device steps an "
                 "equal share of a seed's envs")
-    if c.batch_size % shards:
+    if c.async_method == "none" and c.batch_size % shards:
         return (f"--batch-size {c.batch_size} does not divide over {per_seed}: each device "
                 "samples an equal share of the batch")
     return None

@@ -782,7 +782,7 @@ class ActorLearnerTrainer(Trainer):
 
     def templates(self) -> ActorLearnerItems:
         from jaxatari.loops.actors import checkpoint_templates
-        return checkpoint_templates(self.config, self.env, self.keys)
+        return checkpoint_templates(self.config, self.env, self.keys, self.placement)
 
     def train_loop(self, restored: Restored | None) -> Any:
         from jaxatari.loops.actors import run_actor_learner

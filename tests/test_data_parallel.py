@@ -55,26 +55,34 @@ def run_cli(args, run_dir):
         capture_output=True, text=True, timeout=600)
 
 
-# two seeds of two devices each (the mesh's both axes) cost another 30 s: marked slow
-@pytest.mark.parametrize("seeds", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_seeds_train_data_parallel_on_four_devices(tmp_path, seeds):
+ACTOR_SHORT = ["demo-async", "--steps", "4000", "--chunk-steps", "2000", "--val-freq", "2000",
+               "--val-steps", "1600", "--val-envs", "32", "--quiet"]
+
+
+# Two seeds of two devices each (the mesh's both axes) and the actor-learner cost another
+# 30 s each: marked slow.
+@pytest.mark.parametrize("args, seeds", [
+    (SHORT, 1), pytest.param(SHORT, 2, marks=pytest.mark.slow),
+    pytest.param(ACTOR_SHORT, 1, marks=pytest.mark.slow)], ids=["q-1", "q-2", "nstep-1"])
+def test_seeds_train_data_parallel_on_four_devices(tmp_path, args, seeds):
     """--seeds 1 (2) --devices 4: each seed over 4 (2) devices, to a summary; the state
-    holds every seed's share on every device (4 entries), and the learner reported losses
-    once learning began."""
+    holds every seed's share on every device (4 entries), a seed's learner state stayed
+    alike on its devices, and the learner reported losses."""
     run_dir = tmp_path / "run"
-    result = run_cli([*SHORT, "--seeds", str(seeds), "--devices", "4"], run_dir)
+    result = run_cli([*args, "--seeds", str(seeds), "--devices", "4"], run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["seeds"] == seeds and summary["eval_steps"] == [1600, 3200]
+    assert summary["seeds"] == seeds
+    assert summary["eval_steps"] == ([1600, 3200] if args is SHORT else [2000, 4000])
     assert len(summary["final_scores"]) == seeds
     assert all(episodes > 0 for episodes in summary["final_episodes"])
     config = json.loads((run_dir / "config.json").read_text())
     assert config["devices"] == "4" and len(config["environment"]["devices"]) == DEVICES
-    assert config["agent"]["num_envs"] == 32 * seeds // DEVICES   # one device's share
+    acting = "actor" if args is SHORT else "actors"
     items = ckpt.read_metadata(ckpt.find(run_dir, "last"))["items"]
-    for name in ("train", "replay", "env", "actor"):
+    for name in ("train", "env", acting):
         shapes = [shape for _, shape, _ in items[name]["signature"]]
-        assert any(shape and shape[0] == DEVICES for shape in shapes), name
+        assert shapes and all(shape[0] == DEVICES for shape in shapes), name
     # a seed's parameters, target, optimiser state and learner key stayed alike on its
     # devices through every update; its devices' acting keys are their own
     shards = DEVICES // seeds
@@ -82,8 +90,7 @@ def test_seeds_train_data_parallel_on_four_devices(tmp_path, seeds):
         per_seed = leaf.reshape(seeds, shards, *leaf.shape[1:])
         assert all(np.array_equal(share, per_seed[:, 0]) for share in
                    np.moveaxis(per_seed, 1, 0)), path
-    acting = saved_leaves(run_dir, "actor")
-    key = next(leaf for path, leaf in acting.items() if "key" in path)
+    key = next(leaf for path, leaf in saved_leaves(run_dir, acting).items() if "key" in path)
     assert len({bytes(share) for share in key}) == DEVICES
     with open(run_dir / "progress.csv") as rows:
         losses = [float(row["loss"]) for row in csv.DictReader(rows)
@@ -114,7 +121,8 @@ BAD_DATA_PARALLEL = [
      "--envs 2 does not divide over 4 devices per seed"),
     (["demo", "--seeds", "1", "--devices", "4", "--batch-size", "30"],
      "--batch-size 30 does not divide over 4 devices per seed"),
-    (["demo-async", "--seeds", "1", "--devices", "2"], "for the Q agent only so far"),
+    (["demo-async", "--seeds", "1", "--devices", "4", "--envs", "6"],
+     "--envs 6 does not divide over 4 devices per seed"),
 ]
 
 
