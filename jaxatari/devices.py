@@ -23,6 +23,16 @@ differently depending on how many seeds share a device (seeds 0-1 of a 4-seed ch
 in the last bits from the same two seeds run alone, on one device too), and learning
 amplifies the difference (docs/devices.md).
 
+More devices than seeds (``--devices N`` a multiple of ``--seeds S``) makes each seed
+data-parallel over D = N / S devices (Anakin, the Podracer paper's data-parallel learner;
+``agents.data_parallel``): a two-dimensional mesh (``seeds``, ``batch``) of S x D devices,
+one device per (seed, share). The run's state then leads with S x D entries, seed-major:
+entry s D + d is seed s's share on device d (its E / D envs, its replay rows, its frame
+stacks and acting key; the seed's parameters, optimiser state and learner key, alike on
+its D devices), split one entry per device (``place(..., shards=True)``). The chunk runs
+inside ``shard_map`` (``data_parallel``), where the learner adds its gradients over
+``batch``.
+
 A multi-process run (``jaxatari.hosts``) splits the seeds over every process's devices:
 ``--devices`` counts each process's own, the mesh holds all of them, and each process
 supplies its devices' shares of a new state (``place``) and gathers what the host reads
@@ -35,10 +45,12 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxatari.config import Config, ConfigError, sebulba
+from jaxatari.agents.data_parallel import BATCH_AXIS, shard_over_batch
+from jaxatari.config import Config, ConfigError, data_parallel_problem, sebulba
 
 SEED_AXIS = "seeds"
 ALL_DEVICES = "all"
@@ -90,25 +102,43 @@ def _more_devices_hint(platform: str, flag: str = "--devices") -> str:
 @dataclasses.dataclass(frozen=True)
 class SeedPlacement:
     """The devices a run's seeds are split over: ``mesh`` (axis ``seeds``), or None for one
-    device, where nothing is placed and the program is the single-device one."""
+    device, where nothing is placed and the program is the single-device one. ``shards``
+    above 1: each seed data-parallel over that many devices, the mesh's second axis
+    (``batch``)."""
 
     mesh: Mesh | None = None
+    shards: int = 1
 
     @property
     def device_count(self) -> int:
         return 1 if self.mesh is None else self.mesh.devices.size
 
-    def place(self, tree: Any, seed_axes: Any = 0, *, after_configurations: bool = False
-              ) -> Any:
+    @property
+    def split_axes(self) -> tuple[str, ...]:
+        """The mesh axes a per-share leading axis (S x D entries) is split over."""
+        return (SEED_AXIS, BATCH_AXIS) if self.shards > 1 else (SEED_AXIS,)
+
+    def specs(self, seed_axes: Any) -> Any:
+        """PartitionSpecs of a data-parallel state (leading axis S x D) from its vmap axes:
+        0 split one entry per device, None replicated."""
+        return jax.tree.map(lambda axis: PartitionSpec() if axis is None
+                            else PartitionSpec(self.split_axes), seed_axes,
+                            is_leaf=lambda axis: axis is None)
+
+    def place(self, tree: Any, seed_axes: Any = 0, *, after_configurations: bool = False,
+              shards: bool = False) -> Any:
         """``tree`` on the mesh: leaves whose seed axis is 0 split over the devices, leaves
         whose axis is None in ``seed_axes`` (a prefix of ``tree``, as vmap's axes) shared
         by the seeds and replicated. ``after_configurations``: a sweep's state, whose seed
         axis follows its configuration axis (kept whole on every device: each device runs
-        every configuration of its seeds). Without a mesh, ``tree`` as it is."""
+        every configuration of its seeds). ``shards``: a data-parallel state, whose leading
+        axis holds every seed's share on every device (S x D), one per device; otherwise a
+        data-parallel run's [S] leaves go to their seed's devices, replicated on them.
+        Without a mesh, ``tree`` as it is."""
         if self.mesh is None:
             return tree
         split = NamedSharding(self.mesh, PartitionSpec(None, SEED_AXIS) if after_configurations
-                              else PartitionSpec(SEED_AXIS))
+                              else PartitionSpec(self.split_axes if shards else SEED_AXIS))
         shared = NamedSharding(self.mesh, PartitionSpec())
         shardings = jax.tree.map(lambda axis: shared if axis is None else split, seed_axes,
                                  is_leaf=lambda axis: axis is None)
@@ -119,6 +149,22 @@ class SeedPlacement:
         # each of its devices that device's share. No process may place on another's.
         shardings = jax.tree.broadcast(shardings, tree)
         return jax.tree.map(_place_global, tree, shardings)
+
+
+    def share_keys(self, keys: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """(keys, shards) of a state's leading axis from the seeds' keys [S]: ``keys`` and
+        None, or with data-parallel seeds each seed's key once per device [S x D] and
+        which share of its seed each entry is (``agents.native.init_native_carry``)."""
+        if self.shards == 1:
+            return keys, None
+        seeds = keys.shape[0]
+        return (jnp.repeat(jax.device_get(keys), self.shards, axis=0),
+                jnp.tile(jnp.arange(self.shards, dtype=jnp.int32), seeds))
+
+    def data_parallel(self, fn, in_specs, out_specs):
+        """``fn`` on every device of the mesh with its share (``shard_map``): a
+        data-parallel run's chunk, whose learner adds its gradients over ``batch``."""
+        return shard_over_batch(fn, self.mesh, in_specs, out_specs)
 
 
 def _place_global(leaf, sharding):
@@ -168,6 +214,13 @@ def seed_placement(config: Config, *, native: bool) -> SeedPlacement:
                           f"{_more_devices_hint(platform)}")
     if processes > 1:
         return _global_placement(config, count, processes)
+    if count > config.seeds:   # data-parallel seeds (--devices all; a number is checked early)
+        problem = data_parallel_problem(config, count)
+        if problem:
+            raise ConfigError(problem)
+        shards = count // config.seeds
+        return SeedPlacement(Mesh(np.asarray(devices[:count]).reshape(config.seeds, shards),
+                                  (SEED_AXIS, BATCH_AXIS)), shards=shards)
     if config.seeds % count:
         raise ConfigError(f"--seeds {config.seeds} does not divide over --devices "
                           f"{config.devices} ({count} devices): choose a --seeds that is a "
@@ -194,7 +247,7 @@ def _global_placement(config: Config, count: int, processes: int) -> SeedPlaceme
 
 # ----------------------------------------------------------------------------- Sebulba
 
-LEARNER_AXIS = "batch"
+LEARNER_AXIS = BATCH_AXIS   # Sebulba's learner mesh: the axis a minibatch is split on
 
 
 @dataclasses.dataclass(frozen=True)
