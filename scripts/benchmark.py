@@ -519,8 +519,8 @@ def section_scaling(args) -> dict:
                                                     / (devices * one))
     return {"seed_parallel": rows, "seeds_per_device": s["seeds_per_device"],
             "forced_cpu_devices": forced or None,
-            "not_built": ["data-parallel learner (one seed over N devices)",
-                          "Sebulba (host envs feeding actor and learner devices)"]}
+            "not_measured": ["data-parallel seeds (one seed over N devices)",
+                             "Sebulba (host envs feeding actor and learner devices)"]}
 
 
 # ------------------------------------------------------------------ GPU
