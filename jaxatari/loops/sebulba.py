@@ -54,9 +54,8 @@ from jaxatari.config import Config
 from jaxatari.devices import SebulbaPlacement, to_host
 from jaxatari.envs.base import SplitStep
 from jaxatari.loops.checkpoint_items import QItems
-from jaxatari.loops.q_host import HostRunner, _pack, _unpack
+from jaxatari.loops.q_host import HostRunner, QChunkRecorder, _pack, _unpack
 from jaxatari.loops.session import SeedsStep, Session, to_seeds
-from jaxatari.metrics import ChunkStats
 from jaxatari.xla_options import edge_jit
 
 # How long a waiting thread sleeps before it looks again for a stop or a failed partner.
@@ -259,12 +258,8 @@ class SebulbaRunner(HostRunner):
             return QItems(train=train, actor=self._joined_actor(actors, row_key),
                           replay=replay_state)
 
-        chunk: dict[str, list] = {"scores": [], "finished": [], "loss": [], "td_error": [],
-                                  "q_mean": [], "learned": []}
-        chunk_started, chunk_steps = time.perf_counter(), 0
+        record = QChunkRecorder(logger, seeds, envs, c.chunk_steps)
         evaluated_at = session.evaluations[-1].step if session.evaluations else -1
-        no_metrics = np.zeros(seeds, np.float32)
-        score = np.zeros((seeds, envs))
         try:
             for a, device in enumerate(place.actor_devices):
                 pools.append(self.env_factory(seeds * actor_envs,
@@ -299,21 +294,8 @@ class SebulbaRunner(HostRunner):
                     train = self.sync(train)
                 if learned:
                     published.publish(train.params)
-                score = score + reward
-                chunk["scores"].append(score.copy())
-                chunk["finished"].append(over)
-                score = np.where(over, 0.0, score)
-                for name in ("loss", "td_error", "q_mean"):
-                    chunk[name].append(metrics[name] if learned else no_metrics)
-                chunk["learned"].append(learned)
-                chunk_steps += envs
-                if chunk_steps >= c.chunk_steps or last:
-                    out = ChunkStats(**{name: np.stack([np.asarray(v) for v in values])
-                                        for name, values in chunk.items()})
-                    logger.log_chunk(step_after, out, float(cadence.epsilon(step)),
-                                     time.perf_counter() - chunk_started, chunk_steps)
-                    chunk = {name: [] for name in chunk}
-                    chunk_started, chunk_steps = time.perf_counter(), 0
+                record.step(reward, over, metrics if learned else None)
+                record.flush_if_due(step_after, float(cadence.epsilon(step)), last)
                 if last:
                     stop_actors()   # done: every actor has put its last step
                 if step_after >= session.next_eval or last:
