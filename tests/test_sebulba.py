@@ -24,7 +24,7 @@ from jaxatari import cli
 from jaxatari.config import build_config
 from jaxatari.loops.session import PlainSession
 from jaxatari.metrics import SilentLogger
-from tests.test_loop_host import CountdownEnv
+from tests.test_loop_host import CountdownEnv, assert_countdown_memory
 from tests.subprocess_env import repo_env
 
 FOUR_CPU_DEVICES = "--xla_force_host_platform_device_count=4"
@@ -101,16 +101,7 @@ def test_actors_steps_reach_the_memory_joined_and_in_order():
     assert not _sebulba_threads()
     (step, items), = session.saved
     assert step == 50
-    storage = items.replay.storage
-    rows = jax.device_get(storage.rows)
-    assert int(storage.size) == 25
-    phase = np.arange(25) % 6     # reset frame, 4 steps, the terminal frame, then a reset step
-    expected = np.broadcast_to((np.round(phase * 0.2 * 255)).astype(np.uint8)[None, :, None],
-                               (2, 25, 2))
-    np.testing.assert_array_equal(rows.frame[:, :25, :, 0], expected)
-    for field, wanted in (("terminal", phase == 4), ("first", phase == 0), ("valid", phase != 5)):
-        np.testing.assert_array_equal(getattr(rows, field)[:, :25],
-                                      np.broadcast_to(wanted[None, :, None], (2, 25, 2)))
+    assert_countdown_memory(items.replay.storage)
     assert items.actor.stack.shape[:2] == (2, 2)          # the actors' envs joined: [S, E]
     # demo: --mem-sample-freq 8 over 2 envs is an update every 4th iteration from the one
     # that reaches --learn-start 30 (iteration 14): iterations 16, 20 and 24 of 25
