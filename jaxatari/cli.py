@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from jaxatari.commands import COMMAND_MODULES
 from jaxatari.config import (FIELDS, SWEEP_MODES, SWEEPABLE_A3C, SWEEPABLE_ASYNC_Q,
                              SWEEPABLE_Q, Config, ConfigError, build_config, coerce,
-                             flag_name, list_presets, load_preset, parse_sweep,
+                             flag_name, list_presets, load_preset, parse_sweep, sebulba,
                              preset_description)
 
 GROUP_TITLES = {
@@ -260,6 +260,9 @@ def _train_sweep(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("--sweep runs in one process: leave out --coordinator, "
                          "--num-processes, --process-id and --distributed (--devices splits "
                          "its seeds over this process's devices)")
+    if sebulba(config):
+        raise UsageError("--sweep plays JAX-native envs on --devices; --actor-devices and "
+                         "--learner-devices (Sebulba) are for host envs: leave them out")
     sweep = parse_sweep(args.sweep, config, args.sweep_mode or "map")
     run_dir, summary = train_sweep(config, sweep, quiet=args.quiet)
     print_sweep_ranking(summary)

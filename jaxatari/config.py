@@ -42,7 +42,9 @@ class Config:
     run_dir: str = option("", "where the run writes (default: runs/<preset>-<env>-<time>)", group="experiment")
     chunk_steps: int = option(10_000, "agent steps per seed between host syncs (logging, progress, checkpoints)", group="experiment")
     verbose: bool = option(False, "log every finished training episode's score", group="experiment")
-    devices: str = option("1", "devices the seeds are split over, each training --seeds / N of them (JAX-native envs): N, or all = every local device; on a machine without an accelerator all = one CPU device per core (JAX's jax_num_cpu_devices, set before JAX starts), or the count in XLA_FLAGS=--xla_force_host_platform_device_count=N; N must divide --seeds; in a multi-process run (--coordinator) each process's own devices, and N x processes must divide --seeds", group="experiment")
+    actor_devices: int = option(1, "Sebulba (host envs, replay agent): devices the actor threads act on, one thread per device stepping its own pool of --envs / N of every seed's envs; the first N local devices act and the next --learner-devices learn; 1 with --learner-devices 1 = the one-device loop", group="experiment")
+    learner_devices: int = option(1, "Sebulba: devices the learner splits each minibatch over (data-parallel, gradients summed over them; parameters, optimiser state and replay memory replicated on each); must divide --batch-size", group="experiment")
+    devices: str = option("1", "devices the seeds are split over, each training --seeds / N of them (JAX-native envs): N, or all = every local device; on a machine without an accelerator all = one CPU device per core (JAX's jax_num_cpu_devices, set before JAX starts), or the count in XLA_FLAGS=--xla_force_host_platform_device_count=N; N must divide --seeds, or be a multiple of it: then each seed is data-parallel over D = N / --seeds devices, each stepping --envs / D envs (Q agent: with its own replay rows, sampling --batch-size / D of the batch from them), gradients added over the D devices (D must divide --envs, and for the Q agent --batch-size); in a multi-process run (--coordinator) each process's own devices, and N x processes must divide --seeds", group="experiment")
 
     # Environment
     env: str = option("catch", "catch | gridworld | <Game>-MinAtar | atari | a gymnasium id | package.module:Class", group="env")
@@ -256,6 +258,7 @@ def validate(c: Config) -> None:
     require(c.eta > 0, f"--eta must be positive, got {c.eta}")
     require(c.steps % c.envs == 0, f"--steps ({c.steps}) must be a multiple of --envs ({c.envs})")
     _validate_devices(c, require)
+    _validate_sebulba(c, require)
     if c.async_method == "none":
         _validate_replay(c, require)
     else:
@@ -304,15 +307,69 @@ def _validate_replay(c: Config, require) -> None:
 
 
 def _validate_devices(c: Config, require) -> None:
-    """--devices is all or a positive count that divides --seeds (whether that many exist
-    is known only to JAX: ``jaxatari.devices.seed_placement``)."""
+    """--devices is all or a positive count that divides --seeds, or a multiple of --seeds
+    whose devices per seed divide --envs and --batch-size (data-parallel seeds); whether
+    that many exist is known only to JAX: ``jaxatari.devices.seed_placement``."""
     text = c.devices
     require(text == "all" or (text.isascii() and text.isdigit() and int(text) > 0),
             f"--devices must be a positive number of devices or all, got {c.devices!r}")
-    if text != "all":
-        require(c.seeds % int(text) == 0,
-                f"--seeds {c.seeds} does not divide over --devices {int(text)}: choose a "
-                "--seeds that is a multiple of the device count (seeds are not padded)")
+    if text == "all":
+        return
+    count = int(text)
+    if count > c.seeds:
+        problem = data_parallel_problem(c, count)
+        require(problem is None, problem)
+        return
+    require(c.seeds % count == 0,
+            f"--seeds {c.seeds} does not divide over --devices {count}: choose a "
+            "--seeds that is a multiple of the device count (seeds are not padded)")
+
+
+def data_parallel_problem(c: Config, count: int) -> str | None:
+    """Why ``count`` devices (more than --seeds) cannot make each seed data-parallel over
+    count / --seeds devices, or None: the devices per seed must divide its envs and, for
+    the Q agent, its batch (each device steps its share of the envs and samples its share
+    of the batch; an actor-learner's --batch-size is its rollout length, not split)."""
+    if count % c.seeds:
+        return (f"--devices {count} is more than --seeds {c.seeds} and not a multiple of it: "
+                "with more devices than seeds each seed is split over --devices / --seeds "
+                "devices (data-parallel), so choose a multiple of --seeds")
+    shards = count // c.seeds
+    per_seed = f"{shards} devices per seed (--devices {count} / --seeds {c.seeds})"
+    if c.envs % shards:
+        return (f"--envs {c.envs} does not divide over {per_seed}: each device steps an "
+                "equal share of a seed's envs")
+    if c.async_method == "none" and c.batch_size % shards:
+        return (f"--batch-size {c.batch_size} does not divide over {per_seed}: each device "
+                "samples an equal share of the batch")
+    return None
+
+
+def sebulba(c: Config) -> bool:
+    """Whether the run asks for Sebulba (--actor-devices or --learner-devices above 1)."""
+    return c.actor_devices > 1 or c.learner_devices > 1
+
+
+def _validate_sebulba(c: Config, require) -> None:
+    """--actor-devices and --learner-devices: positive; above 1, whole shares of the envs
+    and the minibatch, and neither --devices nor the actor-learners (whether the devices
+    exist and the env is a host env is known only later: ``devices.sebulba_placement``)."""
+    for name in ("actor_devices", "learner_devices"):
+        require(getattr(c, name) >= 1,
+                f"{flag_name(name)} must be a positive number of devices, got {getattr(c, name)}")
+    if not sebulba(c):
+        return
+    require(c.devices == "1", f"--devices {c.devices} splits seeds over devices, --actor-devices "
+            "and --learner-devices split one run's envs and minibatches (Sebulba): use one "
+            "or the other")
+    require(c.async_method == "none", "--actor-devices and --learner-devices (Sebulba) are for "
+            "the replay agents so far; the actor-learners (--async) run on one device")
+    require(c.envs % c.actor_devices == 0,
+            f"--envs {c.envs} does not divide over --actor-devices {c.actor_devices}: every "
+            "actor device steps the same number of each seed's envs")
+    require(c.batch_size % c.learner_devices == 0,
+            f"--batch-size {c.batch_size} does not divide over --learner-devices "
+            f"{c.learner_devices}: every learner device takes the same share of a minibatch")
 
 
 def async_batch_size(num_envs: int) -> int:

@@ -47,15 +47,18 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from jaxatari import checkpoint as ckpt
 from jaxatari import human_scores
+from jaxatari.agents.data_parallel import BATCH_AXIS
 from jaxatari.agents.dqn import QAgent, QAgentSettings, make_q_agent
 from jaxatari.agents.native import (NativeCarry, init_native_seeds, make_native_chunk,
                                     make_native_evaluate, native_seed_axes)
 from jaxatari.config import Config, ConfigError, config_json, flag_name
 from jaxatari import hosts
-from jaxatari.devices import SeedPlacement, request_cpu_devices, seed_placement, to_host
+from jaxatari.devices import (SebulbaPlacement, SeedPlacement, request_cpu_devices,
+                              sebulba_placement, seed_placement, to_host)
 from jaxatari.envs import EnvSpec, JaxEnv, make_env
 from jaxatari.evaluation import HELDOUT_KEY_OFFSET, make_heldout_sampler, make_value_stats
 from jaxatari.loops.checkpoint_items import (ActorLearnerItems, CheckpointRecord, QItems,
@@ -64,7 +67,7 @@ from jaxatari.loops.session import (SessionBase, eval_steps_per_env, run_native_
                                     run_summary)
 # agent_settings and chunk_iterations: also this module's names for scripts and tests
 from jaxatari.loops.settings import (agent_settings, build_learner, cadence_of,
-                                     checkpoint_choices, chunk_iterations)
+                                     checkpoint_choices, chunk_iterations, device_share)
 from jaxatari.metrics import (ChunkStats, Evaluation, RunLogger, SilentLogger, finite_or_none,
                               mean_score)
 from jaxatari.networks import body_misfit
@@ -254,6 +257,9 @@ class Trainer(SessionBase):
         self.cadence = cadence_of(config)
         self.native = isinstance(self.env, JaxEnv)
         self.placement: SeedPlacement = seed_placement(config, native=self.native)
+        # --actor-devices, --learner-devices: host envs acting on some devices while
+        # others learn (None: the one-device loop)
+        self.sebulba: SebulbaPlacement | None = sebulba_placement(config, native=self.native)
         self.build_agent()
         self.keys = self.placement.place(
             jax.random.split(jax.random.PRNGKey(config.seed), config.seeds))
@@ -558,11 +564,39 @@ class QTrainer(Trainer):
     structure = STRUCTURAL_SETTINGS
 
     def build_agent(self) -> None:
-        self.agent: QAgent = make_q_agent(agent_settings(self.config, self.spec, self.native))
+        """The agent; with data-parallel seeds (more devices than seeds) its settings are
+        one device's share (``loops.settings.device_share``), and ``learner_agent`` is
+        the same agent adding its gradients over the devices of a seed, for the chunk.
+        Under Sebulba the learner's minibatches are split over its devices."""
+        settings = agent_settings(self.config, self.spec, self.native)
+        if self.shards > 1:
+            settings = device_share(settings, self.shards)
+        if self.sebulba is None:
+            self.agent: QAgent = make_q_agent(settings)
+        else:
+            self.agent = make_q_agent(settings, place_batch=self.sebulba.batch_layout(
+                batch_axis=1 if settings.recurrent else 0))
+        self.learner_agent: QAgent = (make_q_agent(settings, batch_axis=BATCH_AXIS)
+                                      if self.shards > 1 else self.agent)
 
     @property
     def pure_agent(self) -> QAgent:
         return self.agent
+
+    @property
+    def shards(self) -> int:
+        """Devices per seed: above 1, each seed is data-parallel over that many."""
+        return self.placement.shards
+
+    def state_keys(self) -> tuple[jax.Array, jax.Array | None]:
+        """(keys, shards) of the state's leading axis (``SeedPlacement.share_keys``)."""
+        return self.placement.share_keys(self.keys)
+
+    def per_seed(self, values) -> np.ndarray:
+        """[S] from a data-parallel state's [S x D] statistics: each seed's mean over its
+        devices (its own where there is one device per seed)."""
+        values = np.asarray(values)
+        return values.reshape(self.config.seeds, self.shards, *values.shape[1:]).mean(1)
 
     def steps_per_iteration(self) -> int:
         return self.config.envs
@@ -573,7 +607,7 @@ class QTrainer(Trainer):
     def _init_example(self):
         """(train, replay, actor) of all seeds as ShapeDtypeStructs, replay counters shared."""
         return jax.eval_shape(jax.vmap(self.agent.init, out_axes=(0, self._replay_axes(), 0)),
-                              self.keys)
+                              self.state_keys()[0])
 
     @functools.cached_property
     def replay_bytes(self) -> int:
@@ -588,9 +622,11 @@ class QTrainer(Trainer):
     def templates(self) -> QItems:
         """The checkpoint items of this run as ShapeDtypeStructs (for restoring)."""
         train, replay, actor = self._init_example()
-        heldout = jax.eval_shape(self._sample_heldout_fn(self._replay_axes()), replay, self.keys)
+        keys, shards = self.state_keys()
+        heldout = jax.eval_shape(self._sample_heldout_fn(self._replay_axes()), replay, keys)
         if self.native:
-            carry = jax.eval_shape(lambda k: init_native_seeds(self.agent, self.env, k), self.keys)
+            carry = jax.eval_shape(lambda k, d: init_native_seeds(self.agent, self.env, k, d),
+                                   keys, shards)
             return dataclasses.replace(QItems.of_native(carry), heldout=heldout)
         return QItems(train=train, actor=actor, replay=replay, heldout=heldout)
 
@@ -610,7 +646,7 @@ class QTrainer(Trainer):
         super()._apply_restored(restored)
         if restored is None:
             return
-        self.heldout = self.placement.place(restored.items.heldout)
+        self.heldout = self.placement.place(restored.items.heldout, shards=self.shards > 1)
         if restored.items.replay is None:
             envs = self.config.envs
             self.cadence = dataclasses.replace(
@@ -625,10 +661,12 @@ class QTrainer(Trainer):
         replay memory (at the first evaluation after learning starts)."""
         c = self.config
         if self.heldout is None and step >= c.learn_start:
-            keys = self.placement.place(jax.random.split(self.heldout_key, c.seeds))
+            keys = self.placement.place(
+                jax.random.split(self.heldout_key, c.seeds * self.shards), shards=self.shards > 1)
             self.heldout = self._sample_heldout(items.replay, keys)
         if self.heldout is not None:
-            v, td_error = (np.asarray(x, np.float64) for x in
+            # data-parallel seeds: each device's held-out set from its own memory, averaged
+            v, td_error = (self.per_seed(np.asarray(x, np.float64)) for x in
                            to_host(self._value_stats(items.train, self.heldout)))
         return v, td_error
 
@@ -666,31 +704,50 @@ class QTrainer(Trainer):
         agent = self.agent
         length = self._iterations_per_chunk()
         total_iterations = c.steps // c.envs
-        # One compiled chunk of ``length`` iterations; a shorter last chunk runs it with the
-        # tail masked (``active``) rather than compiling a second one.
-        chunk = edge_jit(make_native_chunk(agent, env, self.cadence, length), donate_argnums=0)
-
+        shards = self.shards
         evaluate = edge_jit(jax.vmap(make_native_evaluate(
             agent, env.for_mode("eval"), num_envs=c.val_envs, num_steps=eval_steps_per_env(c), epsilon=c.val_epsilon)))
-        init = edge_jit(lambda keys: init_native_seeds(agent, env, keys))
+        init = edge_jit(lambda keys, shards: init_native_seeds(agent, env, keys, shards))
         if restored is None:
-            carry = init(self.keys)
+            carry = init(*self.state_keys())
             iteration = 0
         else:
             items = restored.items
             carry = items.native_carry(items.replay if items.replay is not None
-                                       else init(self.keys).replay)
+                                       else init(*self.state_keys()).replay)
             iteration = restored.iteration
         axes = native_seed_axes(agent, carry)
-        carry = self.placement.place(carry, axes)   # --devices: seeds split over the mesh
+        # --devices: seeds (or, data-parallel, every seed's share on every device) split
+        carry = self.placement.place(carry, axes, shards=shards > 1)
         self._compile_validation(axes.replay)
+        # One compiled chunk of ``length`` iterations; a shorter last chunk runs it with the
+        # tail masked (``active``) rather than compiling a second one.
+        chunk = make_native_chunk(self.learner_agent, env, self.cadence, length)
+        if shards > 1:   # each device runs its share; the learner adds gradients over batch
+            specs = self.placement.specs(axes)
+            split = PartitionSpec(None, self.placement.split_axes)
+            outputs = {"scores": split, "finished": split, "loss": split, "td_error": split,
+                       "q_mean": split, "learned": PartitionSpec()}
+            chunk = self.placement.data_parallel(
+                chunk, in_specs=(specs, PartitionSpec(), PartitionSpec()),
+                out_specs=(specs, outputs))
+        chunk = edge_jit(chunk, donate_argnums=0)
 
         def evaluate_carry(carry: NativeCarry, key):
             keys = self.placement.place(jax.random.split(key, c.seeds))
-            total, episodes, partial = to_host(evaluate(carry.train.params, keys))
+            # data-parallel: a seed's parameters are alike on its devices; the first's
+            params = carry.train.params
+            if shards > 1:
+                params = jax.tree.map(lambda x: x[::shards], params)
+            total, episodes, partial = to_host(evaluate(params, keys))
             return mean_score(total, episodes, partial), episodes, None, None
 
         def log_chunk(step: int, carry: NativeCarry, out, run: int, seconds: float):
+            if shards > 1:   # [T, S x D, E / D] -> [T, S, E]; the learner's alike over D
+                out = {name: (value.reshape(value.shape[0], c.seeds, -1)
+                              if name in ("scores", "finished") else
+                              value[:, ::shards] if value.ndim == 2 else value)
+                       for name, value in out.items()}
             self.logger.log_chunk(step, ChunkStats.of(out), self.cadence.epsilon(step), seconds,
                                   run * c.envs)
 
@@ -703,7 +760,12 @@ class QTrainer(Trainer):
     # ---------------------------------------------------------------- host-env path
     def _run_host(self, restored: Restored | None) -> Any:
         from jaxatari.loops.q_host import HostRunner
-        runner = HostRunner(self.config, self.env, self.agent, self.cadence, self.keys)
+        if self.sebulba is not None:
+            from jaxatari.loops.sebulba import SebulbaRunner
+            runner = SebulbaRunner(self.config, self.env, self.agent, self.cadence, self.keys,
+                                   self.sebulba)
+        else:
+            runner = HostRunner(self.config, self.env, self.agent, self.cadence, self.keys)
         self._compile_validation(runner.replay_axes)
         return runner.run(self, restored)
 
@@ -734,7 +796,7 @@ class ActorLearnerTrainer(Trainer):
 
     def templates(self) -> ActorLearnerItems:
         from jaxatari.loops.actors import checkpoint_templates
-        return checkpoint_templates(self.config, self.env, self.keys)
+        return checkpoint_templates(self.config, self.env, self.keys, self.placement)
 
     def train_loop(self, restored: Restored | None) -> Any:
         from jaxatari.loops.actors import run_actor_learner
@@ -974,6 +1036,10 @@ def train_sweep(config: Config, sweep, run_dir: Path | None = None, quiet: bool 
                           "(sweeps keep no checkpoints and cannot be resumed)")
     program = build_sweep(config, sweep)
     placement = seed_placement(config, native=True)   # --devices: seeds split, as a run's
+    if placement.shards > 1:
+        raise ConfigError(f"--devices {config.devices} with --seeds {config.seeds}: a sweep "
+                          "splits its seeds over devices; data-parallel seeds (more devices "
+                          "than seeds) are for single runs so far")
     needed = program.state_bytes()
     limit, what = machine_memory()
     if jax.devices()[0].platform != "cpu":   # each accelerator holds its share of the seeds

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxatari.agents.data_parallel import batch_sum
 from jaxatari.types import Sequence, Transition, switched_off
 
 
@@ -162,18 +163,23 @@ def _check_reduction(reduction: str) -> None:
                          f"{', '.join(LOSS_REDUCTIONS)}")
 
 
-def reduce_loss(per_item: jax.Array, mask: jax.Array, reduction: str) -> jax.Array:
+def reduce_loss(per_item: jax.Array, mask: jax.Array, reduction: str,
+                batch_axis: str | None = None) -> jax.Array:
     """The objective to differentiate from masked, weighted per-item losses [..., K].
 
     Every axis but the last (heads) holds samples (and steps, for sequences). "sum" adds
     them all; "mean" divides each head's sum by its own count of unmasked items, so a head
     never learns at 1/(K p) of its rate from sharing the batch with the others.
+    ``batch_axis`` (the data-parallel learner, ``agents.data_parallel``): the items are this
+    device's share of the batch, and the result its share of the whole batch's objective
+    (a mean divides by the whole batch's count).
     """
     _check_reduction(reduction)
     if reduction == "sum":
         return per_item.sum()
     sample_axes = tuple(range(per_item.ndim - 1))
-    per_head = per_item.sum(sample_axes) / jnp.maximum(mask.sum(sample_axes), 1.0)   # [K]
+    counts = batch_sum(mask.sum(sample_axes), batch_axis)                          # [K]
+    per_head = per_item.sum(sample_axes) / jnp.maximum(counts, 1.0)                 # [K]
     return per_head.sum()
 
 
@@ -191,7 +197,7 @@ def _per_head(td_error: TDError, pal_alpha: float) -> Callable:
 
 
 def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_clip: float,
-                pal_alpha: float, reduction: str) -> Callable:
+                pal_alpha: float, reduction: str, batch_axis: str | None = None) -> Callable:
     """Builds loss(params, target_params, batch, weights) -> (objective, aux).
 
     The objective is the Huber TD loss of each (sample, head) pair, weighted by its
@@ -199,10 +205,12 @@ def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_cli
     original's and Nature DQN's update; "mean": DQN Zoo's); a head's mask of 0 gives that
     head no gradient from the transition (Bootstrapped DQN, Osband et al. 2016).
     ``aux["loss"]`` reports the mean over valid pairs whatever the reduction. Forward
-    passes a TD error does not read are removed by XLA.
+    passes a TD error does not read are removed by XLA. ``batch_axis``: the batch is one
+    device's share (``reduce_loss``), and the reported means are the whole batch's.
     """
     _check_reduction(reduction)
     double_q = _selects_online(double_q, td_error)
+    total = lambda x: batch_sum(x, batch_axis)                   # noqa: E731
     per_batch = jax.vmap(_per_head(td_error, pal_alpha))            # over B
 
     def loss_fn(params, target_params, batch: Transition, weights: jax.Array):
@@ -215,14 +223,15 @@ def make_q_loss(apply_fn: Callable, td_error: TDError, *, double_q: bool, td_cli
         td = per_batch(q, batch.a_tm1, batch.r_t, batch.discount_t)  # [B, K]
         chex.assert_equal_shape([td, batch.mask])
         per_item = huber(td, td_clip) * batch.mask * weights[:, None]
-        objective = reduce_loss(per_item, batch.mask, reduction)
-        loss = per_item.sum() / jnp.maximum(batch.mask.sum(), 1.0)
+        objective = reduce_loss(per_item, batch.mask, reduction, batch_axis)
+        count = jnp.maximum(total(batch.mask.sum()), 1.0)
+        loss = total(per_item.sum()) / count
         abs_td = jnp.abs(td) * batch.mask
         heads_per_sample = jnp.maximum(batch.mask.sum(-1), 1.0)
         aux = {
             "loss": loss,
-            "td_error": abs_td.sum() / jnp.maximum(batch.mask.sum(), 1.0),
-            "q_mean": (online_tm1.max(-1) * batch.mask).sum() / jnp.maximum(batch.mask.sum(), 1.0),
+            "td_error": total(abs_td.sum()) / count,
+            "q_mean": total((online_tm1.max(-1) * batch.mask).sum()) / count,
             # Priority of each sample: mean |delta| over the heads trained on it, unclipped.
             "priority": abs_td.sum(-1) / heads_per_sample,           # [B]
             "valid": batch.mask.sum(-1) > 0,                         # [B]
@@ -242,7 +251,8 @@ SEQUENCE_PRIORITY_ETA = 0.9
 
 def make_sequence_q_loss(unroll: Callable, init_carry: Callable, td_error: TDError, *,
                          double_q: bool, td_clip: float, pal_alpha: float, burn_in: int,
-                         loss_steps: str, reduction: str) -> Callable:
+                         loss_steps: str, reduction: str,
+                         batch_axis: str | None = None) -> Callable:
     """Builds loss(params, target_params, sequence, weights) -> (objective, aux) for DRQN.
 
     Recurrent Q-learning (Hausknecht and Stone 2015): both networks are unrolled over the
@@ -253,8 +263,8 @@ def make_sequence_q_loss(unroll: Callable, init_carry: Callable, td_error: TDErr
     ``loss_steps`` picks which of the T learnable steps enter the loss: "last" (the
     original's: the Q-values of the final step of a histLen sequence) or "all" (every step
     after burn-in, Hausknecht and Stone's bootstrapped sequential updates). Masks zero
-    reset steps and invalid windows. ``reduction`` as ``make_q_loss``, over the learned
-    steps of every window.
+    reset steps and invalid windows. ``reduction`` and ``batch_axis`` as ``make_q_loss``,
+    over the learned steps of every window.
 
     ``unroll(params, obs [T, B, ...], first [T, B], carry) -> (q [T, B, K, A], carry)``.
     """
@@ -263,6 +273,7 @@ def make_sequence_q_loss(unroll: Callable, init_carry: Callable, td_error: TDErr
                          f"{', '.join(SEQUENCE_LOSS_STEPS)}")
     _check_reduction(reduction)
     double_q = _selects_online(double_q, td_error)
+    total = lambda x: batch_sum(x, batch_axis)                   # noqa: E731
     per_step = jax.vmap(jax.vmap(_per_head(td_error, pal_alpha)))   # over T and B
 
     def q_window(params, obs, first):                                # -> [T+1, B, K, A]
@@ -284,10 +295,10 @@ def make_sequence_q_loss(unroll: Callable, init_carry: Callable, td_error: TDErr
         steps = td.shape[0]
         chosen = jnp.ones((steps,)) if loss_steps == "all" else jnp.arange(steps) == steps - 1
         mask = batch.mask * chosen[:, None, None]                     # [T, B, K]
-        count = jnp.maximum(mask.sum(), 1.0)
+        count = jnp.maximum(total(mask.sum()), 1.0)
         per_item = huber(td, td_clip) * mask * weights[None, :, None]
-        objective = reduce_loss(per_item, mask, reduction)
-        loss = per_item.sum() / count
+        objective = reduce_loss(per_item, mask, reduction, batch_axis)
+        loss = total(per_item.sum()) / count
         abs_td = jnp.abs(td) * mask
         heads = mask.sum(-1)                                          # [T, B]
         step_td = abs_td.sum(-1) / jnp.maximum(heads, 1.0)            # [T, B]
@@ -297,8 +308,8 @@ def make_sequence_q_loss(unroll: Callable, init_carry: Callable, td_error: TDErr
         value_t = q.target_t.max(-1).mean(-1) * (batch.discount_t > 0)   # [T, B]
         aux = {
             "loss": loss,
-            "td_error": abs_td.sum() / count,
-            "q_mean": (q.online_tm1.max(-1) * mask).sum() / count,
+            "td_error": total(abs_td.sum()) / count,
+            "q_mean": total((q.online_tm1.max(-1) * mask).sum()) / count,
             "priority": eta * step_td.max(0) + (1 - eta) * step_td.sum(0) / num_learned,
             "valid": learned.any(0),
             "value": (value_t * learned).sum(0) / num_learned,

@@ -17,6 +17,11 @@ Sections (``--sections``, all by default):
 - seeds:    wall time of ``python -m jaxatari train`` for 1, 2, 4 and 8 vmapped seeds on Catch
             and Space Invaders MinAtar (whole loop in XLA), and of 8 separate one-seed processes
             started together; compilation and start-up included, as a user sees it.
+- sweep:    a learning-rate sweep (``--sweep eta=...``, 8 values x 2 seeds, ``--sweep-mode map``)
+            of the minatar-dqn preset on Space Invaders MinAtar as one ``python -m jaxatari
+            train`` against the same 16 configuration-seed runs as separate one-seed processes,
+            at most one per core at a time (what a user of this machine would do); wall time,
+            start-up and compilation included.
 - actor:    the async-a3c preset on Space Invaders with 8 envs (scripts/bench_a3c.py's run).
 - scaling:  seed-parallel training over N devices (``--devices N``, the Anakin layout of Hessel
             et al. 2021: env, acting and learning on the devices) on Catch, N x S seeds against N
@@ -66,9 +71,9 @@ from jaxatari.xla_options import edge_jit
 from scripts.provenance import cpu_model, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("peers", "learner", "overhead", "seeds", "actor", "scaling", "gpu")
+SECTIONS = ("peers", "learner", "overhead", "seeds", "sweep", "actor", "scaling", "gpu")
 TARGETS = {"peers_ratio": 1.2, "flop_bound_ratio": 1.3, "envpool_fraction": 0.85,
-           "seed_speedup": 3.0}
+           "seed_speedup": 3.0, "sweep_speedup": 3.0}
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 ROOT_README = ROOT / "docs" / "performance.md"    # the file whose block --update-readme rewrites
 PEER_PACKAGES = ("torch==2.13.0", "stable-baselines3==2.9.2", "sbx-rl==0.28.0",
@@ -367,16 +372,27 @@ def cli_train(preset: str, seeds: int, overrides: dict, run_dir: Path,
                             text=True)
 
 
-def timed_processes(preset: str, seeds_per_process: int, processes: int, overrides: dict) -> float:
+def timed_runs(preset: str, seeds: int, runs: list[dict], concurrent: int) -> float:
+    """Wall seconds for ``runs`` (each one process's overrides), at most ``concurrent``
+    processes at a time, the next started when the oldest running one ends."""
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        running = [cli_train(preset, seeds_per_process, {**overrides, "seed": 1 + i},
-                             Path(tmp) / f"run{i}") for i in range(processes)]
-        for process in running:
-            _, err = process.communicate()
-            if process.returncode != 0:
+        waiting, running = list(enumerate(runs)), []
+        while waiting or running:
+            while waiting and len(running) < concurrent:
+                i, overrides = waiting.pop(0)
+                running.append(cli_train(preset, seeds, overrides, Path(tmp) / f"run{i}"))
+            ended = running.pop(0)   # the oldest; reading its stderr pipe keeps it from blocking
+            _, err = ended.communicate()
+            if ended.returncode != 0:
                 raise RuntimeError(f"{preset} run failed: {err.strip().splitlines()[-1:]}")
         return time.perf_counter() - started
+
+
+def timed_processes(preset: str, seeds_per_process: int, processes: int, overrides: dict) -> float:
+    """``processes`` runs started together, seeds 1, 2, ..."""
+    return timed_runs(preset, seeds_per_process,
+                      [{**overrides, "seed": 1 + i} for i in range(processes)], processes)
 
 
 def section_seeds(args) -> dict:
@@ -406,6 +422,39 @@ def section_seeds(args) -> dict:
         rows["preset"], rows["overrides"] = preset, overrides
         result[name] = rows
     result["target_met"] = result["SpaceInvaders-MinAtar"]["speedup"] >= TARGETS["seed_speedup"]
+    return result
+
+
+# ------------------------------------------------------------------ sweeps
+SWEEP_ETAS = (1e-4, 1.6e-4, 2.5e-4, 4e-4, 6.3e-4, 1e-3, 1.6e-3, 2.5e-3)
+
+
+def minatar_overrides(steps: int) -> dict:
+    return {"steps": steps, "chunk_steps": steps // 2, "learn_start": steps // 4,
+            "val_freq": steps, "val_steps": 64, "val_envs": 8, "checkpoint_replay": "false"}
+
+
+def section_sweep(args) -> dict:
+    s = args.sizes["sweep"]
+    etas = SWEEP_ETAS[:s["configurations"]]
+    base = minatar_overrides(s["steps"])
+    sweep = {**base, "sweep": "eta=" + ",".join(f"{eta:g}" for eta in etas),
+             "sweep_mode": "map"}
+    separate = [{**base, "eta": f"{eta:g}", "seed": 1 + seed}
+                for eta in etas for seed in range(s["seeds"])]
+    concurrent = max(1, min(len(separate), os.cpu_count() or 1))
+    one, many = [], []
+    for _ in range(args.repeats):   # alternating, so both see the same load
+        one.append(timed_processes("minatar-dqn", s["seeds"], 1, sweep))
+        log(f"  sweep {len(etas)} x {s['seeds']} seeds, one process: {one[-1]:.1f} s")
+        many.append(timed_runs("minatar-dqn", 1, separate, concurrent))
+        log(f"  the same {len(separate)} runs as processes, {concurrent} at a time: "
+            f"{many[-1]:.1f} s")
+    result = {"one_program": summary(one), "separate_processes": summary(many),
+              "configurations": len(etas), "seeds": s["seeds"], "etas": list(etas),
+              "concurrent_processes": concurrent, "preset": "minatar-dqn", "overrides": base,
+              "speedup": statistics.median(many) / statistics.median(one)}
+    result["target_met"] = result["speedup"] >= TARGETS["sweep_speedup"]
     return result
 
 
@@ -470,8 +519,8 @@ def section_scaling(args) -> dict:
                                                     / (devices * one))
     return {"seed_parallel": rows, "seeds_per_device": s["seeds_per_device"],
             "forced_cpu_devices": forced or None,
-            "not_built": ["data-parallel learner (one seed over N devices)",
-                          "Sebulba (host envs feeding actor and learner devices)"]}
+            "not_measured": ["data-parallel seeds (one seed over N devices)",
+                             "Sebulba (host envs feeding actor and learner devices)"]}
 
 
 # ------------------------------------------------------------------ GPU
@@ -561,6 +610,7 @@ def sizes(quick: bool) -> dict:
                 "learner": dict(matmul=512, calls=2),
                 "overhead": dict(steps=64, chunk=32),
                 "seeds": dict(catch_steps=512, minatar_steps=512, seed_counts=(1, 2)),
+                "sweep": dict(steps=512, configurations=2, seeds=2),
                 "actor": dict(steps=160, chunk=40, warmup=2),
                 "scaling": dict(device_counts=(1, 2), seeds_per_device=1, chunks=3, chunk=1024),
                 "gpu": gpu_sizes(True)}
@@ -568,6 +618,7 @@ def sizes(quick: bool) -> dict:
             "learner": dict(matmul=2048, calls=10),
             "overhead": dict(steps=2000, chunk=250),
             "seeds": dict(catch_steps=10_000, minatar_steps=10_000, seed_counts=(1, 2, 4, 8)),
+            "sweep": dict(steps=10_000, configurations=8, seeds=2),
             "actor": dict(steps=2400, chunk=400, warmup=2),
             "scaling": dict(device_counts=(1, 2, 4), seeds_per_device=2, chunks=4,
                             chunk=32_000),
@@ -627,6 +678,15 @@ def markdown(record: dict) -> str:
             lines.append(f"| {name}, wall s for vmapped seeds ({vm}) vs {most} processes | "
                          f"{cell(rows[f'vmapped_{most}'])} | {cell(rows[f'processes_{most}'])} | "
                          f"{rows['speedup']:.2f}x | {target}")
+    if "sweep" in r:
+        w = r["sweep"]
+        runs = w["configurations"] * w["seeds"]
+        lines.append(f"| {w['preset']} SpaceInvaders-MinAtar, wall s: a sweep of "
+                     f"{w['configurations']} learning rates x {w['seeds']} seeds in one process vs "
+                     f"the {runs} runs as processes ({w['concurrent_processes']} at a time) | "
+                     f"{cell(w['one_program'])} | {cell(w['separate_processes'])} | "
+                     f"{w['speedup']:.2f}x | >= {TARGETS['sweep_speedup']}x | "
+                     f"{'yes' if w['target_met'] else 'no'} |")
     if "actor" in r:
         for mode in ("sync", "async"):
             lines.append(f"| async-a3c, 8 envs ({mode}), steps/s | "

@@ -50,6 +50,10 @@ def test_markdown_names_every_target_and_the_gpu_state():
                                                            "processes_8": s, "speedup": 3.5}
                                                     for name in ("catch",
                                                                  "SpaceInvaders-MinAtar")}},
+                  "sweep": {"preset": "minatar-dqn", "configurations": 8, "seeds": 2,
+                            "concurrent_processes": 2, "one_program": s,
+                            "separate_processes": {**s, "median": 5.0}, "speedup": 2.5,
+                            "target_met": False},
                   "actor": {"sync": s, "async": s},
                   "scaling": {"seeds_per_device": 2, "forced_cpu_devices": 2,
                               "seed_parallel": {"devices_1": {**s, "efficiency": 1.0},
@@ -62,6 +66,9 @@ def test_markdown_names_every_target_and_the_gpu_state():
     assert "100% | >= 85% | yes" in table
     assert "3.50x | >= 3.0x | yes" in table
     assert "GPU section: not run" in table
+    # the sweep row: 8 x 2 in one process against its 16 runs, 2 at a time, 5.0 s / 2.0 s
+    assert "8 learning rates x 2 seeds in one process vs the 16 runs as processes (2 at a time)" \
+        in table and "| 2.50x | >= 3.0x | no |" in table
     # N devices against N times one device: 3.0 env steps/s against 2 x 2.0
     assert "2 device(s) x 2 seeds (2 forced CPU devices sharing the cores)" in table
     assert "| 3 [1-3] | 4 | 0.75x |" in table

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from jaxatari import checkpoint as ckpt
-from jaxatari import cli
+from tests.refusal import assert_refused_in_one_line
 from tests.subprocess_env import repo_env
 
 FOUR_CPU_DEVICES = "--xla_force_host_platform_device_count=4"
@@ -117,12 +117,8 @@ BAD_DEVICES = [
                          ids=[" ".join(extra) for extra, _ in BAD_DEVICES])
 def test_bad_devices_are_one_line_exit_2_no_run_dir(tmp_path, capsys, extra, expected):
     run_dir = tmp_path / "run"
-    assert cli.main(["train", "demo", *extra, "--run-dir", str(run_dir)]) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert expected in lines[0], lines[0]
-    assert not run_dir.exists()
+    assert_refused_in_one_line(capsys, ["train", "demo", *extra, "--run-dir", str(run_dir)],
+                               expected, run_dir)
 
 
 def test_more_devices_than_exist_says_how_many_and_how_to_get_more(tmp_path):

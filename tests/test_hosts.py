@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxatari import cli
+from tests.refusal import assert_refused_in_one_line
 from tests.subprocess_env import repo_env
 
 TWO_CPU_DEVICES = "--xla_force_host_platform_device_count=2"
@@ -219,9 +219,5 @@ BAD_OPTIONS = [
                          ids=[" ".join(extra) for extra, _ in BAD_OPTIONS])
 def test_bad_group_options_are_one_line_exit_2_no_run_dir(tmp_path, capsys, extra, expected):
     run_dir = tmp_path / "run"
-    assert cli.main(["train", "demo", *extra, "--run-dir", str(run_dir)]) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert expected in lines[0], lines[0]
-    assert not run_dir.exists()
+    assert_refused_in_one_line(capsys, ["train", "demo", *extra, "--run-dir", str(run_dir)],
+                               expected, run_dir)

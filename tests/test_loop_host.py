@@ -80,18 +80,27 @@ def test_host_loop_stores_every_transition_in_order(tmp_path, learn_start):
     reader = dataclasses.replace(config, steps=100)   # a run that could continue it
     restored = Trainer(reader, tmp_path / "reader", quiet=True).restore(
         run_dir / "checkpoints" / "last")
-    storage = restored.items.replay.storage
-    rows = jax.device_get(storage.rows)
-    assert int(storage.size) == 25
-    phase = np.arange(25) % 6     # reset frame, 4 steps, the terminal frame, then a reset step
-    expected = np.broadcast_to((np.round(phase * 0.2 * 255)).astype(np.uint8)[None, :, None],
-                               (2, 25, 2))
-    np.testing.assert_array_equal(rows.frame[:, :25, :, 0], expected)
+    rows = assert_countdown_memory(restored.items.replay.storage)
+    phase = np.arange(25) % 6
     np.testing.assert_array_equal(rows.reward[:, :25], np.broadcast_to(
         (phase != 5).astype(np.float32)[None, :, None], (2, 25, 2)))
+
+
+def assert_countdown_memory(storage, seeds: int = 2, envs: int = 2, steps: int = 25):
+    """Each env's memory after ``steps`` steps of CountdownEnv holds them in order: its
+    frames count 0, 0.2, ..., 1 (a reset frame, 4 steps, the terminal frame), then a reset
+    step, masked out. Returns the rows [S, N, E, ...]."""
+    rows = jax.device_get(storage.rows)
+    assert int(storage.size) == steps
+    phase = np.arange(steps) % 6
+    shape = (seeds, steps, envs)
+    expected = np.broadcast_to((np.round(phase * 0.2 * 255)).astype(np.uint8)[None, :, None],
+                               shape)
+    np.testing.assert_array_equal(rows.frame[:, :steps, :, 0], expected)
     for field, wanted in (("terminal", phase == 4), ("first", phase == 0), ("valid", phase != 5)):
-        np.testing.assert_array_equal(getattr(rows, field)[:, :25],
-                                      np.broadcast_to(wanted[None, :, None], (2, 25, 2)))
+        np.testing.assert_array_equal(getattr(rows, field)[:, :steps],
+                                      np.broadcast_to(wanted[None, :, None], shape))
+    return rows
 
 
 def test_resumed_host_run_never_bootstraps_into_the_new_game(tmp_path):

@@ -20,6 +20,7 @@ import pytest
 from jaxatari import cli
 from jaxatari.config import parse_sweep
 from jaxatari.loop import train, train_sweep
+from tests.refusal import assert_refused_in_one_line
 from tests.tiny import tiny
 
 RATES = (1e-3, 3e-3, 1e-2)
@@ -132,10 +133,9 @@ def test_ranking_by_iqm_and_readable_by_compare(tmp_path):
 ])
 def test_bad_sweeps_are_one_line_and_write_nothing(tmp_path, capsys, args, message):
     run_dir = tmp_path / "run"
-    assert cli.main(["train", "demo", "--steps", "256", "--run-dir", str(run_dir), *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and message in err, err
-    assert not run_dir.exists()
+    assert_refused_in_one_line(
+        capsys, ["train", "demo", "--steps", "256", "--run-dir", str(run_dir), *args], message,
+        run_dir)
 
 
 def test_actor_learner_sweep_equals_separate_runs(tmp_path):

@@ -53,6 +53,8 @@ import rlax
 from flax import struct
 
 from jaxatari import exploration
+from jaxatari.agents.data_parallel import (batch_devices, batch_sum, own_slice,
+                                           whole_batch)
 from jaxatari.agents.frames import push_frame
 from jaxatari.agents.optimiser import apply_gradients, make_optimiser
 from jaxatari.losses import action_value, bootstrap_value, huber
@@ -210,7 +212,13 @@ class ActorLearner:
     learning_rate: Callable[[jax.Array], jax.Array]   # (update count) -> learning rate
 
 
-def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> ActorLearner:
+def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu, *,
+                       batch_axis: str | None = None) -> ActorLearner:
+    """The learner of ``s``. ``batch_axis``: the data-parallel learner's
+    (``agents.data_parallel``, run inside ``shard_map``): ``s.num_actors`` is then ONE
+    device's share of the actors, a rollout holds that device's actors, and the gradient
+    and the reported means are those of every device's actors together (one ``psum``);
+    None is the one-device learner."""
     body = make_body(s.body, activation=activation, mlp_features=s.mlp_features)
     is_q = s.method in Q_METHODS
     if is_q:
@@ -279,6 +287,7 @@ def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> Actor
 
     def loss(params, target_params, rollout: Rollout, key):
         num_steps, num_actors = rollout.action.shape
+        all_actors = num_actors * batch_devices(batch_axis)   # data-parallel: every device's
         obs = rollout.obs.reshape(-1, *stack_shape)              # [(T+1) N, ...]
         reward = rollout.reward.astype(jnp.float32)
         if not switched_off(s.reward_clip):
@@ -311,9 +320,14 @@ def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> Actor
                 num_steps, num_actors, s.num_actions)                      # target at s_{t+1}
             if s.method == "sarsa":
                 # Kaixhin/Atari SarsaAgent: a' = eGreedy(s', targetNet), Q(s', a') from it.
+                # Data-parallel: drawn for every device's actors with the one key, each
+                # device keeping its own, so the draws are the one-device learner's.
+                q_all = whole_batch(q_next, batch_axis, 1)                 # [T, all N, A]
                 a_next = exploration.epsilon_greedy(
-                    key, q_next.reshape(-1, s.num_actions), rollout.epsilon.reshape(-1)
-                ).reshape(num_steps, num_actors)
+                    key, q_all.reshape(-1, s.num_actions),
+                    whole_batch(rollout.epsilon, batch_axis, 1).reshape(-1)
+                ).reshape(q_all.shape[:2])
+                a_next = own_slice(a_next, num_actors, batch_axis, 1)
                 v_next = action_value(q_next, a_next)
             else:   # Double Q (van Hasselt et al. 2016): the online network picks a'
                 select = jax.lax.stop_gradient(online[1:]) if s.double_q else q_next
@@ -323,15 +337,18 @@ def make_actor_learner(s: ActorLearnerSettings, activation=jax.nn.relu) -> Actor
             td = g - q_a
             per_step = huber(td, s.td_clip)
             metrics = {"td_error": jnp.abs(td), "q_mean": q_tm1.max(-1)}
-        total = jnp.sum(per_step * valid) / num_actors
-        count = jnp.maximum(valid.sum(), 1.0)
-        metrics = {name: jnp.sum(value * valid) / count for name, value in metrics.items()}
-        return total, {"loss": total, **metrics}
+        # this device's share of the objective of every device's actors (all of them on one)
+        total = jnp.sum(per_step * valid) / all_actors
+        count = jnp.maximum(batch_sum(valid.sum(), batch_axis), 1.0)
+        metrics = {name: batch_sum(jnp.sum(value * valid), batch_axis) / count
+                   for name, value in metrics.items()}
+        return total, {"loss": batch_sum(total, batch_axis), **metrics}
 
     def update(train: TrainState, rollout: Rollout):
         key, loss_key = jax.random.split(train.key)
         grads, metrics = jax.grad(loss, has_aux=True)(train.params, train.target_params,
                                                        rollout, loss_key)
+        grads = batch_sum(grads, batch_axis)   # data-parallel: every device's share added
         return apply_gradients(optimiser, train, grads).replace(key=key), metrics
 
     def sync_target(train: TrainState) -> TrainState:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxatari.agents.actor_learner import ActorLearner, Actors, Rollout
+from jaxatari.agents.actor_learner import ActorLearner, Actors, Rollout, draw_final_epsilons
 from jaxatari.agents.native import (_reset_or_step, make_scored_play, scan_iterations,
                                     to_agent_frame)
 from jaxatari.types import TrainState
@@ -31,10 +31,18 @@ class NativeActorCarry:
     score: jax.Array      # [N] raw game score of the running episodes
 
 
-def init_native_actor_carry(learner: ActorLearner, env, key) -> NativeActorCarry:
+def init_native_actor_carry(learner: ActorLearner, env, key, shard=None) -> NativeActorCarry:
+    """Initial carry of one seed. ``shard``: one device's share of a data-parallel seed
+    (``agents.data_parallel``): the networks and learner key are the seed's, alike on every
+    device, while the envs, the acting key and the actors' final epsilons are the
+    device's own (drawn from keys folded with ``shard``)."""
     learner_key, env_key = jax.random.split(key)
     train, actors = learner.init(learner_key)
     n = learner.settings.num_actors
+    if shard is not None:
+        env_key = jax.random.fold_in(env_key, shard)
+        act_key, epsilon_key = jax.random.split(jax.random.fold_in(actors.key, shard))
+        actors = actors.replace(key=act_key, final_epsilon=draw_final_epsilons(epsilon_key, n))
     env_state, frame = jax.vmap(env.reset)(jax.random.split(env_key, n))
     actors = learner.observe(actors, to_agent_frame(frame, learner.frame_dtype),
                              jnp.ones((n,), bool))
@@ -104,9 +112,11 @@ def make_rollout_value_stats(learner: ActorLearner) -> Callable:
 
 
 def make_native_actor_chunk(learner: ActorLearner, env, num_iterations: int,
-                            target_period: int) -> Callable:
+                            target_period: int, actors_per_seed: int | None = None) -> Callable:
     """chunk(carry [S], first_iteration, active=None) -> (carry, outputs), pure and
-    unjitted (``active``: as for ``agents.native.make_native_chunk``).
+    unjitted (``active``: as for ``agents.native.make_native_chunk``). ``actors_per_seed``:
+    a data-parallel seed's actors on all its devices (the learner's own by default), which
+    count its steps for the target syncs.
 
     An iteration plays one rollout of T steps in the N envs of every seed and makes one
     update per seed; the target sync decision is computed outside the seed vmap from the
@@ -114,7 +124,7 @@ def make_native_actor_chunk(learner: ActorLearner, env, num_iterations: int,
     learner's metrics [I, S].
     """
     s = learner.settings
-    steps_per_iteration = s.rollout_length * s.num_actors
+    steps_per_iteration = s.rollout_length * (actors_per_seed or s.num_actors)
     rollout = make_native_rollout(learner, env)
 
     def seed_iteration(carry: NativeActorCarry, syncs):

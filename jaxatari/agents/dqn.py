@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxatari import exploration
+from jaxatari.agents.data_parallel import batch_max, batch_sum, own_key
 from jaxatari.agents.frames import push_frame
 from jaxatari.agents.optimiser import apply_gradients, make_optimiser
 from jaxatari.losses import make_q_loss, make_sequence_q_loss, resolve_td_error
@@ -88,6 +89,9 @@ class QAgent:
     loss: Callable[[Params, Params, Any, jax.Array], tuple[jax.Array, Metrics]]
     # (train, batch, weights [B]) -> (train, aux): one optimiser step
     learn: Callable[[TrainState, Any, jax.Array], tuple[TrainState, Metrics]]
+    # (train, batch, probabilities [B], count, beta) -> (train, aux): importance weights
+    # from a sample's probabilities, then ``learn``
+    learn_sample: Callable[..., tuple[TrainState, Metrics]]
     # (params, actor, epsilon, vote, explore_only) -> (actions [E], actor)
     act: Callable[..., tuple[jax.Array, ActorState]]
     # (actor, frame [E, ...], is_first [E]) -> actor
@@ -99,7 +103,20 @@ class QAgent:
     sync_target: Callable[[TrainState], TrainState]
 
 
-def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
+def _as_sampled(batch, weights):
+    return batch, weights
+
+
+def make_q_agent(s: QAgentSettings, activation=jax.nn.relu,
+                 place_batch: Callable = _as_sampled, *,
+                 batch_axis: str | None = None) -> QAgent:
+    """The agent of ``s``. ``place_batch(batch, weights) -> (batch, weights)``: where a
+    sampled minibatch goes before learning; Sebulba's learner (``loops.sebulba``) splits it
+    over its devices (GSPMD), the identity keeps it where it was sampled. ``batch_axis``: the
+    data-parallel learner's (``agents.data_parallel``, run inside ``shard_map``): ``s`` then
+    describes ONE device's share (its envs, replay rows and batch), each device samples its
+    share of the batch from its own rows, and the gradient, the importance weights'
+    normaliser and the reported means are the whole batch's; None is the one-device agent."""
     body = make_body(s.body, activation=activation, mlp_features=s.mlp_features, conv=s.conv)
     td_error = resolve_td_error(s.loss)
     if s.recurrent:
@@ -113,7 +130,7 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
         loss_fn = make_sequence_q_loss(network.apply, init_core, td_error, double_q=s.double_q,
                                        td_clip=s.td_clip, pal_alpha=s.pal_alpha,
                                        burn_in=s.burn_in, loss_steps=s.loss_steps,
-                                       reduction=s.loss_reduction)
+                                       reduction=s.loss_reduction, batch_axis=batch_axis)
     else:
         network = QNetwork(body=body, num_actions=s.num_actions, hidden_size=s.hidden_size,
                            num_heads=s.num_heads, dueling=s.dueling, activation=activation)
@@ -123,7 +140,8 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
             return ()
 
         loss_fn = make_q_loss(network.apply, td_error, double_q=s.double_q, td_clip=s.td_clip,
-                              pal_alpha=s.pal_alpha, reduction=s.loss_reduction)
+                              pal_alpha=s.pal_alpha, reduction=s.loss_reduction,
+                              batch_axis=batch_axis)
     learning_rate = (optax.linear_schedule(s.learning_rate, 0.0, s.lr_decay_updates)
                      if s.lr_decay_updates > 0 else s.learning_rate)
     optimiser = make_optimiser(s.optimiser, learning_rate=learning_rate,
@@ -205,19 +223,29 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
 
     def learn(train: TrainState, batch, weights):
         """One optimiser step on a batch: the gradient of the reduced loss (the original's
-        Agent.lua ``learn`` with --loss-reduction sum), clipped, then the optimiser's step."""
+        Agent.lua ``learn`` with --loss-reduction sum), clipped, then the optimiser's step.
+        Data-parallel: each device's share of the whole batch's gradient, added over the
+        devices by one ``psum`` before the step."""
         grads, aux = jax.grad(loss_fn, has_aux=True)(train.params, train.target_params,
                                                      batch, weights)
-        return apply_gradients(optimiser, train, grads), aux
+        return apply_gradients(optimiser, train, batch_sum(grads, batch_axis)), aux
+
+    def learn_sample(train: TrainState, batch, probabilities, count, beta):
+        """Importance weights (Schaul et al. 2016) (count P(i))^-beta, normalised by the
+        (whole) batch's maximum, then ``learn``."""
+        weights = (count * probabilities) ** (-beta)
+        weights = weights / batch_max(jnp.max(weights), batch_axis)
+        return learn(train, *place_batch(batch, weights))
 
     def update(train: TrainState, replay_state: ReplayState, beta):
         key, sample_key = jax.random.split(train.key)
-        batch, indices, probabilities = replay.sample(replay_state, sample_key, s.batch_size)
+        batch, indices, probabilities = replay.sample(
+            replay_state, own_key(sample_key, batch_axis), s.batch_size)
+        # Data-parallel: count and P(i) are this device's memory's. A device draws 1/D of
+        # the batch with P(i) from its N/D transitions, i.e. with P(i)/D from all N, so
+        # count x P(i) is the same counted over one device's memory or all of them.
         count = replay_state.storage.size * s.num_envs
-        # Importance weights (Schaul et al. 2016), normalised by the batch maximum.
-        weights = (count * probabilities) ** (-beta)
-        weights = weights / jnp.max(weights)
-        train, aux = learn(train, batch, weights)
+        train, aux = learn_sample(train, batch, probabilities, count, beta)
         # A sample that could not be learned from keeps its priority: point its update at
         # a valid sample of the batch (a duplicate write of the same value).
         valid = aux["valid"]
@@ -233,6 +261,6 @@ def make_q_agent(s: QAgentSettings, activation=jax.nn.relu) -> QAgent:
 
     return QAgent(settings=s, network=network, replay=replay, stack_shape=stack_shape,
                   frame_dtype=frame_dtype, init=init, init_actor=init_actor,
-                  q_values=q_values, loss=loss_fn, learn=learn,
+                  q_values=q_values, loss=loss_fn, learn=learn, learn_sample=learn_sample,
                   act=act, observe=observe, make_row=make_row, update=update,
                   sync_target=sync_target)

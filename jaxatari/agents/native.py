@@ -93,10 +93,17 @@ def _reset_or_step(env, key, env_state, actions, after_done):
             terminated & ~after_done, truncated & ~after_done)
 
 
-def init_native_carry(agent: QAgent, env, key) -> NativeCarry:
-    """Initial carry of one seed: fresh networks, empty replay, envs just reset."""
+def init_native_carry(agent: QAgent, env, key, shard=None) -> NativeCarry:
+    """Initial carry of one seed: fresh networks, empty replay, envs just reset.
+
+    ``shard``: one device's share of a data-parallel seed (``agents.data_parallel``): the
+    networks and learner key are the seed's (``key``'s), alike on every device, while the
+    envs and the acting key are the device's own (``key``'s folded with ``shard``)."""
     agent_key, env_key = jax.random.split(key)
     train, replay_state, actor = agent.init(agent_key)
+    if shard is not None:
+        env_key = jax.random.fold_in(env_key, shard)
+        actor = actor.replace(key=jax.random.fold_in(actor.key, shard))
     num_envs = agent.settings.num_envs
     env_state, frame = jax.vmap(env.reset)(jax.random.split(env_key, num_envs))
     frame = to_agent_frame(frame, actor.stack.dtype)
@@ -122,7 +129,7 @@ def make_native_chunk(agent: QAgent, env, cadence: Cadence, num_iterations: int)
     (a traced int), only the first ``active`` iterations run and the rest leave the carry as
     it is (zero outputs), so a run's last, shorter chunk reuses the compiled full one.
     """
-    num_envs = agent.settings.num_envs
+    num_envs = cadence.num_envs   # a seed's envs (data-parallel: all devices' together)
 
     def seed_iteration(carry: NativeCarry, epsilon, learns, syncs, beta):
         actions, actor = agent.act(carry.train.params, carry.actor, epsilon)
@@ -261,8 +268,13 @@ def make_native_evaluate(agent: QAgent, env, *, num_envs: int, num_steps: int,
                             observe=observe)
 
 
-def init_native_seeds(agent: QAgent, env, keys: jax.Array) -> NativeCarry:
-    """Initial carry of S seeds from keys [S]: seed axis leading, replay counters shared."""
+def init_native_seeds(agent: QAgent, env, keys: jax.Array, shards=None) -> NativeCarry:
+    """Initial carry of S seeds from keys [S]: seed axis leading, replay counters shared.
+    ``shards`` [S]: each entry one device's share of its key's seed (``init_native_carry``),
+    for a data-parallel run's S seeds x D devices."""
     example = jax.eval_shape(lambda k: init_native_carry(agent, env, k), keys[0])
     axes = native_seed_axes(agent, example)
-    return jax.vmap(lambda k: init_native_carry(agent, env, k), out_axes=axes)(keys)
+    if shards is None:
+        return jax.vmap(lambda k: init_native_carry(agent, env, k), out_axes=axes)(keys)
+    return jax.vmap(lambda k, shard: init_native_carry(agent, env, k, shard),
+                    out_axes=axes)(keys, shards)

@@ -23,8 +23,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
-from jaxatari.agents.actor_learner import Q_METHODS, ActorLearner, Rollout
+from jaxatari.agents.actor_learner import Q_METHODS, ActorLearner, Rollout, make_actor_learner
+from jaxatari.agents.data_parallel import BATCH_AXIS
 from jaxatari.agents.actor_native import (NativeActorCarry, init_native_actor_carry,
                                           make_native_actor_chunk, make_native_actor_evaluate,
                                           make_native_heldout)
@@ -37,8 +39,8 @@ from jaxatari.loops.checkpoint_items import ActorLearnerItems
 from jaxatari.loops.actors_async import async_templates, run_host_async
 from jaxatari.loops.session import (PlainSession, SeedsStep, eval_steps_per_env,
                                     run_native_chunks, to_seeds)
-from jaxatari.loops.settings import (build_learner, chunk_iterations, crosses,
-                                     mean_actor_epsilon)
+from jaxatari.loops.settings import (actors_per_update, build_learner, chunk_iterations,
+                                     crosses, learner_settings, mean_actor_epsilon)
 from jaxatari.metrics import ChunkStats, mean_score
 from jaxatari.xla_options import edge_jit
 
@@ -57,48 +59,69 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None, *,
     boundaries and a resumed run continues with the same chunks from the saved iteration,
     so with the same options it reproduces the uninterrupted run bit for bit on CPU.
     ``placement``: the devices the seeds are split over (``--devices``); the carry is placed
-    on them once and every jitted function follows it.
+    on them once and every jitted function follows it. With data-parallel seeds (more
+    devices than seeds) each device runs its share of a seed's actors (``device_learner``)
+    and the carry holds every seed's share on every device [S x D].
     """
     c = config
-    learner = build_learner(c, env.spec)
+    learner = build_learner(c, env.spec)   # a whole seed's: evaluation, held-out statistics
+    shards = placement.shards
+    share = device_learner(c, env.spec, shards)   # one device's share of a seed's actors
     steps_per_iteration = c.batch_size * c.envs
     total_iterations = c.steps // steps_per_iteration
     per_chunk = chunk_iterations(c, steps_per_iteration)
     # one compiled chunk; a shorter last chunk runs it with its tail masked
-    chunk = edge_jit(make_native_actor_chunk(learner, env, per_chunk, c.tau), donate_argnums=0)
+    chunk = make_native_actor_chunk(
+        share if shards == 1 else make_actor_learner(share.settings, batch_axis=BATCH_AXIS),
+        env, per_chunk, c.tau, actors_per_seed=c.envs)
+    if shards > 1:   # each device runs its share; the learner adds gradients over batch
+        split = PartitionSpec(placement.split_axes)
+        chunk = placement.data_parallel(chunk, in_specs=(split, PartitionSpec(),
+                                                         PartitionSpec()),
+                                        out_specs=(split, PartitionSpec(None, *split)))
+    chunk = edge_jit(chunk, donate_argnums=0)
 
     evaluate = edge_jit(jax.vmap(make_native_actor_evaluate(
         learner, env.for_mode("eval"), num_envs=c.val_envs, num_steps=eval_steps_per_env(c),
         epsilon=c.val_epsilon)))
-    init_carry = edge_jit(jax.vmap(lambda k: init_native_actor_carry(learner, env, k)))
+    state_keys, shard_ids = placement.share_keys(keys)
+    init_carry = edge_jit(lambda k, d: init_native_actor_seeds(share, env, k, d))
     if restored is None:
-        carry = init_carry(keys)
+        carry = init_carry(state_keys, shard_ids)
         iteration = 0
     else:
         carry = restored.items.native_carry()
         iteration = restored.iteration
-    carry = placement.place(carry)   # every leaf of an actor-learner's carry is per seed
+    # every leaf of an actor-learner's carry is per seed (per seed share, data-parallel)
+    carry = placement.place(carry, shards=shards > 1)
     heldout = HeldOutRollouts(learner, c)
-    play_heldout = edge_jit(jax.vmap(make_native_heldout(learner, env, heldout.count)))
+    play_heldout = edge_jit(jax.vmap(make_native_heldout(share, env, heldout.count)))
 
     def evaluate_carry(carry: NativeActorCarry, key):
+        params = carry.train.params
+        if shards > 1:   # a seed's parameters are alike on its devices: the first's
+            params = jax.tree.map(lambda x: x[::shards], params)
         total, episodes, partial = to_host(
-            evaluate(carry.train.params, placement.place(jax.random.split(key, c.seeds))))
+            evaluate(params, placement.place(jax.random.split(key, c.seeds))))
         if heldout.rollouts is None:
-            start = init_carry(keys)
-            heldout.fix(to_host(play_heldout(start.train.params, start.actors,
-                                             start.env_state, start.score)))
+            start = init_carry(state_keys, shard_ids)
+            played = to_host(play_heldout(start.train.params, start.actors,
+                                          start.env_state, start.score))
+            heldout.fix(jax.tree.map(lambda x: whole_seeds(x, c.seeds), played))
         train = to_host(carry.train)   # per-seed statistics on the host's whole copy
-        v, td = heldout.stats(lambda seed: jax.tree.map(lambda x: x[seed], train))
+        v, td = heldout.stats(lambda seed: jax.tree.map(lambda x: x[seed * shards], train))
         return mean_score(total, episodes, partial), episodes, v, td
 
     def log_chunk(step: int, carry: NativeActorCarry, out, run: int, seconds: float):
-        def per_step(name):   # [I, S, T, N] -> [I * T, S, N]
+        def per_step(name):   # [I, S (x D), T, N (/ D)] -> [I * T, S, N]
             return np.asarray(out[name]).transpose(0, 2, 1, 3).reshape(-1, c.seeds, c.envs)
 
+        def per_seed(name):   # [I, S (x D)] -> [I, S]: alike over a seed's devices
+            return np.asarray(out[name])[:, ::shards]
+
         stats = ChunkStats(scores=per_step("scores"), finished=per_step("finished"),
-                           loss=np.asarray(out["loss"]), td_error=np.asarray(out["td_error"]),
-                           q_mean=np.asarray(out["q_mean"]), learned=np.ones(run, bool))
+                           loss=per_seed("loss"), td_error=per_seed("td_error"),
+                           q_mean=per_seed("q_mean"), learned=np.ones(run, bool))
         steps, final_epsilon = to_host((carry.actors.steps, carry.actors.final_epsilon))
         session.logger.log_chunk(step, stats, mean_actor_epsilon(learner, steps, final_epsilon),
                                  seconds, run * steps_per_iteration)
@@ -110,6 +133,32 @@ def train_native(config: Config, env: JaxEnv, keys, session, restored=None, *,
                               log_chunk=log_chunk,
                               evaluates_at_start=False)
     return carry, learner
+
+
+def device_learner(config: Config, spec, shards: int) -> ActorLearner:
+    """The learner of one device's share of a seed's actors (--envs / ``shards``), the
+    learning rate annealed over the seed's updates; the run's own learner on one device."""
+    if shards == 1:
+        return build_learner(config, spec)
+    return make_actor_learner(learner_settings(config, spec, config.envs // shards,
+                                               actors_per_update(config)))
+
+
+def init_native_actor_seeds(learner: ActorLearner, env, keys, shards=None):
+    """The carry [S] of every seed from keys [S], or with ``shards`` [S x D] every seed's
+    share on every device (``init_native_actor_carry``)."""
+    if shards is None:
+        return jax.vmap(lambda k: init_native_actor_carry(learner, env, k))(keys)
+    return jax.vmap(lambda k, d: init_native_actor_carry(learner, env, k, d))(keys, shards)
+
+
+def whole_seeds(x: np.ndarray, seeds: int) -> np.ndarray:
+    """Held-out rollouts of every seed share [S x D, R, T(+1), N / D, ...] as whole seeds'
+    [S, R, T(+1), N, ...]: a seed's devices' actors side by side, in device order."""
+    shards = x.shape[0] // seeds
+    x = x.reshape(seeds, shards, *x.shape[1:])                  # [S, D, R, T, N / D, ...]
+    x = np.moveaxis(x, 1, 3)                                     # [S, R, T, D, N / D, ...]
+    return x.reshape(*x.shape[:3], -1, *x.shape[5:])
 
 
 # -------------------------------------------------------------------------- host envs
@@ -207,12 +256,15 @@ def run_host_sync(config: Config, env_factory, keys, session, restored=None):
 
 # ---------------------------------------------------------------------------- entry
 
-def checkpoint_templates(config: Config, env, keys) -> ActorLearnerItems:
+def checkpoint_templates(config: Config, env, keys,
+                         placement: SeedPlacement = SeedPlacement()) -> ActorLearnerItems:
     """A run's checkpoint items as ShapeDtypeStructs (what ``loop.Trainer`` restores into)."""
     learner = build_learner(config, env.spec)
     if isinstance(env, JaxEnv):
+        share = device_learner(config, env.spec, placement.shards)
         return ActorLearnerItems.of_native(jax.eval_shape(
-            jax.vmap(lambda k: init_native_actor_carry(learner, env, k)), keys))
+            lambda k, d: init_native_actor_seeds(share, env, k, d),
+            *placement.share_keys(keys)))
     train, actors = jax.eval_shape(jax.vmap(learner.init), keys)
     if config.async_mode == "async":
         actors = async_templates(config.seeds, config.envs)

@@ -136,6 +136,46 @@ def end_saved_episodes(replay, replay_state):
     return replay.update_priorities(replay_state, indices, jnp.zeros((num_envs,), jnp.float32))
 
 
+class QChunkRecorder:
+    """The Q loops' per-step bookkeeping on the host: each env's running score, which
+    episodes ended, the learner's metrics on the steps it learned, and one
+    ``RunLogger.log_chunk`` once ``chunk_steps`` steps have passed (or at the last)."""
+
+    _METRICS = ("loss", "td_error", "q_mean")
+
+    def __init__(self, logger, seeds: int, envs: int, chunk_steps: int):
+        self.logger, self.envs, self.chunk_steps = logger, envs, chunk_steps
+        self.no_metrics = np.zeros(seeds, np.float32)
+        self.score = np.zeros((seeds, envs))
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rows: dict[str, list] = {name: [] for name in
+                                      ("scores", "finished", *self._METRICS, "learned")}
+        self.started, self.steps = time.perf_counter(), 0
+
+    def step(self, reward: np.ndarray, over: np.ndarray, metrics=None) -> None:
+        """One step of every env: ``reward``, ``over`` [S, E]; the learner's ``metrics``
+        where it learned at this step, else None."""
+        learned = metrics is not None
+        self.score = self.score + reward
+        self.rows["scores"].append(self.score.copy())
+        self.rows["finished"].append(over)
+        self.score = np.where(over, 0.0, self.score)
+        for name in self._METRICS:
+            self.rows[name].append(metrics[name] if learned else self.no_metrics)
+        self.rows["learned"].append(learned)
+        self.steps += self.envs
+
+    def flush_if_due(self, step_after: int, epsilon: float, last: bool) -> None:
+        if self.steps >= self.chunk_steps or last:
+            out = ChunkStats(**{name: np.stack([np.asarray(v) for v in values])
+                                for name, values in self.rows.items()})
+            self.logger.log_chunk(step_after, out, epsilon,
+                                  time.perf_counter() - self.started, self.steps)
+            self._reset()
+
+
 class HostRunner:
     def __init__(self, config: Config, env_factory, agent: QAgent, cadence: Cadence, keys):
         self.config = config
@@ -267,13 +307,9 @@ class HostRunner:
         frame = to_seeds(env.reset(), seeds)
         is_first = np.ones((seeds, envs), bool)
         after_done = np.zeros((seeds, envs), bool)
-        score = np.zeros((seeds, envs))
-        chunk: dict[str, list] = {"scores": [], "finished": [], "loss": [], "td_error": [],
-                                  "q_mean": [], "learned": []}
-        chunk_started, chunk_steps = time.perf_counter(), 0
+        record = QChunkRecorder(logger, seeds, envs, c.chunk_steps)
         total_iterations = c.steps // envs
         evaluated_at = session.evaluations[-1].step if session.evaluations else -1
-        no_metrics = np.zeros(seeds, np.float32)
         num_actions = self.agent.settings.num_actions
 
         def items():
@@ -376,21 +412,8 @@ class HostRunner:
                     replay_state, actor = self.record(replay_state, actor, *transition, numbers)
                 elif not taken:
                     actor = self.take_in(actor, frame, numbers)
-                score = score + reward
-                chunk["scores"].append(score.copy())
-                chunk["finished"].append(over)
-                score = np.where(over, 0.0, score)
-                for name in ("loss", "td_error", "q_mean"):
-                    chunk[name].append(metrics[name] if learned else no_metrics)
-                chunk["learned"].append(learned)
-                chunk_steps += envs
-                if chunk_steps >= c.chunk_steps or last:
-                    out = ChunkStats(**{name: np.stack([np.asarray(v) for v in values])
-                                        for name, values in chunk.items()})
-                    logger.log_chunk(step_after, out, epsilon_now,
-                                     time.perf_counter() - chunk_started, chunk_steps)
-                    chunk = {name: [] for name in chunk}
-                    chunk_started, chunk_steps = time.perf_counter(), 0
+                record.step(reward, over, metrics if learned else None)
+                record.flush_if_due(step_after, epsilon_now, last)
                 if step_after >= session.next_eval or last or session.interrupt_requested:
                     replay_state, actor = explored.flush(replay_state, actor)
                 if step_after >= session.next_eval or last:

@@ -49,6 +49,15 @@ def agent_settings(config: Config, spec: EnvSpec, native: bool = True) -> QAgent
         conv=conv_impl(config, native))
 
 
+def device_share(settings: QAgentSettings, shards: int) -> QAgentSettings:
+    """One device's share of a data-parallel seed's Q agent (``--devices`` above
+    ``--seeds``: ``shards`` devices per seed): its envs, its replay rows (the memory's
+    capacity split alike) and its part of the batch."""
+    return dataclasses.replace(settings, num_envs=settings.num_envs // shards,
+                               capacity=settings.capacity // shards,
+                               batch_size=settings.batch_size // shards)
+
+
 def chunk_iterations(config: Config, steps_per_iteration: int) -> int:
     """Iterations per jitted chunk of the JAX-native loops: --chunk-steps, shortened to
     --val-freq when that is smaller. Validation runs between chunks, so a chunk longer than
