@@ -17,9 +17,10 @@ import pytest
 from scipy import stats
 
 from jaxatari.replay import make_replay
-from jaxatari.replay.prioritised import (PRIORITY_EPSILON, indices_at_ranks,
-                                         make_prioritised_replay, ranked_count, sum_tree_find,
-                                         sum_tree_from_leaves, sum_tree_prefix, sum_tree_set)
+from jaxatari.replay.prioritised import (PRIORITY_EPSILON, count_tree_clear, indices_at_ranks,
+                                         make_prioritised_replay, ranked_count, running_max,
+                                         running_sum, sum_tree_find, sum_tree_from_leaves,
+                                         sum_tree_prefix, sum_tree_set)
 from jaxatari.replay.storage import Row
 
 NUM_ENVS = 2
@@ -152,6 +153,38 @@ def test_sum_tree_matches_numpy_reference_after_batched_updates_with_duplicates(
     prefixes = np.asarray(sum_tree_prefix(tree, jnp.asarray(counts)))
     expected = np.concatenate([[0.0], boundaries])
     np.testing.assert_allclose(prefixes, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_count_tree_clear_and_unrolled_walks_match_numpy_reference():
+    """The rank replay's 0/1 tree: clearing leaves (repeats, already-zero leaves, siblings)
+    by one scatter-add gives the tree rebuilt from the leaves; the unrolled prefix and find
+    walks and the parallel running sum and max agree with numpy."""
+    num_leaves = 128
+    rng = np.random.default_rng(3)
+    reference = NumpySumTree(num_leaves)
+    reference.set(range(100), (rng.random(100) < 0.8).astype(np.float32))   # 100..127 stay 0
+    tree = sum_tree_from_leaves(jnp.asarray(reference.leaves))
+    clear = jax.jit(count_tree_clear)
+    for _ in range(4):
+        indices = rng.integers(0, 100, size=32)
+        indices[5:9] = indices[0]                             # repeats
+        indices[10], indices[11] = 2 * (indices[12] // 2), 2 * (indices[12] // 2) + 1
+        tree = clear(tree, jnp.asarray(indices))
+        reference.set(indices, np.zeros(32, np.float32))
+        np.testing.assert_array_equal(np.asarray(tree), reference.tree())
+    counts = np.arange(num_leaves + 1)
+    np.testing.assert_array_equal(
+        np.asarray(sum_tree_prefix(tree, jnp.asarray(counts), unroll=True)),
+        np.concatenate([[0.0], np.cumsum(reference.leaves)]))
+    targets = np.arange(int(reference.leaves.sum())) + 0.5
+    np.testing.assert_array_equal(
+        np.asarray(sum_tree_find(tree, jnp.asarray(targets, jnp.float32), unroll=True)),
+        reference.find(targets))
+    values = rng.integers(-5, 50, size=(3, 1000))
+    np.testing.assert_array_equal(np.asarray(running_sum(jnp.asarray(values))),
+                                  np.cumsum(values, axis=-1))
+    np.testing.assert_array_equal(np.asarray(running_max(jnp.asarray(values))),
+                                  np.maximum.accumulate(values, axis=-1))
 
 
 # ------------------------------------------------------------------------------------------
