@@ -155,10 +155,10 @@ def test_sum_tree_matches_numpy_reference_after_batched_updates_with_duplicates(
     np.testing.assert_allclose(prefixes, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_count_tree_clear_and_unrolled_walks_match_numpy_reference():
+def test_count_tree_clear_and_running_scans_match_numpy_reference():
     """The rank replay's 0/1 tree: clearing leaves (repeats, already-zero leaves, siblings)
-    by one scatter-add gives the tree rebuilt from the leaves; the unrolled prefix and find
-    walks and the parallel running sum and max agree with numpy."""
+    by one scatter-add gives the tree rebuilt from the leaves, and the prefix and find walks
+    on it and the parallel running sum and max agree with numpy."""
     num_leaves = 128
     rng = np.random.default_rng(3)
     reference = NumpySumTree(num_leaves)
@@ -174,11 +174,11 @@ def test_count_tree_clear_and_unrolled_walks_match_numpy_reference():
         np.testing.assert_array_equal(np.asarray(tree), reference.tree())
     counts = np.arange(num_leaves + 1)
     np.testing.assert_array_equal(
-        np.asarray(sum_tree_prefix(tree, jnp.asarray(counts), unroll=True)),
+        np.asarray(sum_tree_prefix(tree, jnp.asarray(counts))),
         np.concatenate([[0.0], np.cumsum(reference.leaves)]))
     targets = np.arange(int(reference.leaves.sum())) + 0.5
     np.testing.assert_array_equal(
-        np.asarray(sum_tree_find(tree, jnp.asarray(targets, jnp.float32), unroll=True)),
+        np.asarray(sum_tree_find(tree, jnp.asarray(targets, jnp.float32))),
         reference.find(targets))
     values = rng.integers(-5, 50, size=(3, 1000))
     np.testing.assert_array_equal(np.asarray(running_sum(jnp.asarray(values))),

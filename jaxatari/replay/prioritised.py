@@ -126,7 +126,9 @@ def count_tree_clear(tree: jax.Array, leaf_indices: jax.Array) -> jax.Array:
     return tree.at[ancestors.ravel()].add(-jnp.tile(cleared, levels.shape[0]))
 
 
-def sum_tree_find(tree: jax.Array, targets: jax.Array, unroll: bool = False) -> jax.Array:
+
+
+def sum_tree_find(tree: jax.Array, targets: jax.Array) -> jax.Array:
     """The leaf [B] whose prefix-sum interval [mass before it, + its value) holds each target [B].
 
     Descends from the root, one tree level per fori_loop step, vectorised over the targets
@@ -141,11 +143,11 @@ def sum_tree_find(tree: jax.Array, targets: jax.Array, unroll: bool = False) -> 
         return 2 * nodes + go_right, jnp.where(go_right, remaining - left, remaining)
 
     start = (jnp.ones_like(targets, dtype=jnp.int32), targets)
-    nodes, _ = jax.lax.fori_loop(0, _sum_tree_depth(tree), descend, start, unroll=unroll)
+    nodes, _ = jax.lax.fori_loop(0, _sum_tree_depth(tree), descend, start)
     return nodes - tree.shape[-1] // 2
 
 
-def sum_tree_prefix(tree: jax.Array, counts: jax.Array, unroll: bool = False) -> jax.Array:
+def sum_tree_prefix(tree: jax.Array, counts: jax.Array) -> jax.Array:
     """The sum of the first ``counts`` [M] leaves (0..L), by climbing from leaf ``counts``.
 
     Whenever the climbing node is a right child, its left sibling's subtree lies wholly before it.
@@ -158,7 +160,7 @@ def sum_tree_prefix(tree: jax.Array, counts: jax.Array, unroll: bool = False) ->
         return nodes // 2, total
 
     start = (jnp.minimum(counts, num_leaves - 1) + num_leaves, jnp.zeros(counts.shape, tree.dtype))
-    _, total = jax.lax.fori_loop(0, _sum_tree_depth(tree), climb, start, unroll=unroll)
+    _, total = jax.lax.fori_loop(0, _sum_tree_depth(tree), climb, start)
     return jnp.where(counts >= num_leaves, tree[1], total)
 
 
@@ -317,7 +319,7 @@ def count_keys_before(sorted_priority: jax.Array, sorted_index: jax.Array,
                 jnp.where(open_ & ~before, middle, high))
 
     start = (jnp.zeros(priority.shape, jnp.int32), jnp.full(priority.shape, size, jnp.int32))
-    count, _ = jax.lax.fori_loop(0, size.bit_length(), halve, start, unroll=True)
+    count, _ = jax.lax.fori_loop(0, size.bit_length(), halve, start)
     return count
 
 
@@ -494,18 +496,16 @@ def indices_at_ranks(ranking: RankState, ranks: jax.Array) -> jax.Array:
     ranked = _ranked_logged(ranking)                                              # [M]
     ranked_prefix = jnp.concatenate([jnp.zeros(1, jnp.int32),
                                      running_sum(ranked.astype(jnp.int32))])      # [M + 1]
-    unchanged_before = sum_tree_prefix(ranking.unchanged_tree, ranking.log_snapshot_count,
-                                       unroll=True)
+    unchanged_before = sum_tree_prefix(ranking.unchanged_tree, ranking.log_snapshot_count)
     logged_rank = ranked_prefix[:-1] + 1 + unchanged_before.astype(jnp.int32)
     # non-decreasing along the log: a slot without a rank repeats the last rank before it
     running_rank = running_max(jnp.where(ranked, logged_rank, 0))
-    below = jnp.searchsorted(running_rank, ranks, side="left",
-                             method="scan_unrolled").astype(jnp.int32)
+    below = jnp.searchsorted(running_rank, ranks, side="left").astype(jnp.int32)
     logged_before = ranked_prefix[below]              # the slots before `below` hold them all
     slot = jnp.minimum(below, log_size - 1)
     is_logged = (below < log_size) & ranked[slot] & (logged_rank[slot] == ranks)
     snapshot_slot = sum_tree_find(ranking.unchanged_tree,
-                                  (ranks - logged_before).astype(jnp.float32) - 0.5, unroll=True)
+                                  (ranks - logged_before).astype(jnp.float32) - 0.5)
     snapshot_slot = jnp.minimum(snapshot_slot, capacity - 1)
     return jnp.where(is_logged, ranking.log_index[slot],
                      ranking.sorted_index[snapshot_slot]).astype(jnp.int32)
@@ -589,8 +589,7 @@ def _make_rank(num_rows: int, num_envs: int, gather: Callable, alpha: float,
         total_mass = cumulative_mass[last_rank - 1]
         offsets = jax.random.uniform(key, (batch_size,), jnp.float32)
         targets = (jnp.arange(batch_size, dtype=jnp.float32) + offsets) * (total_mass / batch_size)
-        ranks = jnp.clip(jnp.searchsorted(cumulative_mass, targets, side="right",
-                                          method="scan_unrolled") + 1,
+        ranks = jnp.clip(jnp.searchsorted(cumulative_mass, targets, side="right") + 1,
                          1, last_rank).astype(jnp.int32)                             # [B]
         flat_indices = indices_at_ranks(ranking, ranks)
 
