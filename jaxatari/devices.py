@@ -17,6 +17,13 @@ before its backend starts. ``request_cpu_devices`` asks, for ``--devices N`` (N 
 ``all``, for one CPU device per core at most (``jax_num_cpu_devices``); a count the user
 forced with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` is left as it is.
 
+Host envs (Atari, gymnasium) split their seeds the same way: the loop's state [S, ...]
+is placed on the mesh once, its jitted functions keep their outputs split
+(``keep_split``), and each step's host arrays [S, E, ...] go onto the mesh with the seed
+split (``put``); the envs stay one pool on the host (``loops.q_host``, and
+``loops.actors.run_host_sync`` for the actor-learners). Not data-parallel seeds, and not
+the asynchronous actor-learner loop (``host_devices_problem``).
+
 Acting, envs, replay, keys and evaluation give the one-device run's numbers bit for bit
 (tests/test_devices.py). Updates do not: XLA's CPU code for them rounds a seed's numbers
 differently depending on how many seeds share a device (seeds 0-1 of a 4-seed chunk differ
@@ -139,9 +146,7 @@ class SeedPlacement:
             return tree
         split = NamedSharding(self.mesh, PartitionSpec(None, SEED_AXIS) if after_configurations
                               else PartitionSpec(self.split_axes if shards else SEED_AXIS))
-        shared = NamedSharding(self.mesh, PartitionSpec())
-        shardings = jax.tree.map(lambda axis: shared if axis is None else split, seed_axes,
-                                 is_leaf=lambda axis: axis is None)
+        shardings = self._shardings(seed_axes, split)
         if jax.process_count() == 1:
             return jax.device_put(tree, shardings)
         # Several processes: a leaf that is already global is resharded; one this process
@@ -150,6 +155,31 @@ class SeedPlacement:
         shardings = jax.tree.broadcast(shardings, tree)
         return jax.tree.map(_place_global, tree, shardings)
 
+    def _shardings(self, seed_axes: Any, split: NamedSharding) -> Any:
+        shared = NamedSharding(self.mesh, PartitionSpec())
+        return jax.tree.map(lambda axis: shared if axis is None else split, seed_axes,
+                            is_leaf=lambda axis: axis is None)
+
+    def put(self, tree: Any) -> Any:
+        """Host arrays [S, ...] (a host env pool's observations, a step's numbers) on the
+        devices: split over the mesh along the seed axis as ``place`` splits the state, or
+        on the default device without a mesh."""
+        return jax.device_put(tree) if self.mesh is None else self.place(tree)
+
+    def keep_split(self, out_axes: Any = 0) -> dict[str, Any]:
+        """``jax.jit`` keywords that keep a seed-vmapped function's outputs where ``place``
+        puts the state (``out_axes`` as vmap's: 0 split over the mesh, None replicated), so
+        a host loop's state stays split from call to call: ``{"out_shardings": ...}``, or
+        nothing without a mesh. Seed-parallel runs only (one device per seed share)."""
+        if self.mesh is None:
+            return {}
+        return {"out_shardings": self._shardings(out_axes, self.seed_sharding)}
+
+    @property
+    def seed_sharding(self) -> NamedSharding | None:
+        """Where an array [S, ...] of a seed-parallel run lives: split over the mesh along
+        its seed axis; None without a mesh."""
+        return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec(SEED_AXIS))
 
     def share_keys(self, keys: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         """(keys, shards) of a state's leading axis from the seeds' keys [S]: ``keys`` and
@@ -191,8 +221,9 @@ def to_host(tree: Any) -> Any:
 
 def seed_placement(config: Config, *, native: bool) -> SeedPlacement:
     """The run's placement from ``--devices``: ConfigError (one line) for more devices than
-    exist, a --seeds they do not divide, or a host env (seed-parallel is for JAX-native
-    envs only so far). Touches the backend: call ``request_cpu_devices`` before it."""
+    exist, a --seeds they do not divide, or what a host env cannot split
+    (``host_devices_problem``). Touches the backend: call ``request_cpu_devices`` before
+    it."""
     processes = jax.process_count()
     if config.devices == "1" and processes == 1:
         return SeedPlacement()
@@ -204,9 +235,9 @@ def seed_placement(config: Config, *, native: bool) -> SeedPlacement:
                           "devices, which is for JAX-native envs only (catch, gridworld, "
                           "MinAtar) so far; host envs (Atari, gymnasium) run in one process")
     if count > 1 and not native:
-        raise ConfigError(f"--devices {config.devices}: seeds are split over devices for "
-                          "JAX-native envs only (catch, gridworld, MinAtar) so far; host envs "
-                          "(Atari, gymnasium) run on one device: use --devices 1")
+        problem = host_devices_problem(config, count)
+        if problem:
+            raise ConfigError(problem)
     if count > len(devices):
         exist = (f"{len(devices)} {platform} device exists" if len(devices) == 1 else
                  f"{len(devices)} {platform} devices exist")
@@ -228,6 +259,23 @@ def seed_placement(config: Config, *, native: bool) -> SeedPlacement:
     if count == 1:
         return SeedPlacement()
     return SeedPlacement(Mesh(np.asarray(devices[:count]), (SEED_AXIS,)))
+
+
+def host_devices_problem(config: Config, count: int) -> str | None:
+    """Why a host env's run (Atari, gymnasium) cannot split its seeds over ``count``
+    devices, or None. Its seeds split as a JAX-native env's do, in the Q agent's host loop
+    and the actor-learners' synchronous one; not data-parallel (more devices than seeds)
+    and not the asynchronous loop, whose seeds each act and learn on their own."""
+    asked = f"--devices {config.devices}"
+    if count > config.seeds:
+        return (f"{asked} with --seeds {config.seeds}: more devices than seeds (each seed "
+                "data-parallel over several) is for JAX-native envs only (catch, gridworld, "
+                "MinAtar) so far; host envs (Atari, gymnasium) split their seeds: choose "
+                "--devices that divides --seeds")
+    if config.async_method != "none" and config.async_mode == "async":
+        return (f"{asked} with --async-mode async: the asynchronous host loop runs on one "
+                "device so far; use --async-mode sync to split the seeds, or --devices 1")
+    return None
 
 
 def _global_placement(config: Config, count: int, processes: int) -> SeedPlacement:

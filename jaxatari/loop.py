@@ -765,7 +765,8 @@ class QTrainer(Trainer):
             runner = SebulbaRunner(self.config, self.env, self.agent, self.cadence, self.keys,
                                    self.sebulba)
         else:
-            runner = HostRunner(self.config, self.env, self.agent, self.cadence, self.keys)
+            runner = HostRunner(self.config, self.env, self.agent, self.cadence, self.keys,
+                                self.placement)
         self._compile_validation(runner.replay_axes)
         return runner.run(self, restored)
 

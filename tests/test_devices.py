@@ -108,9 +108,7 @@ BAD_DEVICES = [
     (["--devices", "2.5"], "--devices must be a positive number of devices or all"),
     (["--seeds", "4", "--devices", "3"], "--seeds 4 does not divide over --devices 3"),
     (["--seeds", "64", "--devices", "64"], "--devices 64: only "),
-    (["--env", "CartPole-v1", "--seeds", "2", "--devices", "2"],
-     "JAX-native envs only"),
-]
+]   # what host envs cannot split: tests/test_host_devices.py
 
 
 @pytest.mark.parametrize("extra, expected", BAD_DEVICES,

@@ -17,6 +17,7 @@ from jaxatari.agents.actor_learner import ActorLearner, Rollout
 from jaxatari.agents.actor_native import make_rollout_value_stats
 from jaxatari.agents.frames import push_frame, to_agent_frame
 from jaxatari.config import Config
+from jaxatari.devices import SeedPlacement
 from jaxatari.loops.session import evaluate_on_host
 from jaxatari.metrics import ChunkStats
 from jaxatari.types import TrainState
@@ -50,6 +51,12 @@ class HeldOutRollouts:
         fewer than ``count``)."""
         if self.rollouts is None and len(self._recent[seed]) < self.count:
             self._recent[seed].append(rollout)
+
+    @property
+    def wants_more(self) -> bool:
+        """Whether ``offer_seeds`` would keep anything (so a loop fetches its rollout)."""
+        return self.rollouts is None and any(len(recent) < self.count
+                                             for recent in self._recent)
 
     def offer_seeds(self, rollout: Rollout) -> None:
         """A rollout of every seed [S, T(+1), N, ...]."""
@@ -117,37 +124,43 @@ class ChunkLog:
 class ActorHostEvaluator:
     """``loops.session.evaluate_on_host`` with ``learner.evaluate_policy``: epsilon-greedy
     at --val-epsilon (Q methods) or a sample of the policy (A3C), every seed its own key.
-    Compiled once, called at every evaluation as ``(params [S], step, key)``."""
+    Compiled once, called at every evaluation as ``(params [S], step, key)``.
+    ``placement``: the devices the seeds are split over (``--devices``); the frame stacks
+    and keys [S] are split as the parameters are."""
 
-    def __init__(self, config: Config, env_factory, learner: ActorLearner):
+    def __init__(self, config: Config, env_factory, learner: ActorLearner,
+                 placement: SeedPlacement = SeedPlacement()):
         self.config = config
         self.env_factory = env_factory
         self.learner = learner
+        self.placement = placement
 
         def observe(stacks, frames, is_first):
             return push_frame(stacks, to_agent_frame(frames, learner.frame_dtype), is_first)
 
-        self.observe = edge_jit(jax.vmap(observe))
-        self.policy = edge_jit(jax.vmap(learner.evaluate_policy, in_axes=(0, 0, 0, None)))
+        split = placement.keep_split()
+        self.observe = edge_jit(jax.vmap(observe), **split)
+        self.policy = edge_jit(jax.vmap(learner.evaluate_policy, in_axes=(0, 0, 0, None)),
+                               **split)
 
     def __call__(self, params, step: int, key) -> tuple[np.ndarray, np.ndarray]:
-        c, learner = self.config, self.learner
+        c, learner, place = self.config, self.learner, self.placement.place
 
         def start(frames):
             empty = jnp.zeros((*frames.shape[:2], *learner.stack_shape), learner.frame_dtype)
-            return self.observe(empty, frames, np.ones(frames.shape[:2], bool)), key
+            return self.observe(*place((empty, frames, np.ones(frames.shape[:2], bool)))), key
 
         def act(state):
             stacks, key = state
             key, step_key = jax.random.split(key)
-            actions = self.policy(params, stacks, jax.random.split(step_key, c.seeds),
+            actions = self.policy(params, stacks, place(jax.random.split(step_key, c.seeds)),
                                   c.val_epsilon)
             return actions, (stacks, key)
 
         def observe_next(state, frames, is_first, done):
             del done
             stacks, key = state
-            return self.observe(stacks, frames, is_first), key
+            return self.observe(stacks, *place((frames, is_first))), key
 
         return evaluate_on_host(c, self.env_factory, step, start=start, act=act,
                                 observe=observe_next)

@@ -163,23 +163,29 @@ def whole_seeds(x: np.ndarray, seeds: int) -> np.ndarray:
 
 # -------------------------------------------------------------------------- host envs
 
-def run_host_sync(config: Config, env_factory, keys, session, restored=None):
+def run_host_sync(config: Config, env_factory, keys, session, restored=None, *,
+                  placement: SeedPlacement = SeedPlacement()):
     """S * N host envs in one pool stepped together; one vmapped update per rollout.
     Returns the final train state [S].
 
     A resumed run restores learner, actor keys, epsilon counters and the update count; the
     envs cannot be restored, so it starts new games (seeded ``--seed + step``) with empty
-    frame stacks, and the running episodes' scores are lost."""
+    frame stacks, and the running episodes' scores are lost.
+
+    ``placement`` (``--devices``): the learner and actors [S] split over the device mesh
+    once (``keys`` already are), every jitted function keeping its outputs split, and each
+    step's observations [S, N, ...] and rollout put onto the mesh with the same split."""
     c = config
     seeds, envs, length = c.seeds, c.envs, c.batch_size
     learner = build_learner(c, env_factory.spec)
-    init = edge_jit(jax.vmap(learner.init))
+    split = placement.keep_split()   # every leaf of the state is per seed
+    init = edge_jit(jax.vmap(learner.init), **split)
     observe = edge_jit(jax.vmap(lambda a, f, first: learner.observe(
-        a, to_agent_frame(f, learner.frame_dtype), first)))
-    act = edge_jit(jax.vmap(learner.act))
-    update = edge_jit(jax.vmap(learner.update), donate_argnums=0)
-    sync = edge_jit(jax.vmap(learner.sync_target))
-    evaluator = ActorHostEvaluator(c, env_factory, learner)
+        a, to_agent_frame(f, learner.frame_dtype), first)), **split)
+    act = edge_jit(jax.vmap(learner.act), **split)
+    update = edge_jit(jax.vmap(learner.update), donate_argnums=0, **split)
+    sync = edge_jit(jax.vmap(learner.sync_target), **split)
+    evaluator = ActorHostEvaluator(c, env_factory, learner, placement)
     heldout = HeldOutRollouts(learner, c)
     steps_per_update = length * envs
     total_updates = c.steps // steps_per_update
@@ -187,12 +193,13 @@ def run_host_sync(config: Config, env_factory, keys, session, restored=None):
 
     train, actors = init(keys)
     start = 0
-    if restored is not None:
-        train, actors = restored.items.train, restored.items.actors
+    if restored is not None:   # split over the devices as a new state
+        train, actors = placement.place((restored.items.train, restored.items.actors))
         start = restored.iteration
     env = env_factory(seeds * envs, c.seed + start * steps_per_update, mode="train")
-    actors = observe(actors.replace(after_done=jnp.zeros((seeds, envs), bool)),
-                     to_seeds(env.reset(), seeds), np.ones((seeds, envs), bool))
+    actors = observe(placement.place(actors.replace(after_done=jnp.zeros((seeds, envs), bool))),
+                     *placement.place((to_seeds(env.reset(), seeds),
+                                       np.ones((seeds, envs), bool))))
     after_done = np.zeros((seeds, envs), bool)
     score = np.zeros((seeds, envs))
     chunk = ChunkLog(seeds)
@@ -224,12 +231,14 @@ def run_host_sync(config: Config, env_factory, keys, session, restored=None):
                 score = np.where(over, 0.0, score)
                 is_first = after_done
                 after_done = done
-                actors = observe(actors.replace(after_done=jnp.asarray(done)), result.obs,
-                                 is_first)
+                done_now, obs, first = placement.place((done, result.obs, is_first))
+                actors = observe(actors.replace(after_done=jnp.asarray(done_now)), obs, first)
             record["obs"].append(actors.stack)
-            rollout = Rollout(**{name: jnp.stack([jnp.asarray(v) for v in values], axis=1)
-                                 for name, values in record.items()})   # [S, T(+1), N, ...]
-            heldout.offer_seeds(rollout)
+            rollout = placement.place(Rollout(**{
+                name: jnp.stack([jnp.asarray(v) for v in values], axis=1)
+                for name, values in record.items()}))   # [S, T(+1), N, ...]
+            if heldout.wants_more:   # its copy on the host, whole
+                heldout.offer_seeds(to_host(rollout))
             train, metrics = update(train, rollout)
             before, after = index * steps_per_update, (index + 1) * steps_per_update
             if learner.settings.method in Q_METHODS and crosses(before, after, c.tau):
@@ -246,7 +255,8 @@ def run_host_sync(config: Config, env_factory, keys, session, restored=None):
                 chunk.reset()
             if after >= session.next_eval or last:
                 scores, episodes = evaluator(train.params, after, session.next_eval_key())
-                v, td = heldout.stats(lambda seed: jax.tree.map(lambda x: x[seed], train))
+                whole = to_host(train)   # per-seed statistics on the host's whole copy
+                v, td = heldout.stats(lambda seed: jax.tree.map(lambda x: x[seed], whole))
                 session.record_evaluation(after, scores, episodes, items, index + 1, v, td)
     finally:
         env.close()
@@ -275,11 +285,11 @@ def run_actor_learner(config: Config, env, keys, session, restored=None, *,
                       placement: SeedPlacement = SeedPlacement()):
     """Trains ``config.seeds`` seeds of the actor-learner ``--async`` names with ``session``
     (``PlainSession`` or ``loop.Trainer``), from scratch or from ``restored``; returns the
-    final train state [S]. ``placement`` splits the seeds of a JAX-native env over devices
-    (``loop.Trainer`` refuses more than one device for host envs)."""
+    final train state [S]. ``placement`` splits the seeds over devices (``loop.Trainer``
+    refuses more than one device for the asynchronous host loop)."""
     if isinstance(env, JaxEnv):
         return train_native(config, env, keys, session, restored,
                             placement=placement)[0].train
     if config.async_mode == "async":
         return run_host_async(config, env, keys, session, restored)
-    return run_host_sync(config, env, keys, session, restored)
+    return run_host_sync(config, env, keys, session, restored, placement=placement)

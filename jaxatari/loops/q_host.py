@@ -5,6 +5,12 @@ One pool holds ``S * E`` envs; its observations ``[S*E, ...]`` are reshaped to
 ``[S, E, ...]`` at this boundary and the jitted, seed-vmapped agent functions do the rest.
 Per step there is one device-to-host transfer (the actions). Epsilon, the learning
 cadence and target syncs are host-side numbers shared by all seeds.
+
+With ``--devices N`` (``devices.SeedPlacement``) the seed axis of the train, actor and
+replay states is split over the device mesh once, every jitted function keeps its outputs
+split the same way (``SeedPlacement.keep_split``), and each step's host arrays
+``[S, E, ...]`` go onto the mesh with the same split (``SeedPlacement.put``): each device
+acts, stores and learns for its S / N seeds, and the pool stays one pool on the host.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import numpy as np
 from jaxatari.agents.dqn import QAgent
 from jaxatari.agents.native import Cadence, to_agent_frame
 from jaxatari.config import Config
+from jaxatari.devices import SeedPlacement
 from jaxatari.envs.base import SplitStep
 from jaxatari.loops.checkpoint_items import QItems
 from jaxatari.loops.session import Session, SeedsStep, evaluate_on_host, to_seeds
@@ -54,9 +61,10 @@ class _ExploreSteps:
     faster). ``flush`` before anything reads the memory or the actor.
     """
 
-    def __init__(self, write_many: Callable, size: int):
+    def __init__(self, write_many: Callable, size: int, placement: SeedPlacement):
         self._write_many = write_many
         self.size = size
+        self._placement = placement
         self._frames: list = []
         self._actions: list = []
         self._steps: list = []
@@ -85,16 +93,19 @@ class _ExploreSteps:
         frames, actions, steps = batch = (stacked(self._frames), stacked(self._actions),
                                           stacked(self._steps))
         self._frames, self._actions, self._steps = [], [], []
+        place = self._placement.place   # split over the seeds' devices, as the state is
         if not self._compiled:
             for k in (self.size, 1):
-                shapes = [jax.ShapeDtypeStruct((x.shape[0], k + (i == 0), *x.shape[2:]), x.dtype)
+                shapes = [jax.ShapeDtypeStruct((x.shape[0], k + (i == 0), *x.shape[2:]), x.dtype,
+                                               sharding=self._placement.seed_sharding)
                           for i, x in enumerate(batch)]
                 self._compiled[k] = self._write_many.lower(replay_state, actor, *shapes).compile()
         if actions.shape[1] == self.size:
-            return self._compiled[self.size](replay_state, actor, *batch)
+            return self._compiled[self.size](replay_state, actor, *place(batch))
         for k in range(actions.shape[1]):
-            replay_state, actor = self._compiled[1](replay_state, actor, frames[:, k:k + 2],
-                                                    actions[:, k:k + 1], steps[:, k:k + 1])
+            replay_state, actor = self._compiled[1](
+                replay_state, actor, *place((frames[:, k:k + 2], actions[:, k:k + 1],
+                                             steps[:, k:k + 1])))
         return replay_state, actor
 
 
@@ -177,17 +188,24 @@ class QChunkRecorder:
 
 
 class HostRunner:
-    def __init__(self, config: Config, env_factory, agent: QAgent, cadence: Cadence, keys):
+    """The Q agent's host loop (``run``) and its jitted, seed-vmapped functions.
+    ``placement``: the devices the seeds are split over (``--devices``; the module's
+    docstring); ``keys`` [S] already placed on them."""
+
+    def __init__(self, config: Config, env_factory, agent: QAgent, cadence: Cadence, keys,
+                 placement: SeedPlacement = SeedPlacement()):
         self.config = config
         self.env_factory = env_factory
         self.agent = agent
         self.cadence = cadence
         self.keys = keys
-        seeds = config.seeds
+        self.seed_placement = placement
         state_example = jax.eval_shape(agent.init, keys[0])
         replay_axes = agent.replay.seed_axes(state_example[1])
         self.replay_axes = replay_axes
-        self.init = edge_jit(jax.vmap(agent.init, out_axes=(0, replay_axes, 0)))
+        split = placement.keep_split   # the outputs' shardings: the state's, split by seed
+        self.init = edge_jit(jax.vmap(agent.init, out_axes=(0, replay_axes, 0)),
+                             **split((0, replay_axes, 0)))
 
         def observe(actor, frame, is_first):
             return agent.observe(actor, to_agent_frame(frame, agent.frame_dtype), is_first)
@@ -227,14 +245,15 @@ class HostRunner:
             zero = {"loss": jnp.float32(0), "td_error": jnp.float32(0), "q_mean": jnp.float32(0)}
             return jax.lax.fori_loop(0, cadence.updates_per_learn, body, (train, replay_state, zero))
 
-        self.observe = edge_jit(jax.vmap(observe))
+        self.observe = edge_jit(jax.vmap(observe), **split())
         self.act = edge_jit(jax.vmap(agent.act, in_axes=(0, 0, None, None, None)),
-                           static_argnums=(3, 4))
+                            static_argnums=(3, 4), **split())
         self.observe_act = edge_jit(jax.vmap(observe_act, in_axes=(0, 0, 0, 0, None, None)),
-                                   static_argnums=5)
+                                    static_argnums=5, **split())
         self.record = edge_jit(jax.vmap(record, in_axes=(replay_axes, 0, 0, 0, 0),
-                                       out_axes=(replay_axes, 0)), donate_argnums=0)
-        self.take_in = edge_jit(jax.vmap(take_in))
+                                        out_axes=(replay_axes, 0)), donate_argnums=0,
+                               **split((replay_axes, 0)))
+        self.take_in = edge_jit(jax.vmap(take_in), **split())
 
         def record_take_in_many(replay_state, actor, frames, actions, steps):
             # frames [K+1, E, ...], actions [K, E], steps [K, E, 6]; unrolled (K is small
@@ -245,35 +264,36 @@ class HostRunner:
             return replay_state, actor
         self.record_take_in_many = edge_jit(
             jax.vmap(record_take_in_many, in_axes=(replay_axes, 0, 0, 0, 0),
-                     out_axes=(replay_axes, 0)), donate_argnums=0)
+                     out_axes=(replay_axes, 0)), donate_argnums=0, **split((replay_axes, 0)))
         # Uniform actions need no network; a feedforward agent then draws them on the host
         # (an LSTM must still read every frame through its core).
         self.host_explore = not agent.settings.recurrent
         self.learn = edge_jit(jax.vmap(learn, in_axes=(0, replay_axes, None),
-                                      out_axes=(0, replay_axes, 0)), donate_argnums=(0, 1))
-        self.sync = edge_jit(jax.vmap(agent.sync_target))
+                                       out_axes=(0, replay_axes, 0)), donate_argnums=(0, 1),
+                              **split((0, replay_axes, 0)))
+        self.sync = edge_jit(jax.vmap(agent.sync_target), **split())
         self.end_saved_episodes = edge_jit(jax.vmap(
             lambda state: end_saved_episodes(agent.replay, state), in_axes=(replay_axes,),
-            out_axes=replay_axes))
-        del seeds
+            out_axes=replay_axes), **split(replay_axes))
 
     def evaluate(self, params, step: int, key) -> tuple[np.ndarray, np.ndarray]:
         """``loops.session.evaluate_on_host`` with the Q agent: epsilon-greedy at
         --val-epsilon, bootstrap heads voting."""
         c = self.config
         vote = self.agent.settings.num_heads > 1
+        place = self.seed_placement.place   # host arrays [S, ...] split as the seeds are
 
         def start(frames):
-            actor = jax.vmap(lambda k: self.agent.init_actor(c.val_envs, k))(
-                jax.random.split(key, c.seeds))
-            return self.observe(actor, frames, np.ones(frames.shape[:2], bool))
+            actor = place(jax.vmap(lambda k: self.agent.init_actor(c.val_envs, k))(
+                jax.random.split(key, c.seeds)))
+            return self.observe(actor, *place((frames, np.ones(frames.shape[:2], bool))))
 
         def act(actor):
             return self.act(params, actor, c.val_epsilon, vote, False)
 
         def observe(actor, frames, is_first, done):
-            return self.take_in(actor, frames,
-                                _pack(done.shape, next_is_first=is_first, after_done=done))
+            return self.take_in(actor, *place((
+                frames, _pack(done.shape, next_is_first=is_first, after_done=done))))
 
         return evaluate_on_host(c, self.env_factory, step, start=start, act=act,
                                 observe=observe)
@@ -293,14 +313,16 @@ class HostRunner:
         seeds, envs = c.seeds, c.envs
         cadence = self.cadence
         logger = session.logger
+        placement = self.seed_placement
         train, replay_state, actor = self.init(self.keys)
         start = 0
-        if restored is not None:
+        if restored is not None:   # the restored state split over the devices as a new one
             items = restored.items
-            train = items.train
+            train = placement.place(items.train)
             if items.replay is not None:
-                replay_state = self.end_saved_episodes(items.replay)
-            actor = items.actor.replace(after_done=jnp.zeros((seeds, envs), bool))
+                replay_state = self.end_saved_episodes(
+                    placement.place(items.replay, self.replay_axes))
+            actor = placement.place(items.actor.replace(after_done=jnp.zeros((seeds, envs), bool)))
             start = restored.iteration
         env = self.env_factory(seeds * envs, c.seed + start * envs, mode="train")
         stepping = SplitStep(env)
@@ -318,7 +340,7 @@ class HostRunner:
         uniform = _UniformActions(np.random.default_rng([c.seed, start]), num_actions,
                                   (seeds, envs))
 
-        explored = _ExploreSteps(self.record_take_in_many, size=8)
+        explored = _ExploreSteps(self.record_take_in_many, size=8, placement=placement)
 
         def explores_on_host(epsilon: float) -> bool:
             """Uniform actions drawn on the host, their steps stored in batches."""
@@ -343,7 +365,7 @@ class HostRunner:
                 return actions, actor, frame, numbers, False
             nonlocal replay_state
             replay_state, actor = explored.flush(replay_state, actor)
-            frame, numbers = jax.device_put(frame), jax.device_put(numbers)
+            frame, numbers = placement.put((frame, numbers))
             # At epsilon 1 an LSTM agent runs its core but not the Q head.
             actions, actor = self.observe_act(params, actor, frame, numbers, epsilon,
                                               epsilon >= 1.0)
@@ -365,7 +387,7 @@ class HostRunner:
                 epsilon = float(cadence.epsilon(start * envs))
                 actions, actor, frame, _, taken = act(train.params, actor, epsilon, frame, first)
                 if not taken:
-                    actor = self.take_in(actor, frame, first)
+                    actor = self.take_in(actor, *placement.place((frame, first)))
             for iteration in range(start, total_iterations):
                 step, step_after = iteration * envs, (iteration + 1) * envs
                 last = iteration + 1 == total_iterations
@@ -387,8 +409,9 @@ class HostRunner:
                 if learned or last:
                     replay_state, actor = explored.flush(replay_state, actor)
                 if learned:
-                    numbers = jax.device_put(numbers)
-                    replay_state, actor = self.record(replay_state, actor, *transition, numbers)
+                    numbers = placement.put(numbers)
+                    replay_state, actor = self.record(replay_state, actor,
+                                                      *placement.place(transition), numbers)
                     beta = float(cadence.beta(step))
                     train, replay_state, metrics = self.learn(train, replay_state, beta)
                 if bool(cadence.syncs(iteration)):
@@ -409,9 +432,10 @@ class HostRunner:
                     if explored.full:
                         replay_state, actor = explored.flush(replay_state, actor)
                 elif not learned:
-                    replay_state, actor = self.record(replay_state, actor, *transition, numbers)
+                    replay_state, actor = self.record(replay_state, actor,
+                                                      *placement.place(transition), numbers)
                 elif not taken:
-                    actor = self.take_in(actor, frame, numbers)
+                    actor = self.take_in(actor, *placement.place((frame, numbers)))
                 record.step(reward, over, metrics if learned else None)
                 record.flush_if_due(step_after, epsilon_now, last)
                 if step_after >= session.next_eval or last or session.interrupt_requested:
