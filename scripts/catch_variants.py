@@ -3,7 +3,8 @@ committed as a table.
 
 Each variant is the ``demo`` preset (dueling Double DQN on Catch) with one part switched, the
 option names the original's. All see one frame and keep the demo's cadence (32 envs per seed,
-an update every 8 env steps) and its steps (448k), with the original's summed gradient
+an update every 8 env steps) for 512k steps (the demo itself stops at 448k, to finish
+sooner) with the original's summed gradient
 (``--loss-reduction sum``; the demo itself keeps the mean), as the learning tests in
 tests/test_variants_learn.py (which import the settings from here); 4 seeds vmapped in one
 program per variant; a greedy evaluation (epsilon 0, 1,024 episodes per seed) every 128k steps.
@@ -34,7 +35,7 @@ from jaxatari.config import build_config, flag_name
 from scripts.provenance import commit_label, write_result
 
 CATCH_CEILING_FEW_FRAMES = 0.83
-STEPS = build_config("demo", {}).steps   # the demo's own length, 448k
+STEPS = 512_000
 # The demo's own cadence and evaluation (32 envs per seed, an update of 32 samples every 8 env
 # steps; 1,024 greedy episodes per seed every 128k steps, standard error about 0.013), one
 # frame, and the original's update (the gradient summed over the batch, docs/reduction.md):

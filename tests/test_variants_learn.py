@@ -10,7 +10,7 @@ Each run (settings in scripts/catch_variants.py, which also writes the committed
 results/catch-variants.md) is the demo preset with one part switched and the original's summed
 gradient (--loss-reduction sum; the demo itself keeps the mean): one frame per step (the frames
 before it do not raise the ceiling, and the network learns faster without them), 32 envs per
-seed with an update every 8 env steps for the demo's 448k steps, 4 seeds vmapped in one program, scored
+seed with an update every 8 env steps for 512k steps, 4 seeds vmapped in one program, scored
 greedily on 1,024 episodes per seed (standard error about 0.013) every 128k steps. A seed passes
 when its last evaluation, of the policy the run ends with, reaches ``CATCH_RATE``.
 """
